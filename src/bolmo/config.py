@@ -1,0 +1,370 @@
+"""Configs as dataclasses, read from and written to the released HF `config.json` field for field.
+
+`BolmoConfig` mirrors the released Bolmo config (every field the Bolmo-1B/7B `config.json` files
+carry). `TransformerSpec` is the part the global OLMo transformer needs; subword OLMo 2 / Olmo 3
+models build the same spec from their own configs, so one transformer implementation serves both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bolmo.errors import ConfigError
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<bpe_token_end>")
+BYTE_OFFSET = len(SPECIAL_TOKENS)  # byte b has id b + 4
+PLAIN_VOCAB = BYTE_OFFSET + 256  # 260: ids >= 260 are the fused "patch ends here" twins
+FUSED_VOCAB = 2 * PLAIN_VOCAB  # 520
+
+# Keys HF writes into every config.json that carry no model information.
+_HF_BOOKKEEPING = {
+    "architectures",
+    "auto_map",
+    "model_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "_name_or_path",
+}
+
+ROPE_TYPES = ("default", "linear", "yarn")
+
+
+@dataclass
+class ByteTokenizerConfig:
+    """The byte tokenizer (`tokenizer_config` in config.json)."""
+
+    vocab_size: int = FUSED_VOCAB
+    bos_token_id: int = 1
+    pad_token_id: int = 0
+    eos_token_id: int = 1  # = bos in the released models (deliberate upstream quirk)
+    bpe_token_end_id: int = 3
+    special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS))
+    special_tokens_first: bool = True
+    original_identifier: str | None = "allenai/dolma2-tokenizer"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "tokenizer_config") -> "ByteTokenizerConfig":
+        cfg = _from_dict(cls, data, where)
+        if list(cfg.special_tokens) != list(SPECIAL_TOKENS) or not cfg.special_tokens_first:
+            raise ConfigError(
+                f"{where}.special_tokens: only {list(SPECIAL_TOKENS)} (special tokens first) is "
+                f"supported, got {cfg.special_tokens}"
+            )
+        if cfg.vocab_size != FUSED_VOCAB:
+            raise ConfigError(f"{where}.vocab_size: must be {FUSED_VOCAB}, got {cfg.vocab_size}")
+        return cfg
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """RoPE settings of one attention layer (sliding layers always use plain RoPE)."""
+
+    theta: float
+    rope_type: str = "default"
+    factor: float = 1.0
+    original_max_position_embeddings: int | None = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class TransformerSpec:
+    """What an OLMo 2 / Olmo 3 block stack needs, whichever config it came from."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    layer_types: tuple[str, ...]
+    sliding_window: int | None
+    rope_full: RopeSpec
+    rope_sliding: RopeSpec
+
+    def window(self, layer: int) -> int | None:
+        """Keys visible to a query in `layer` (including itself), or None for full attention."""
+        return self.sliding_window if self.layer_types[layer] == "sliding_attention" else None
+
+    def rope(self, layer: int) -> RopeSpec:
+        return self.rope_sliding if self.layer_types[layer] == "sliding_attention" else self.rope_full
+
+
+def parse_rope_scaling(
+    rope_scaling: dict[str, Any] | None, theta: float, max_position_embeddings: int, where: str
+) -> RopeSpec:
+    """Validate an HF `rope_scaling` dict into a RopeSpec (None -> plain RoPE)."""
+    if rope_scaling is None:
+        return RopeSpec(theta=theta)
+    if not isinstance(rope_scaling, dict):
+        raise ConfigError(f"{where}.rope_scaling: expected an object or null, got {rope_scaling!r}")
+    rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(
+            f"{where}.rope_scaling.rope_type: unsupported {rope_type!r} (supported: {', '.join(ROPE_TYPES)})"
+        )
+    known = {"rope_type", "type", "factor", "original_max_position_embeddings", "beta_fast",
+             "beta_slow", "attention_factor", "truncate", "mscale", "mscale_all_dim"}
+    unknown = sorted(set(rope_scaling) - known)
+    if unknown:
+        raise ConfigError(f"{where}.rope_scaling: unknown field(s) {unknown}")
+    if rope_scaling.get("mscale") or rope_scaling.get("mscale_all_dim"):
+        raise ConfigError(f"{where}.rope_scaling: mscale variants of YaRN are not supported")
+    factor = float(rope_scaling.get("factor", 1.0))
+    if rope_type != "default" and factor <= 0:
+        raise ConfigError(f"{where}.rope_scaling.factor: must be positive, got {factor}")
+    original = rope_scaling.get("original_max_position_embeddings")
+    return RopeSpec(
+        theta=theta,
+        rope_type=rope_type,
+        factor=factor,
+        original_max_position_embeddings=int(original) if original is not None else max_position_embeddings,
+        beta_fast=float(rope_scaling.get("beta_fast") or 32.0),
+        beta_slow=float(rope_scaling.get("beta_slow") or 1.0),
+        attention_factor=(
+            float(rope_scaling["attention_factor"]) if rope_scaling.get("attention_factor") is not None else None
+        ),
+        truncate=bool(rope_scaling.get("truncate", True)),
+    )
+
+
+def default_layer_types(n_layers: int) -> list[str]:
+    """HF default: three sliding layers then one full, repeating."""
+    return ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n_layers)]
+
+
+def validate_layer_types(layer_types: list[str], n_layers: int, sliding_window: int | None, where: str) -> None:
+    if len(layer_types) != n_layers:
+        raise ConfigError(f"{where}.layer_types: {len(layer_types)} entries for {n_layers} layers")
+    bad = sorted({t for t in layer_types if t not in ("sliding_attention", "full_attention")})
+    if bad:
+        raise ConfigError(f"{where}.layer_types: unsupported layer type(s) {bad}")
+    if "sliding_attention" in layer_types and (sliding_window is None or sliding_window < 1):
+        raise ConfigError(f"{where}.sliding_window: must be a positive integer for sliding layers")
+
+
+@dataclass
+class BolmoConfig:
+    """The released Bolmo `config.json` (model_type "bolmo"), every field by its HF name."""
+
+    vocab_size: int = FUSED_VOCAB
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 1
+    tie_word_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = 4096
+    layer_types: list[str] | None = None
+    add_expanded_embeddings: bool = True
+    boundary_predictor_lookahead: int = 1
+    boundary_threshold: str = "sample:0"
+    num_local_encoder_layers: int = 1
+    num_local_decoder_layers: int = 4
+    num_local_heads: int = 16
+    local_intermediate_size: int = 5504
+    local_rms_norm_eps: float = 1e-5
+    subword_vocab_size: int = 100278
+    tokenizer_config: ByteTokenizerConfig = field(default_factory=ByteTokenizerConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tokenizer_config, dict):
+            self.tokenizer_config = ByteTokenizerConfig.from_dict(self.tokenizer_config)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.layer_types is None:
+            self.layer_types = default_layer_types(self.num_hidden_layers)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, where: str = "config.json") -> None:
+        """Reject values the model cannot honour, naming the field."""
+
+        def need(cond: bool, fld: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{where}: {fld}: {msg}")
+
+        need(self.vocab_size == FUSED_VOCAB, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_local_heads", "local_intermediate_size", "subword_vocab_size"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+        need(self.num_local_encoder_layers >= 0, "num_local_encoder_layers", "must be >= 0")
+        need(self.num_local_decoder_layers >= 0, "num_local_decoder_layers", "must be >= 0")
+        need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
+        need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
+        need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")
+        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+             f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
+        if self.head_dim is None:
+            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        need(self.hidden_size % (2 * self.num_local_heads) == 0, "num_local_heads",
+             f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
+        need(self.boundary_predictor_lookahead >= 0, "boundary_predictor_lookahead", "must be >= 0")
+        need(self.rms_norm_eps > 0 and self.local_rms_norm_eps > 0, "rms_norm_eps", "must be positive")
+        parse_boundary_threshold(self.boundary_threshold, where)
+        validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
+        parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, where)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def global_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    def transformer_spec(self) -> TransformerSpec:
+        return TransformerSpec(
+            d_model=self.hidden_size,
+            n_layers=self.num_hidden_layers,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=self.global_head_dim,
+            intermediate_size=self.intermediate_size,
+            rms_norm_eps=self.rms_norm_eps,
+            layer_types=tuple(self.layer_types),
+            sliding_window=self.sliding_window,
+            rope_full=parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, "config"),
+            rope_sliding=RopeSpec(theta=self.rope_theta),
+        )
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> "BolmoConfig":
+        model_type = data.get("model_type", "bolmo")
+        if model_type != "bolmo":
+            raise ConfigError(f"{where}: model_type is {model_type!r}, expected 'bolmo'")
+        body = {k: v for k, v in data.items() if k not in _HF_BOOKKEEPING}
+        if "tokenizer_config" in body and isinstance(body["tokenizer_config"], dict):
+            body["tokenizer_config"] = ByteTokenizerConfig.from_dict(body["tokenizer_config"], f"{where}: tokenizer_config")
+        try:
+            return _from_dict(cls, body, where)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a field of the wrong type deep in validation
+            raise ConfigError(f"{where}: {exc}") from exc
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "BolmoConfig":
+        return cls.from_dict(read_json(path), where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The HF config.json content, including the bookkeeping keys transformers expects."""
+        out: dict[str, Any] = {
+            "architectures": ["BolmoForCausalLM"],
+            "model_type": "bolmo",
+        }
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "head_dim" and value is None:
+                continue
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out["dtype"] = "float32"
+        return dict(sorted(out.items()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str) -> "BolmoConfig":
+        try:
+            return cls(**PRESETS[name])
+        except KeyError:
+            raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
+
+
+@dataclass(frozen=True)
+class BoundaryThreshold:
+    """A parsed `boundary_threshold`: mode in {"sample", "topk", "topk_percent"} and its value."""
+
+    mode: str
+    value: float
+
+
+def parse_boundary_threshold(text: str, where: str = "config.json") -> BoundaryThreshold:
+    mode, sep, raw = str(text).partition(":")
+    try:
+        value = float(raw) if sep else math.nan
+    except ValueError:
+        value = math.nan
+    ok = (
+        (mode == "sample" and value in (0.0, 1.0))
+        or (mode == "topk" and value >= 0 and value == int(value))
+        or (mode == "topk_percent" and 0.0 <= value <= 1.0)
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where}: boundary_threshold: unsupported {text!r} "
+            "(expected 'sample:0', 'sample:1', 'topk:N' or 'topk_percent:F' with 0 <= F <= 1)"
+        )
+    return BoundaryThreshold(mode, value)
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}")
+    return cls(**data)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+_LOCAL_7B = dict(num_local_encoder_layers=1, num_local_decoder_layers=4, num_local_heads=16)
+PRESETS: dict[str, dict[str, Any]] = {
+    "bolmo-1b": dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, layer_types=["full_attention"] * 16, rms_norm_eps=1e-6,
+        local_rms_norm_eps=1e-5, local_intermediate_size=2816, rope_theta=500000.0,
+        max_position_embeddings=65536, sliding_window=4096, **_LOCAL_7B,
+    ),
+    "bolmo-7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, layer_types=default_layer_types(32), sliding_window=4096,
+        rms_norm_eps=1e-6, local_rms_norm_eps=1e-5, local_intermediate_size=5504,
+        rope_theta=500000.0, max_position_embeddings=65536,
+        rope_scaling={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
+                      "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": 1.2079441541679836},
+        **_LOCAL_7B,
+    ),
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+        rms_norm_eps=1e-5, local_rms_norm_eps=1e-5, local_intermediate_size=96, num_local_heads=4,
+        num_local_encoder_layers=1, num_local_decoder_layers=2, rope_theta=10000.0,
+        max_position_embeddings=512, subword_vocab_size=1000,
+    ),
+}

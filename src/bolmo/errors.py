@@ -1,0 +1,27 @@
+"""One exception family for everything a user can get wrong.
+
+The CLI turns any `BolmoError` into a one-line message and exit code 2, so every message must name
+the file, tensor or field at fault on its own.
+"""
+
+from __future__ import annotations
+
+
+class BolmoError(Exception):
+    """Base class: a problem with the user's input, not a bug in bolmo."""
+
+
+class ConfigError(BolmoError):
+    """A config.json (or training YAML) field is missing, unknown, malformed or unsupported."""
+
+
+class CheckpointError(BolmoError):
+    """A checkpoint file is missing, truncated, or holds tensors that do not fit the model."""
+
+
+class TokenizerError(BolmoError):
+    """A subword tokenizer cannot be found or read."""
+
+
+class GenerationError(BolmoError):
+    """Invalid generation arguments (empty prompt list, bad max_new_bytes, top_p out of range...)."""

@@ -1,0 +1,242 @@
+"""Byte tokenizer, fused-boundary ids, and subword expansion.
+
+Ids: 0 <pad>, 1 <bos> (also EOS in released models), 2 <eos>, 3 <bpe_token_end>; byte b -> b + 4.
+The model's 520-way output adds 260 to an id to say "and a patch ends after it".
+
+Subword expansion gives every byte position the id of the longest subword-vocabulary entry whose
+bytes end exactly there. We keep our own reversed trie (rather than calling the subword tokenizer)
+because the expansion is a suffix match, not a tokenization, and the generator needs it one byte
+at a time in O(longest entry).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOKENS, ByteTokenizerConfig
+from bolmo.errors import TokenizerError
+
+_SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+@lru_cache(maxsize=1)
+def gpt2_unicode_to_byte() -> dict[str, int]:
+    """The standard byte-level BPE table (GPT-2): printable bytes map to themselves, the rest to
+    code points from 256 upwards. Returned inverted: character -> byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class SubwordExpander:
+    """Longest-suffix match of byte ids against a subword vocabulary (a reversed trie).
+
+    The trie lives in one dict keyed by `node * 512 + byte_id` (one flat dict is several times
+    smaller than a dict per node for a 100k-entry vocabulary) plus a list of terminal ids.
+    """
+
+    _STRIDE = 512
+
+    def __init__(self, sequences: Iterable[tuple[Sequence[int], int]], bpe_token_end_id: int = 3,
+                 fallback_id: int = 0) -> None:
+        self.children: dict[int, int] = {}
+        self.terminal: list[int] = [-1]
+        self.max_len = 0
+        self.bpe_token_end_id = bpe_token_end_id
+        # Positions with no vocabulary match (only special ids of tokenizers without bos/pad
+        # tokens; every real byte matches in a byte-level vocabulary) get this id.
+        self.fallback_id = fallback_id
+        for seq, subword_id in sequences:
+            self._insert(seq, subword_id)
+
+    def _insert(self, seq: Sequence[int], subword_id: int) -> None:
+        node = 0
+        for byte_id in reversed(seq):
+            key = node * self._STRIDE + byte_id
+            child = self.children.get(key)
+            if child is None:
+                child = len(self.terminal)
+                self.terminal.append(-1)
+                self.children[key] = child
+            node = child
+        self.terminal[node] = subword_id
+        self.max_len = max(self.max_len, len(seq))
+
+    def expand_at(self, ids: Sequence[int], pos: int) -> int:
+        """The expansion of position `pos`, looking only at ids[:pos + 1]."""
+        node, best = 0, self.fallback_id
+        children, terminal, stride, marker = self.children, self.terminal, self._STRIDE, self.bpe_token_end_id
+        for j in range(pos, -1, -1):
+            byte_id = ids[j]
+            if byte_id == marker:
+                continue
+            if byte_id >= PLAIN_VOCAB:
+                byte_id -= PLAIN_VOCAB
+            node = children.get(node * stride + byte_id, -1)
+            if node < 0:
+                break
+            if terminal[node] >= 0:
+                best = terminal[node]
+        return best
+
+    def expand(self, ids: Sequence[int]) -> list[int]:
+        return [self.expand_at(ids, i) for i in range(len(ids))]
+
+    def expand_tensor(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] ids -> [B, L] subword ids (computed on the host, returned on the ids' device)."""
+        rows = input_ids.tolist()
+        out = torch.tensor([self.expand(row) for row in rows], dtype=torch.long)
+        return out.to(input_ids.device)
+
+    @classmethod
+    def from_directory(cls, path: str | Path, byte_config: ByteTokenizerConfig) -> "SubwordExpander":
+        """Build from an HF tokenizer directory (tokenizer.json + tokenizer_config.json)."""
+        path = Path(path)
+        tokenizer_file = path / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise TokenizerError(f"{path}: no tokenizer.json (an HF tokenizers directory is required)")
+        try:
+            from tokenizers import Tokenizer
+
+            vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
+        except Exception as exc:  # tokenizers raises its own exception type for malformed files
+            raise TokenizerError(f"{tokenizer_file}: cannot be read ({exc})") from None
+        special = _special_token_ids(path, vocab)
+        return cls.from_vocab(vocab, special, byte_config)
+
+    @classmethod
+    def from_vocab(cls, vocab: dict[str, int], special_ids: dict[str, int | None],
+                   byte_config: ByteTokenizerConfig) -> "SubwordExpander":
+        """`special_ids` holds the subword tokenizer's "eos", "bos" and "pad" ids (or None)."""
+        table = gpt2_unicode_to_byte()
+        bolmo_names = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
+        remap = [
+            (special_ids.get("eos"), byte_config.eos_token_id),
+            (special_ids.get("bos"), byte_config.bos_token_id),
+            (special_ids.get("pad"), byte_config.pad_token_id),
+        ]
+
+        def byte_sequence(token: str, subword_id: int) -> list[int]:
+            if token in bolmo_names:
+                return [bolmo_names[token]]
+            for source_id, bolmo_id in remap:
+                if source_id is not None and subword_id == source_id:
+                    return [bolmo_id]
+            out: list[int] = []
+            for ch in token:
+                if ch in table:
+                    out.append(table[ch] + BYTE_OFFSET)
+                else:  # not a byte-level character (e.g. a plain-text added token): its UTF-8 bytes
+                    out.extend(b + BYTE_OFFSET for b in ch.encode("utf-8"))
+            return out
+
+        sequences = ((byte_sequence(tok, i), i) for tok, i in vocab.items())
+        pad_source = special_ids.get("pad")
+        fallback = pad_source if pad_source is not None else 0
+        return cls(sequences, byte_config.bpe_token_end_id, fallback_id=fallback)
+
+
+def _special_token_ids(path: Path, vocab: dict[str, int]) -> dict[str, int | None]:
+    """eos/bos/pad ids of an HF tokenizer directory, from tokenizer_config.json or
+    special_tokens_map.json (values are strings or {"content": ...} objects)."""
+    found: dict[str, int | None] = {"eos": None, "bos": None, "pad": None}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise TokenizerError(f"{file}: not valid JSON ({exc})") from None
+        for kind in found:
+            value = data.get(f"{kind}_token")
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str) and value in vocab and found[kind] is None:
+                found[kind] = vocab[value]
+    return found
+
+
+def resolve_subword_tokenizer(identifier: str, model_dir: str | Path | None) -> Path:
+    """Find the subword tokenizer directory named by `tokenizer_config.original_identifier`:
+    relative to the model directory first, then as a path, then in the local Hub cache.
+    Never touches the network."""
+    candidates = []
+    if model_dir is not None:
+        candidates.append(Path(model_dir) / identifier)
+    candidates.append(Path(identifier).expanduser())
+    for candidate in candidates:
+        if (candidate / "tokenizer.json").is_file():
+            return candidate
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(identifier, local_files_only=True, allow_patterns=_SUBWORD_TOKENIZER_FILES)
+        if (Path(local) / "tokenizer.json").is_file():
+            return Path(local)
+    except Exception:  # not in the cache, or not a valid repo id: fall through to the message below
+        pass
+    raise TokenizerError(
+        f"subword tokenizer {identifier!r} (config.json tokenizer_config.original_identifier) is not "
+        f"available locally; fetch it with `bolmo download` (it stores the tokenizer beside the model) "
+        f"or point original_identifier at a local tokenizer directory"
+    )
+
+
+class ByteTokenizer:
+    """Text <-> Bolmo ids. `encode` gives BOS followed by byte ids; `decode` drops specials."""
+
+    def __init__(self, config: ByteTokenizerConfig | None = None, expander: SubwordExpander | None = None) -> None:
+        self.config = config or ByteTokenizerConfig()
+        self.expander = expander
+
+    @property
+    def bos_id(self) -> int:
+        return self.config.bos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.config.eos_token_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.pad_token_id
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        ids = [b + BYTE_OFFSET for b in text.encode("utf-8")]
+        return [self.bos_id] + ids if add_bos else ids
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The raw bytes of `ids`: fused ids count as their plain byte, specials are dropped."""
+        return bytes((i % PLAIN_VOCAB) - BYTE_OFFSET for i in ids if (i % PLAIN_VOCAB) >= BYTE_OFFSET)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def batch(self, texts: Sequence[str], padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode and pad: (input_ids [B, L], attention_mask [B, L] bool, True on real ids)."""
+        rows = [self.encode(t) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for b, row in enumerate(rows):
+            span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+            ids[b, span] = torch.tensor(row)
+            mask[b, span] = True
+        return ids, mask
+
+    def expand(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.expander is None:
+            raise TokenizerError("this model has no subword expansion (add_expanded_embeddings is false)")
+        return self.expander.expand_tensor(input_ids)
