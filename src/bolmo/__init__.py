@@ -1,3 +1,22 @@
-"""bolmo: byte-level language models of the Bolmo family."""
+"""bolmo: byte-level language models of the Bolmo family.
+
+    import bolmo
+    model = bolmo.load("path/to/Bolmo-1B")       # HF or OLMo-core directory, or a downloaded repo id
+    model.score(["some text"])[0].bits_per_byte
+"""
+
+from bolmo.config import BolmoConfig
+from bolmo.errors import BolmoError, CheckpointError, ConfigError, GenerationError, TokenizerError
+from bolmo.loading import load
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "BolmoConfig",
+    "BolmoError",
+    "CheckpointError",
+    "ConfigError",
+    "GenerationError",
+    "TokenizerError",
+    "load",
+]

@@ -1,0 +1,108 @@
+"""`bolmo info` and `bolmo score`: look at a model, and measure bits per byte on files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from bolmo.errors import BolmoError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    parser.add_argument("--model", default=default_model,
+                        help="checkpoint directory or downloaded Hub repo id (default: the bundled model)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+
+
+def load_from_args(args: argparse.Namespace):
+    import torch
+
+    import bolmo
+
+    return bolmo.load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    info = subparsers.add_parser("info", help="print a model's config and parameter counts per component")
+    info.add_argument("source", help="checkpoint directory or downloaded Hub repo id")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(handler=run_info)
+
+    score = subparsers.add_parser("score", help="bits per byte of text files, per file and overall")
+    score.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
+    add_model_arguments(score)
+    score.add_argument("--batch-size", type=int, default=4)
+    score.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    score.set_defaults(handler=run_score)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bolmo.loading import load_config_and_counts
+
+    config, counts, kind = load_config_and_counts(args.source)
+    if args.json:
+        print(json.dumps({"format": kind, "config": config.to_dict(), "parameters": counts}, indent=2))
+        return 0
+    console = Console()
+    table = Table(title=f"{args.source} ({kind})", show_header=False)
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "intermediate_size", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
+                "num_local_encoder_layers", "num_local_decoder_layers", "num_local_heads",
+                "local_intermediate_size", "add_expanded_embeddings", "subword_vocab_size",
+                "boundary_predictor_lookahead", "boundary_threshold", "rms_norm_eps", "local_rms_norm_eps"):
+        value = getattr(config, key)
+        if key == "layer_types":
+            value = ", ".join(f"{t} x{value.count(t)}" for t in dict.fromkeys(value))
+        table.add_row(key, str(value))
+    console.print(table)
+    params = Table(title="parameters")
+    params.add_column("component")
+    params.add_column("count", justify="right")
+    for name, count in counts.items():
+        params.add_row(name, f"{count:,}")
+    console.print(params)
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    texts = []
+    for file in args.files:
+        try:
+            texts.append(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BolmoError(f"{file}: no such file") from None
+        except UnicodeDecodeError as exc:
+            raise BolmoError(f"{file}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if args.batch_size < 1:
+        raise BolmoError("--batch-size must be at least 1")
+    model = load_from_args(args)
+    results = model.score(texts, batch_size=args.batch_size)
+    total_nats = sum(r.nats for r in results)
+    total_bytes = sum(r.n_bytes for r in results)
+    overall = total_nats / math.log(2) / total_bytes if total_bytes else float("nan")
+    if args.json:
+        rows = [{"file": str(f), **r.as_dict()} for f, r in zip(args.files, results)]
+        for row in rows:
+            row.pop("text")
+        print(json.dumps({"files": rows, "total_bytes": total_bytes, "total_nats": total_nats,
+                          "bits_per_byte": overall}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"bits per byte ({args.model or 'bundled model'})")
+    for column in ("file", "bytes", "nats", "bits/byte"):
+        table.add_column(column, justify="left" if column == "file" else "right")
+    for file, r in zip(args.files, results):
+        table.add_row(str(file), f"{r.n_bytes:,}", f"{r.nats:,.2f}", f"{r.bits_per_byte:.4f}")
+    table.add_row("overall", f"{total_bytes:,}", f"{total_nats:,.2f}", f"{overall:.4f}", style="bold")
+    Console().print(table)
+    return 0

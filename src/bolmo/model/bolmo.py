@@ -1,0 +1,157 @@
+"""The whole byte-level Bolmo model, with HF state-dict names (`model.*`, `lm_head.weight`).
+
+Forward order: bytes -> local encoder -> boundary predictor -> pooling + out_projection ->
+global transformer on patches -> local decoder (depooling) -> final norm -> 520-way LM head.
+
+Batches. With an `attention_mask` (right padding), padded bytes and padded patches are masked, so
+every row gets exactly the result it would get alone (this is what `score` uses). Without one,
+the call reproduces the reference implementation bit for bit, including its batching quirk: when
+rows have different patch counts, the reference right-aligns each row's patches in front of
+filler patches without masking them, so short rows attend to that filler. Pass an all-True
+`attention_mask` to get independent rows for an unpadded batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bolmo.config import BolmoConfig
+from bolmo.model.local import LocalDecoder, LocalEncoder, pool
+from bolmo.model.transformer import OlmoBlockStack
+from bolmo.nn.norm import RMSNorm
+
+
+@dataclass
+class BolmoOutput:
+    logits: torch.Tensor  # [B, L, 520]: logits[:, t] predicts id t+1 and whether a patch ends after it
+    boundary_mask: torch.Tensor  # [B, L] bool: byte t ends a patch
+    boundary_logprobs: torch.Tensor  # [B, L] float32: log p(byte t ends a patch)
+
+
+class BolmoModel(nn.Module):
+    def __init__(self, config: BolmoConfig) -> None:
+        super().__init__()
+        self.local_encoder = LocalEncoder(config)
+        self.local_decoder = LocalDecoder(config)
+        self.layers = OlmoBlockStack(config.transformer_spec())
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class BolmoForCausalLM(nn.Module):
+    """Bolmo with its tokenizer attached by the loader (`model.tokenizer`)."""
+
+    def __init__(self, config: BolmoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = BolmoModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tokenizer = None  # a bolmo.tokenizer.ByteTokenizer, set by bolmo.load
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def expand(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """Subword expansion ids for `input_ids`, or None when the model does not use them."""
+        if not self.config.add_expanded_embeddings:
+            return None
+        if self.tokenizer is None or self.tokenizer.expander is None:
+            raise RuntimeError("expanded embeddings need a subword expander: load the model with bolmo.load")
+        return self.tokenizer.expand(input_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        boundary_mask: torch.Tensor | None = None,
+        expanded_ids: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> BolmoOutput:
+        """input_ids [B, L] (BOS first, right-padded where `attention_mask` [B, L] is False).
+
+        `boundary_mask` [B, L] forces the patching instead of predicting it (teacher forcing, and
+        the slow generation oracle); `generator` drives "sample:1" boundary sampling.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if expanded_ids is None:
+            expanded_ids = self.expand(input_ids)
+        lengths = attention_mask.sum(-1) if attention_mask is not None else None
+        encoder = self.model.local_encoder
+
+        h, _ = encoder(input_ids, expanded_ids)
+        boundary_logprobs = encoder.boundary_predictor_module.logprobs(h, lengths)
+        if boundary_mask is None:
+            boundary_mask = encoder.boundary_predictor_module.decide(boundary_logprobs, lengths, generator)
+        boundary_mask = boundary_mask.bool()
+        if attention_mask is not None:
+            boundary_mask = boundary_mask & attention_mask.bool()
+
+        patches, patch_valid = pool(h, boundary_mask)
+        global_in = encoder.out_projection(patches)
+        if bool(patch_valid.all()):
+            global_out = self.model.layers(global_in)
+        elif attention_mask is None:
+            global_out = reference_patch_layout(self.model.layers, global_in, patch_valid)
+        else:
+            global_out = self.model.layers(global_in, patch_valid)
+
+        y, _ = self.model.local_decoder(h, global_out, boundary_mask)
+        logits = self.lm_head(self.model.norm(y))
+        return BolmoOutput(logits=logits, boundary_mask=boundary_mask, boundary_logprobs=boundary_logprobs)
+
+    # Convenience methods delegate to the modules that own the logic.
+    def score(self, texts: list[str], batch_size: int = 8) -> list:
+        from bolmo.score import score_texts
+
+        return score_texts(self, texts, batch_size=batch_size)
+
+    def num_parameters_by_component(self) -> dict[str, int]:
+        return parameter_counts(self)
+
+
+def reference_patch_layout(layers: nn.Module, patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Run the global layers the way the reference does for rows with fewer patches than P:
+    each row's n real patches move to positions P-n..P-1, positions before them keep the row's
+    first pooled entries (filler), nothing is masked, and the outputs move back afterwards."""
+    n_patches = patches.shape[1]
+    shift = (n_patches - valid.sum(-1)).unsqueeze(1)  # [B, 1]
+    j = torch.arange(n_patches, device=patches.device).unsqueeze(0)
+    source = torch.where(j >= shift, j - shift, j)
+    expand = (-1, -1, patches.shape[-1])
+    out = layers(torch.gather(patches, 1, source.unsqueeze(-1).expand(*expand)))
+    back = (j + shift).clamp(max=n_patches - 1)
+    return torch.gather(out, 1, back.unsqueeze(-1).expand(*expand))
+
+
+# Components in forward order, as (label, state-dict name prefixes).
+_COMPONENTS = [
+    ("byte embedding", ("model.local_encoder.byte_embedding.",)),
+    ("subword embedding", ("model.local_encoder.subword_embedding.",)),
+    ("encoder mLSTM layers", ("model.local_encoder.layers.",)),
+    ("encoder norm + out_projection", ("model.local_encoder.post_last_block_norm.", "model.local_encoder.out_projection.")),
+    ("boundary predictor", ("model.local_encoder.boundary_predictor_module.",)),
+    ("global transformer", ("model.layers.",)),
+    ("decoder initial_norm + in_projection", ("model.local_decoder.initial_norm.", "model.local_decoder.in_projection.")),
+    ("decoder mLSTM layers", ("model.local_decoder.layers.",)),
+    ("final norm", ("model.norm.",)),
+    ("lm_head", ("lm_head.",)),
+]
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters per component (works on the meta device), plus "total"."""
+    counts = {label: 0 for label, _ in _COMPONENTS}
+    for name, param in model.named_parameters():
+        label = next((lbl for lbl, prefixes in _COMPONENTS if name.startswith(prefixes)), "other")
+        counts[label] = counts.get(label, 0) + param.numel()
+    counts = {k: v for k, v in counts.items() if v or k != "subword embedding"}
+    counts["total"] = sum(counts.values())
+    return counts

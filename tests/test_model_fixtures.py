@@ -1,0 +1,132 @@
+"""The model reproduces the reference implementation's recorded outputs for every fixture model.
+
+Tolerances: boundary masks exactly; logits and folded next-byte log-probabilities within 1e-4
+absolute (float32; measured differences are ~1e-5 or exactly 0); totals within 1e-3 nats.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import load_fixture_model, read_cases
+from bolmo.score import folded_logprobs
+
+ATOL = 1e-4
+
+
+def forward_case_indices(path):
+    meta, tensors = read_cases(path)
+    return [c["index"] for c in meta["forward"] if "error" not in c]
+
+
+def test_forward_cases_match_reference(fixture_model_dir):
+    model = load_fixture_model(fixture_model_dir)
+    meta, cases = read_cases(fixture_model_dir)
+    checked = 0
+    for case in meta["forward"]:
+        if "error" in case:
+            continue
+        i = case["index"]
+        ids = cases[f"fwd/{i}/input_ids"]
+        assert ids[0].tolist() == model.tokenizer.encode(case["text"])
+        if f"fwd/{i}/expanded_input_ids" in cases:
+            assert torch.equal(model.expand(ids), cases[f"fwd/{i}/expanded_input_ids"])
+        with torch.no_grad():
+            out = model(ids)
+        assert torch.equal(out.boundary_mask, cases[f"fwd/{i}/boundary_mask"].bool()), f"case {i}"
+        torch.testing.assert_close(out.boundary_logprobs, cases[f"fwd/{i}/boundary_logprobs"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(out.logits, cases[f"fwd/{i}/logits"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(folded_logprobs(out.logits[:, :-1], ids[:, 1:]),
+                                   cases[f"fwd/{i}/next_byte_logprobs"], atol=ATOL, rtol=0)
+        checked += 1
+    assert checked >= 1
+
+
+def test_score_matches_recorded_totals(fixture_model_dir):
+    model = load_fixture_model(fixture_model_dir)
+    meta, _ = read_cases(fixture_model_dir)
+    cases = [c for c in meta["forward"] if "error" not in c]
+    results = model.score([c["text"] for c in cases], batch_size=3)
+    for case, result in zip(cases, results):
+        assert result.n_bytes == case["n_bytes"] == len(case["text"].encode("utf-8"))
+        assert result.byte_logprobs.shape == (case["n_bytes"],)
+        assert math.isclose(result.nats, case["total_nats"], abs_tol=1e-3)
+        assert math.isclose(result.bits_per_byte, case["bits_per_byte"], abs_tol=1e-5)
+
+
+def test_unpadded_batch_matches_reference(fixture_model_dir):
+    """Without an attention mask the reference's batched computation is reproduced exactly."""
+    model = load_fixture_model(fixture_model_dir)
+    _, cases = read_cases(fixture_model_dir)
+    ids = cases["batch/input_ids"]
+    with torch.no_grad():
+        out = model(ids)
+    assert torch.equal(out.boundary_mask, cases["batch/boundary_mask"].bool())
+    torch.testing.assert_close(out.logits, cases["batch/logits"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(folded_logprobs(out.logits[:, :-1], ids[:, 1:]),
+                               cases["batch/next_byte_logprobs"], atol=ATOL, rtol=0)
+
+
+def test_masked_batch_rows_equal_single_rows(fixture_model_dir):
+    """With an attention mask every row is independent, even with different patch counts."""
+    model = load_fixture_model(fixture_model_dir)
+    _, cases = read_cases(fixture_model_dir)
+    ids = cases["batch/input_ids"]
+    with torch.no_grad():
+        batched = model(ids, attention_mask=torch.ones_like(ids, dtype=torch.bool))
+        for row in range(ids.shape[0]):
+            single = model(ids[row : row + 1])
+            torch.testing.assert_close(batched.logits[row : row + 1], single.logits, atol=ATOL, rtol=0)
+            assert torch.equal(batched.boundary_mask[row : row + 1], single.boundary_mask)
+
+
+def test_right_padded_scoring_equals_scoring_alone(tiny_model_dir):
+    model = load_fixture_model(tiny_model_dir)
+    texts = ["a", "Größe 大小 😀 naïve café", "def fib(n):\n    return n\n" * 3, ""]
+    together = model.score(texts, batch_size=4)
+    for text, result in zip(texts, together):
+        alone = model.score([text])[0]
+        assert result.n_bytes == alone.n_bytes
+        torch.testing.assert_close(result.byte_logprobs, alone.byte_logprobs, atol=1e-5, rtol=0)
+
+
+def test_bos_only_input_runs_and_scores(tiny_model_dir):
+    """The reference crashes on an empty text; here BOS alone is one patch and scores 0 bytes."""
+    model = load_fixture_model(tiny_model_dir)
+    ids = torch.tensor([model.tokenizer.encode("")])
+    with torch.no_grad():
+        out = model(ids)
+    assert out.logits.shape == (1, 1, 520)
+    assert torch.isfinite(out.logits).all()
+    assert out.boundary_mask.tolist() == [[True]]
+    result = model.score([""])[0]
+    assert result.n_bytes == 0 and result.nats == 0.0 and math.isnan(result.bits_per_byte)
+
+
+def test_multibyte_utf8_roundtrip(tiny_model_dir):
+    tok = load_fixture_model(tiny_model_dir).tokenizer
+    text = "Größe 大小 😀 naïve café"
+    ids = tok.encode(text)
+    assert ids[0] == 1 and len(ids) == 1 + len(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+    fused = [i + 260 if i >= 4 else i for i in ids]  # boundary flags do not change the text
+    assert tok.decode(fused) == text
+    assert tok.decode([1, 4 + 0xE5, 4 + 0xA4]) == "\ufffd"  # truncated multi-byte: replacement char
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_low_precision_forward_is_close(tiny_model_dir, dtype):
+    import bolmo
+
+    model = bolmo.load(tiny_model_dir, dtype=dtype)
+    _, cases = read_cases(tiny_model_dir)
+    ids = cases["fwd/1/input_ids"]
+    with torch.no_grad():
+        out = model(ids, boundary_mask=cases["fwd/1/boundary_mask"].bool())
+    assert out.logits.dtype == dtype
+    ref = cases["fwd/1/logits"]
+    # bfloat16 keeps ~3 significant digits; logits are O(10).
+    assert (out.logits.float() - ref).abs().max() < 0.05 * ref.abs().max()
