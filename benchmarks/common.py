@@ -1,0 +1,88 @@
+"""Shared benchmark helpers: models to time, timing, and the table + JSON report."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+import bolmo
+from bolmo.config import BolmoConfig
+from bolmo.loading import build_tokenizer
+from bolmo.model.bolmo import BolmoForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_MODEL = ROOT.parent / "shared" / "fixtures" / "bolmo" / "tiny-gqa"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def fixture_model(dtype: torch.dtype = torch.float32) -> BolmoForCausalLM:
+    return bolmo.load(FIXTURE_MODEL, dtype=dtype)
+
+
+def bolmo_1b_local_config() -> BolmoConfig:
+    """Bolmo-1B's local sizes (d 2048, 1 encoder + 4 decoder mLSTM layers, 16 heads, FF 2816,
+    100,278-row subword table) with only 2 global layers, so it fits a small machine."""
+    config = BolmoConfig.preset("bolmo-1b")
+    config.num_hidden_layers = 2
+    config.layer_types = ["full_attention"] * 2
+    # The fixture's 1,000-entry subword tokenizer drives the expansion (ids stay < 100,278).
+    config.tokenizer_config.original_identifier = str(FIXTURE_MODEL / "subword_tokenizer")
+    config.validate()
+    return config
+
+
+def random_model(config: BolmoConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> BolmoForCausalLM:
+    """Random weights at the scale of a trained model (matrices ~ N(0, 1/fan_in))."""
+    torch.manual_seed(seed)
+    model = BolmoForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif p.dim() == 2:
+                p.normal_(0.0, p.shape[1] ** -0.5 if "embedding" not in name else 1.0)
+            else:
+                p.normal_(0.0, 0.1)
+    model.tokenizer = build_tokenizer(config, None)
+    return model.to(dtype).eval()
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn` in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(name: str, rows: list[dict], columns: list[str], settings: dict) -> None:
+    """Print a table, write benchmarks/results/<name>.json, end with one JSON line."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=name)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(f"{row[c]:,.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    Console().print(table)
+    payload = {
+        "benchmark": name,
+        "settings": settings,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()},
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    print(json.dumps(payload))
