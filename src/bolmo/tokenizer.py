@@ -21,7 +21,7 @@ import torch
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOKENS, ByteTokenizerConfig
 from bolmo.errors import TokenizerError
 
-_SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 @lru_cache(maxsize=1)
@@ -182,15 +182,15 @@ def resolve_subword_tokenizer(identifier: str, model_dir: str | Path | None) -> 
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(identifier, local_files_only=True, allow_patterns=_SUBWORD_TOKENIZER_FILES)
+        local = snapshot_download(identifier, local_files_only=True, allow_patterns=SUBWORD_TOKENIZER_FILES)
         if (Path(local) / "tokenizer.json").is_file():
             return Path(local)
     except Exception:  # not in the cache, or not a valid repo id: fall through to the message below
         pass
     raise TokenizerError(
         f"subword tokenizer {identifier!r} (config.json tokenizer_config.original_identifier) is not "
-        f"available locally; fetch it with `bolmo download` (it stores the tokenizer beside the model) "
-        f"or point original_identifier at a local tokenizer directory"
+        f"available locally; `bolmo download` of the model fetches it into the local Hub cache, or point "
+        f"original_identifier at a local tokenizer directory"
     )
 
 
