@@ -78,15 +78,19 @@ def load_config_and_counts(source: str | Path) -> tuple[BolmoConfig, dict[str, i
 def load(source: str | Path | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load a Bolmo model (HF or OLMo-core directory, downloaded Hub repo id, or the bundled
-    default) in eval mode, with its tokenizer attached as `model.tokenizer`."""
+    default) in eval mode, with its tokenizer attached as `model.tokenizer`. Subword OLMo 2 /
+    Olmo 3 directories (HF or OLMo-core) load as `bolmo.model.olmo.OlmoForCausalLM`."""
     path = resolve_source(source)
     kind = checkpoint_kind(path)
+    if kind in ("olmo2", "olmo3", "olmo-core"):  # a subword OLMo model: same surface, its own tokenizer
+        from bolmo.subword import load_olmo
+
+        return load_olmo(path, olmo_core=kind == "olmo-core", device=device, dtype=dtype)
     if kind == "bolmo":
-        from bolmo.checkpoint.hf import HFCheckpoint
+        from bolmo.checkpoint.safetensors_io import HFWeights
 
         config = load_config(path, kind)
-        checkpoint = HFCheckpoint(path)
-        tensors = ((name, checkpoint.entries[name].file, tensor) for name, tensor in checkpoint.tensors())
+        tensors = HFWeights(path).tensors()
     elif kind == "bolmo-olmo-core":
         from bolmo.checkpoint.olmo_core import load_bolmo_olmo_core
 

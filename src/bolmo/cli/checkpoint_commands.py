@@ -1,0 +1,168 @@
+"""`bolmo convert`, `bolmo inspect`, `bolmo verify`: checkpoint tooling (bolmo.checkpoint does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bolmo.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from bolmo.checkpoint.convert import ConversionResult
+
+_CONVERT_DESCRIPTION = """\
+Convert a checkpoint, tensor by tensor (peak memory ~ the largest tensor, not the model).
+Sources are recognised automatically: OLMo-core Bolmo or OLMo 2/3 directories (config.json +
+model_and_optim/), any torch.distributed.checkpoint directory (e.g. FSDP, with --prefix/--ema),
+and HF Bolmo / Olmo2 / Olmo3 directories. The output appears atomically: on any error (or Ctrl-C)
+nothing is left at DST."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    convert = subparsers.add_parser("convert", help="convert between OLMo-core/DCP and HF safetensors",
+                                    description=_CONVERT_DESCRIPTION,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("src", type=Path, help="checkpoint to read")
+    convert.add_argument("dst", type=Path, help="directory to create")
+    convert.add_argument("--to", required=True, choices=["hf", "olmo-core"], help="output format")
+    which = convert.add_mutually_exclusive_group()
+    which.add_argument("--prefix", default="model",
+                       help="top-level DCP key holding the weights (default: model)")
+    which.add_argument("--ema", dest="prefix", action="store_const", const="ema",
+                       help="convert the EMA weights (same as --prefix ema)")
+    convert.add_argument("--key-map", type=Path, metavar="FILE",
+                         help="JSON object renaming output tensors: {\"old name\": \"new name\", ...}")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                         help="cast floating-point tensors (default: keep the stored dtype)")
+    convert.add_argument("--shard-size", default="5GB",
+                         help="largest safetensors file, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument("--verify-against", type=Path, metavar="REF",
+                         help="fail unless the output has the same tensors (names, shapes, dtypes) as HF directory REF")
+    convert.set_defaults(handler=run_convert)
+
+    inspect = subparsers.add_parser("inspect", help="list the tensors of any checkpoint",
+                                    description="Tensor inventory (name, shape, dtype, file) of an HF directory, "
+                                    "a .safetensors file or any DCP / OLMo-core directory, with totals per "
+                                    "top-level prefix and per module. Reads metadata only.")
+    inspect.add_argument("ckpt", type=Path, help="checkpoint directory or .safetensors file")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inspect.set_defaults(handler=run_inspect)
+
+    verify = subparsers.add_parser("verify", help="structural check of a checkpoint directory",
+                                   description="Check that every file the metadata/index names exists and is "
+                                   "long enough, headers and byte ranges are valid, and the config's model has "
+                                   "exactly the stored tensors. Exit 0 if so, 1 with the list of problems.")
+    verify.add_argument("dir", type=Path, help="HF or OLMo-core (or any DCP) directory")
+    verify.set_defaults(handler=run_verify)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from bolmo.checkpoint.atomic import check_destination
+    from bolmo.checkpoint.convert import execute, plan_conversion
+    from bolmo.checkpoint.inventory import parse_dtype
+    from bolmo.checkpoint.safetensors_io import parse_size
+
+    shard_size = parse_size(args.shard_size)
+    key_map = _read_key_map(args.key_map) if args.key_map else None
+    check_destination(args.dst.absolute(), args.overwrite)
+    plan = plan_conversion(args.src, args.to, prefix=args.prefix, key_map=key_map,
+                           dtype=parse_dtype(args.dtype, "--dtype") if args.dtype else None)
+    console = Console(stderr=True)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(f"{plan.source.kind.value} -> {args.to}", total=plan.total_bytes)
+        result = execute(plan, args.dst, overwrite=args.overwrite, shard_size=shard_size,
+                         verify_against=args.verify_against, progress=lambda _, n: bar.advance(task, n))
+    _print_summary(result, args)
+    return 0
+
+
+def _read_key_map(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the key map ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise CheckpointError(f"{path}: the key map must be a JSON object of name -> new name strings")
+    return data
+
+
+def _print_summary(result: ConversionResult, args: argparse.Namespace) -> None:
+    from bolmo.checkpoint.inventory import human_bytes
+
+    plan = result.plan
+    weights = [f for f in result.files if f.endswith((".safetensors", ".distcp"))]
+    rate = plan.total_bytes / result.seconds if result.seconds else 0.0
+    print(f"Converted {plan.source.path} ({plan.source.kind.value}) -> {result.destination} ({plan.target})")
+    print(f"  tensors:  {len(plan.tensors)} from '{args.prefix}', {human_bytes(plan.total_bytes)}")
+    print(f"  files:    {len(result.files)} ({len(weights)} weight file(s)); config.json: "
+          f"{'yes' if 'config.json' in result.files else 'no (source has no model config)'}")
+    if plan.tokenizer_dir is not None:
+        print(f"  tokenizer: copied {plan.tokenizer_dir.name}/")
+    print(f"  time:     {result.seconds:.1f} s ({human_bytes(rate)}/s)")
+    if args.verify_against:
+        print(f"  verified against {args.verify_against}: same tensor names, shapes and dtypes")
+    for warning in plan.warnings:
+        print(f"  warning:  {warning}")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from bolmo.checkpoint.inventory import dtype_name, human_bytes, totals_by
+    from bolmo.checkpoint.sources import open_checkpoint
+
+    source = open_checkpoint(args.ckpt)
+    infos = list(source.reader.inventory().values())
+    groups = {"prefix": totals_by(infos, 1), "module": totals_by(infos, 2)}
+    if args.json:
+        print(json.dumps({
+            "path": str(args.ckpt), "kind": source.kind.value,
+            "tensors": [{"name": i.name, "shape": list(i.shape), "dtype": dtype_name(i.dtype), "files": list(i.files)}
+                        for i in infos],
+            "totals": {level: {k: vars(t) for k, t in totals.items()} for level, totals in groups.items()},
+        }, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.ckpt} ({source.kind.value})")
+    for column in ("name", "shape", "dtype", "file"):
+        table.add_column(column, overflow="fold")
+    for i in infos:
+        table.add_row(i.name, str(list(i.shape)) if i.is_tensor else "", dtype_name(i.dtype), ", ".join(i.files))
+    console = Console()
+    console.print(table)
+    for level, totals in groups.items():
+        summary = Table(title=f"totals per {level}")
+        for column in (level, "tensors", "parameters", "bytes"):
+            summary.add_column(column, justify="left" if column == level else "right")
+        for key, t in totals.items():
+            summary.add_row(key, str(t.count), f"{t.parameters:,}", human_bytes(t.bytes))
+        console.print(summary)
+    objects = sum(not i.is_tensor for i in infos)
+    if objects:
+        console.print(f"{objects} non-tensor item(s) (dtype 'object'), not counted above")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from bolmo.checkpoint.inventory import human_bytes
+    from bolmo.checkpoint.verify import verify_directory
+
+    report = verify_directory(args.dir)
+    print(f"{report.path}: {report.kind or 'unrecognised'}; {report.tensors} tensors "
+          f"({human_bytes(report.total_bytes)}), {report.objects} other item(s)")
+    for note in report.notes:
+        print(f"  note: {note}")
+    if report.ok:
+        print("  ok: files, byte ranges and tensor inventory are consistent")
+        return 0
+    print(f"  {len(report.problems)} problem(s):")
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 1

@@ -1,0 +1,82 @@
+"""A complete subword OLMo 2 / Olmo 3 language model, with transformers' state-dict names
+(`model.embed_tokens`, `model.layers.{i}`, `model.norm`, `lm_head`).
+
+The blocks are the very `OlmoBlockStack` that runs inside Bolmo on patches, so a teacher and the
+Bolmo built from it share one implementation; here it runs on token embeddings instead, and the
+final norm and a vocabulary-sized head follow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bolmo.model.transformer import OlmoBlockStack
+from bolmo.nn.norm import RMSNorm
+from bolmo.olmo_config import OlmoConfig
+
+
+@dataclass
+class OlmoOutput:
+    logits: torch.Tensor  # [B, T, vocab_size]: logits[:, t] predicts token t+1
+
+
+class OlmoModel(nn.Module):
+    def __init__(self, config: OlmoConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = OlmoBlockStack(config.transformer_spec())
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] (right-padded where attention_mask [B, T] is False) -> normed states [B, T, D]."""
+        valid = attention_mask.bool() if attention_mask is not None else None
+        return self.norm(self.layers(self.embed_tokens(input_ids), valid))
+
+
+class OlmoForCausalLM(nn.Module):
+    """The subword model with its tokenizer attached by the loader (`model.tokenizer`, a
+    `SubwordTokenizer`, or None when the checkpoint directory has no tokenizer.json)."""
+
+    def __init__(self, config: OlmoConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = OlmoModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tokenizer = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> OlmoOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        return OlmoOutput(logits=self.lm_head(self.model(input_ids, attention_mask)))
+
+    # Convenience methods delegate to bolmo.subword, which owns scoring and decoding.
+    def score(self, texts: list[str], batch_size: int = 8) -> list:
+        from bolmo.subword import score_texts
+
+        return score_texts(self, texts, batch_size=batch_size)
+
+    def generate(self, prompts: list[str], max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: str | list[str] | None = None) -> list[str]:
+        from bolmo.subword import generate
+
+        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
+
+    def stream(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0, top_k: int | None = None,
+               top_p: float | None = None, seed: int | None = None,
+               stop: str | list[str] | None = None) -> Iterator[str]:
+        from bolmo.subword import stream
+
+        return stream(self, prompt, max_new_bytes, temperature, top_k, top_p, seed, stop)

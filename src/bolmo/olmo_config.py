@@ -1,0 +1,156 @@
+"""Config of a subword OLMo 2 / Olmo 3 model, read from the `config.json` transformers writes for
+`Olmo2ForCausalLM` (model_type "olmo2") and `Olmo3ForCausalLM` ("olmo3").
+
+Field names and defaults are transformers' own, so a config.json that omits a field means what it
+means to transformers. Model fields we do not know are refused by name (they could change the
+math); the generic `PretrainedConfig` bookkeeping keys transformers may write (generation
+defaults, label maps, ...) are accepted and ignored, since they do not change the weights' meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bolmo.config import (
+    _HF_BOOKKEEPING,
+    RopeSpec,
+    TransformerSpec,
+    default_layer_types,
+    parse_rope_scaling,
+    read_json,
+    validate_layer_types,
+)
+from bolmo.errors import ConfigError
+
+OLMO_MODEL_TYPES = ("olmo2", "olmo3")
+
+# Attributes every transformers PretrainedConfig carries; none changes an OLMo model's weights.
+PRETRAINED_CONFIG_KEYS = _HF_BOOKKEEPING | {
+    "_attn_implementation_autoset", "add_cross_attention", "bad_words_ids", "begin_suppress_tokens",
+    "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id",
+    "diversity_penalty", "do_sample", "early_stopping", "encoder_no_repeat_ngram_size",
+    "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id", "forced_eos_token_id",
+    "id2label", "is_decoder", "is_encoder_decoder", "label2id", "length_penalty", "max_length",
+    "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
+    "output_attentions", "output_hidden_states", "output_scores", "prefix", "problem_type",
+    "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict",
+    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params", "temperature",
+    "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p", "torchscript",
+    "typical_p", "use_bfloat16",
+}
+# Olmo 3 adds sliding-window layers; OLMo 2 has full attention everywhere.
+_OLMO3_ONLY = ("sliding_window", "layer_types")
+
+
+@dataclass
+class OlmoConfig:
+    """transformers' Olmo2Config / Olmo3Config, field for field (defaults as transformers has them)."""
+
+    model_type: str = "olmo2"
+    vocab_size: int = 50304
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = 50279
+    tie_word_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = None  # Olmo 3 only (transformers' default there: 4096)
+    layer_types: list[str] | None = None  # Olmo 3 only (default: 3 sliding then 1 full, repeating)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in OLMO_MODEL_TYPES:
+            raise ConfigError(f"model_type {self.model_type!r} is not a subword OLMo model ({', '.join(OLMO_MODEL_TYPES)})")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.model_type == "olmo3":
+            if self.sliding_window is None:
+                self.sliding_window = 4096
+            if self.layer_types is None:
+                self.layer_types = default_layer_types(self.num_hidden_layers)
+
+    def validate(self, where: str) -> None:
+        """Reject values our transformer cannot honour, naming the field."""
+
+        def need(cond: bool, fld: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{where}: {fld}: {msg}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
+             f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
+        if self.head_dim is None:
+            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
+                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
+        need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
+        need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")
+        need(self.rms_norm_eps > 0, "rms_norm_eps", "must be positive")
+        if self.model_type == "olmo3":
+            validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
+        self.transformer_spec(where)  # validates rope_scaling
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """`eos_token_id` may be one id, a list of ids, or null."""
+        if self.eos_token_id is None:
+            return ()
+        return tuple(self.eos_token_id) if isinstance(self.eos_token_id, list) else (self.eos_token_id,)
+
+    def transformer_spec(self, where: str = "config.json") -> TransformerSpec:
+        layer_types = self.layer_types or ["full_attention"] * self.num_hidden_layers
+        return TransformerSpec(
+            d_model=self.hidden_size,
+            n_layers=self.num_hidden_layers,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=self.head_dim or self.hidden_size // self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            rms_norm_eps=self.rms_norm_eps,
+            layer_types=tuple(layer_types),
+            sliding_window=self.sliding_window,
+            # OLMo 2 applies rope_scaling to every layer; Olmo 3 only to full-attention layers.
+            rope_full=parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, where),
+            rope_sliding=RopeSpec(theta=self.rope_theta),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> "OlmoConfig":
+        model_type = data.get("model_type")
+        if model_type not in OLMO_MODEL_TYPES:
+            raise ConfigError(f"{where}: model_type is {model_type!r}, expected one of {', '.join(OLMO_MODEL_TYPES)}")
+        known = {f.name for f in dataclasses.fields(cls)} - (set(_OLMO3_ONLY) if model_type == "olmo2" else set())
+        unknown = sorted(set(data) - known - PRETRAINED_CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) for model_type {model_type!r}: {unknown}")
+        body = {k: v for k, v in data.items() if k in known}
+        try:
+            config = cls(**body)
+            config.validate(where)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a field of the wrong type
+            raise ConfigError(f"{where}: {exc}") from exc
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "OlmoConfig":
+        return cls.from_dict(read_json(path), where=str(path))

@@ -1,0 +1,111 @@
+"""OLMo-core experiment config <-> HF config.json, both OLMo-core namings, presets, refusals."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from conftest import BOLMO_FIXTURES, CKPT_FIXTURES
+
+from bolmo.checkpoint.config_maps import hf_to_olmo_core, olmo_core_to_hf
+from bolmo.checkpoint.olmo_core import bolmo_config_from_olmo_core
+from bolmo.checkpoint.sources import open_checkpoint
+from bolmo.config import BolmoConfig
+from bolmo.errors import ConfigError
+
+
+def _load(path):
+    return json.loads(path.read_text())
+
+
+def _to_2025_naming(config: dict) -> dict:
+    """The older field names of bolmo-core / the released checkpoints."""
+    config = copy.deepcopy(config)
+    block = config["model"]["block"]
+    block["attention"] = block.pop("sequence_mixer")
+    block["attention"].pop("type")
+    block["feed_forward"]["act_name"] = block["feed_forward"].pop("activation")
+    return config
+
+
+@pytest.mark.parametrize("name", ["olmo2", "olmo3"])
+def test_both_olmo_core_namings_give_the_fixture_config(name):
+    config = _load(CKPT_FIXTURES / name / "config.json")
+    reference = _load(CKPT_FIXTURES / name / "hf" / "config.json")
+    reference.pop("transformers_version")
+    assert olmo_core_to_hf(config, name) == reference
+    assert olmo_core_to_hf(_to_2025_naming(config), name) == reference
+
+
+def test_olmo3_window_is_the_olmo_core_pattern_value():
+    hf = olmo_core_to_hf(_load(CKPT_FIXTURES / "olmo3" / "config.json"), "olmo3")
+    assert hf["sliding_window"] == 8 and hf["layer_types"] == ["sliding_attention"] * 3 + ["full_attention"]
+    native = hf_to_olmo_core(hf, "hf")
+    assert native["model"]["block"]["sequence_mixer"]["sliding_window"]["pattern"] == [8, 8, 8, -1]
+
+
+@pytest.mark.parametrize("preset", ["bolmo-1b", "bolmo-7b", "tiny"])
+def test_bolmo_presets_round_trip(preset):
+    hf = BolmoConfig.preset(preset).to_dict()
+    native = hf_to_olmo_core(hf, preset)
+    assert native["model"]["name"] == "bolmo" and native["model"]["vocab_size"] == 640
+    assert "attention" in native["model"]["block"]  # bolmo-core (2025) naming
+    assert olmo_core_to_hf(native, preset) == hf
+    assert bolmo_config_from_olmo_core(native) == BolmoConfig.preset(preset)
+
+
+def test_bolmo_7b_yarn_is_olmo_core_scaling():
+    native = hf_to_olmo_core(BolmoConfig.preset("bolmo-7b").to_dict(), "7b")
+    rope = native["model"]["block"]["attention"]["rope"]
+    assert rope["scaling"]["old_context_len"] == 8192 and rope["scaling"]["factor"] == 8.0
+    assert rope["scaling"]["_CLASS_"] == "olmo_core.nn.rope.YaRNRoPEScalingConfig"
+    assert "rope_scaling" not in native.get("hf_overrides", {})
+
+
+def test_fields_olmo_core_cannot_hold_survive_in_overrides():
+    hf = _load(BOLMO_FIXTURES / "tiny-gqa" / "config.json")
+    native = hf_to_olmo_core(hf, "tiny-gqa")
+    assert native["hf_overrides"] == {"max_position_embeddings": 512, "transformers_version": "4.57.1"}
+    assert native["model"]["local_encoder"]["subword_vocab_size"] == 1000
+    assert native["dataset"]["tokenizer"]["original_identifier"] == "subword_tokenizer"
+    assert olmo_core_to_hf(native, "tiny-gqa") == hf
+
+
+def test_bolmo_fixture_config():
+    config = bolmo_config_from_olmo_core(_load(CKPT_FIXTURES / "bolmo_olmo_core" / "config.json"))
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 4)
+    assert (config.num_local_encoder_layers, config.num_local_decoder_layers, config.num_local_heads) == (1, 2, 4)
+    assert config.local_intermediate_size == 48 and config.intermediate_size == 256
+    assert config.rms_norm_eps == 1e-6 and config.local_rms_norm_eps == 1e-5 and config.rope_theta == 500000
+    assert config.layer_types == ["full_attention"] * 2 and not config.add_expanded_embeddings
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(name="moe"), "model.name 'moe' is not supported"),
+    (lambda m: m["block"].update(name="default"), "model.block.name 'default' is not supported"),
+    (lambda m: m["local_decoder"].update(hnet_smooth=True), "'hnet_smooth': True"),
+    (lambda m: m["local_encoder"].update(add_hash_embeddings=True), "'add_hash_embeddings': True"),
+    (lambda m: m["block"]["attention"]["rope"].update(scaling={"_CLASS_": "olmo_core.nn.rope.ABFRoPEScalingConfig"}),
+     "only YaRN"),
+])
+def test_unsupported_olmo_core_configs_are_named(edit, message):
+    config = _load(CKPT_FIXTURES / "bolmo_olmo_core" / "config.json")
+    edit(config["model"])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        olmo_core_to_hf(config, "config.json")
+
+
+def test_hf_fields_without_olmo_core_meaning_are_refused():
+    hf = _load(CKPT_FIXTURES / "olmo2" / "hf" / "config.json") | {"partial_rotary_factor": 0.5}
+    with pytest.raises(ConfigError, match=r"\['partial_rotary_factor'\] cannot be expressed"):
+        hf_to_olmo_core(hf, "config.json")
+    bolmo = BolmoConfig.preset("tiny").to_dict() | {"local_rms_norm_eps": 1e-6}
+    with pytest.raises(ConfigError, match="local_rms_norm_eps"):
+        hf_to_olmo_core(bolmo, "config.json")
+
+
+def test_config_that_is_neither_format(tmp_path):
+    (tmp_path / "config.json").write_text('{"trainer": {}}')
+    with pytest.raises(ConfigError, match="neither an OLMo-core experiment config .* nor an HF config"):
+        open_checkpoint(tmp_path)

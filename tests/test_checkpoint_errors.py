@@ -1,0 +1,185 @@
+"""Bad input: every case gives a message naming what is wrong, a non-zero exit and no output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BOLMO_FIXTURES, CKPT_FIXTURES
+
+from bolmo.checkpoint.dcp_reader import DCPCheckpoint
+from bolmo.checkpoint.dcp_writer import DCPWriter
+from bolmo.cli import main
+
+BAD = CKPT_FIXTURES / "bad"
+
+
+def _convert(capsys, src: Path, dst: Path, *extra: str) -> tuple[int, str]:
+    code = main(["convert", str(src), str(dst), "--to", "hf", *extra])
+    return code, capsys.readouterr().err
+
+
+def _verify(capsys, path: Path) -> tuple[int, str]:
+    code = main(["verify", str(path)])
+    return code, capsys.readouterr().out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """A writable copy (fixtures are read-only)."""
+    shutil.copytree(src, dst, copy_function=shutil.copyfile)
+    for path in [dst, *dst.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dst
+
+
+@pytest.mark.parametrize("name, message", [
+    ("truncated_shard", "__1_0.distcp: file is 521978 bytes, the metadata needs at least 1043956"),
+    ("missing_shard", "__0_0.distcp: data file named by the metadata is missing"),
+    ("missing_metadata", "missing_metadata/.metadata is missing but .distcp data files exist"),
+    ("olmo2_corrupt_metadata", "model_and_optim/.metadata: corrupt DCP metadata (39107 bytes)"),
+])
+def test_broken_fixture_is_refused(name, message, capsys, tmp_path):
+    code, err = _convert(capsys, BAD / name, tmp_path / "out")
+    assert code == 2 and message in err
+    assert list(tmp_path.iterdir()) == []
+    code, out = _verify(capsys, BAD / name)
+    assert code == 1 and message in out
+
+
+def _native_with_config(tmp_path: Path, source: Path, edit) -> Path:
+    root = tmp_path / "native"
+    root.mkdir()
+    (root / "model_and_optim").symlink_to(source / "model_and_optim")
+    config = json.loads((source / "config.json").read_text())
+    edit(config["model"])
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def test_shapes_that_do_not_match_the_config(capsys, tmp_path):
+    def widen(model):
+        model["local_decoder"]["block_config"]["feed_forward"]["hidden_size"] = 64
+        model["local_encoder"]["block_config"]["feed_forward"]["hidden_size"] = 64
+
+    src = _native_with_config(tmp_path, CKPT_FIXTURES / "bolmo_olmo_core", widen)
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and "tensors do not match the model its config describes" in err
+    assert "model.local_decoder.layers.1.mlp.up_proj.weight: checkpoint has [48, 32], model built from config has [64, 32]" in err
+    assert not (tmp_path / "out").exists()
+    assert _verify(capsys, src)[0] == 1
+
+
+def test_olmo_shapes_that_do_not_match_the_config(capsys, tmp_path):
+    src = _native_with_config(tmp_path, CKPT_FIXTURES / "olmo3", lambda m: m["block"]["feed_forward"].update(hidden_size=128))
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and "model.layers.3.mlp.gate_proj.weight: checkpoint has [256, 12], model built from config has [128, 12]" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fewer_layers_in_config_than_in_checkpoint(capsys, tmp_path):
+    src = _native_with_config(tmp_path, CKPT_FIXTURES / "bolmo_olmo_core", lambda m: m.update(n_layers=1))
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and "extra model.layers.1.self_attn.q_proj.weight (in checkpoint, not in model built from config)" in err
+
+
+def test_hf_config_mismatch_refused_before_writing(capsys, tmp_path):
+    src = _copy(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "hf")
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"], config["layer_types"] = 5, config["layer_types"] + ["full_attention"]
+    (src / "config.json").write_text(json.dumps(config))
+    code = main(["convert", str(src), str(tmp_path / "out"), "--to", "olmo-core"])
+    assert code == 2 and "missing model.layers.4.mlp.down_proj.weight" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unmapped_native_tensor(capsys, tmp_path):
+    ckpt = DCPCheckpoint(CKPT_FIXTURES / "olmo2" / "model_and_optim")
+    root = tmp_path / "native"
+    with DCPWriter(root / "model_and_optim") as writer:
+        for name, tensor in ckpt.iter_tensors("model"):
+            writer.add(name, tensor)
+        writer.add("model.blocks.0.attention.w_extra.weight", torch.zeros(2, 2))
+    shutil.copyfile(CKPT_FIXTURES / "olmo2" / "config.json", root / "config.json")
+    code, err = _convert(capsys, root, tmp_path / "out")
+    assert code == 2 and "1 tensor(s) have no HF name in the olmo key map" in err
+    assert "blocks.0.attention.w_extra.weight" in err and not (tmp_path / "out").exists()
+
+
+def test_extra_hf_tensor(capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _copy(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "hf")
+    tensors = load_file(src / "model.safetensors") | {"model.surprise.weight": torch.zeros(3)}
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    code = main(["convert", str(src), str(tmp_path / "out"), "--to", "olmo-core"])
+    assert code == 2 and "extra model.surprise.weight" in capsys.readouterr().err
+
+
+def test_destination_exists(capsys, tmp_path):
+    (tmp_path / "out").mkdir()
+    code, err = _convert(capsys, CKPT_FIXTURES / "olmo2", tmp_path / "out")
+    assert code == 2 and "destination exists (pass --overwrite to replace it)" in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def _hf_copy_with(tmp_path: Path, damage) -> Path:
+    src = _copy(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "hf")
+    damage(src / "model.safetensors")
+    return src
+
+
+def _bad_json_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[8:12] = b"}}}}"
+    path.write_bytes(bytes(data))
+
+
+def _short_data(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 1000])
+
+
+def _huge_header(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 10**12) + data[8:])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_bad_json_header, "safetensors header is not valid JSON"),
+    (_short_data, "data is short: the header needs 1608800 bytes of tensor data, the file has 1607800"),
+    (_huge_header, "header length 1000000000000 exceeds the file size"),
+])
+def test_damaged_safetensors(damage, message, capsys, tmp_path):
+    src = _hf_copy_with(tmp_path, damage)
+    code = main(["convert", str(src), str(tmp_path / "out"), "--to", "olmo-core"])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    code, out = _verify(capsys, src)
+    assert code == 1 and message in out
+
+
+def test_index_naming_a_missing_file(capsys, tmp_path):
+    out = tmp_path / "sharded"
+    assert main(["convert", str(CKPT_FIXTURES / "olmo2"), str(out), "--to", "hf", "--shard-size", "40KB"]) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[1]
+    (out / victim).unlink()
+    code, report = _verify(capsys, out)
+    assert code == 1 and f"names {victim}, which is missing" in report
+    code, err = _convert(capsys, out, tmp_path / "again")
+    assert code == 2 and f"names {victim}, which is missing" in err and not (tmp_path / "again").exists()
+
+
+def test_bad_arguments(capsys, tmp_path):
+    code, err = _convert(capsys, CKPT_FIXTURES / "olmo2", tmp_path / "out", "--shard-size", "lots")
+    assert code == 2 and "shard size 'lots'" in err
+    (tmp_path / "map.json").write_text("[1, 2]")
+    code, err = _convert(capsys, CKPT_FIXTURES / "olmo2", tmp_path / "out", "--key-map", str(tmp_path / "map.json"))
+    assert code == 2 and "key map must be a JSON object" in err
+    code = main(["convert", str(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint"), str(tmp_path / "out"), "--to", "olmo-core"])
+    assert code == 2 and "cannot be converted to olmo-core" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
