@@ -1,9 +1,8 @@
 """Choosing the next id from a model's logits: greedy, temperature, top-k, top-p.
 
 Shared by Bolmo's byte engine (`bolmo.generate`) and subword generation (`bolmo.subword`).
-`sample` draws for a whole batch from one generator; `RowSampler` gives every row its own random
-stream (Bolmo's choice, see below). Both use the same filtering and inverse-CDF draw, one uniform
-number per row and step, so a given uniform always selects the same id.
+`RowSampler` gives every row of a batch its own random stream and draws one uniform number per
+row and step; `inverse_cdf` turns it into an id after temperature, top-k and top-p.
 """
 
 from __future__ import annotations
@@ -37,20 +36,13 @@ class SamplingParams:
         p = self.top_p
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0):
             raise GenerationError(f"top_p must be in (0, 1], got {p!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise GenerationError(f"seed must be an integer, got {self.seed!r}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise GenerationError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-    def generator(self, device: torch.device | str, offset: int = 0) -> torch.Generator | None:
-        """A generator seeded with `seed + offset` (a random seed when none was given); None when
-        greedy, which draws nothing."""
-        if self.greedy:
-            return None
-        base = self.seed if self.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        return torch.Generator(device).manual_seed(base + offset)
 
 
 def banned_special_ids(eos_id: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -64,17 +56,6 @@ def banned_special_ids(eos_id: int, device: torch.device | str | None = None) ->
     return banned
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
-           banned: torch.Tensor | None = None) -> torch.Tensor:
-    """logits [B, V] -> ids [B], drawing the batch's uniforms from one generator.
-    `banned` (bool [V] or [B, V], True = never choose) masks ids before anything else."""
-    scores = _masked(logits, banned)
-    if params.greedy:
-        return scores.argmax(-1)
-    uniforms = torch.rand(scores.shape[0], generator=generator, device=scores.device)
-    return inverse_cdf(scores, params, uniforms)
-
-
 class RowSampler:
     """One random stream per row: row r of a batch draws from a generator seeded with
     `seed + r`, one uniform per sampled id. A row's sample then depends only on its own prompt
@@ -84,24 +65,24 @@ class RowSampler:
 
     def __init__(self, params: SamplingParams, n_rows: int, device: torch.device) -> None:
         self.params = params
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        fixed = SamplingParams(params.temperature, params.top_k, params.top_p, seed)
-        self.generators = [] if params.greedy else [fixed.generator(device, row) for row in range(n_rows)]
+        self.generators: list[torch.Generator] = []
+        if not params.greedy:
+            base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+            self.generators = [torch.Generator(device).manual_seed(base + row) for row in range(n_rows)]
 
     def keep_rows(self, rows: list[int]) -> None:
         self.generators = [self.generators[r] for r in rows] if self.generators else []
 
     def __call__(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
-        scores = _masked(logits, banned)
+        """logits [B, V] -> ids [B]. `banned` (bool [V] or [B, V], True = never choose) masks ids
+        before anything else."""
+        scores = logits.float()
+        if banned is not None:
+            scores = scores.masked_fill(banned, -math.inf)
         if self.params.greedy:
             return scores.argmax(-1)
         uniforms = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
         return inverse_cdf(scores, self.params, uniforms)
-
-
-def _masked(logits: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
-    scores = logits.float()
-    return scores if banned is None else scores.masked_fill(banned, -math.inf)
 
 
 def inverse_cdf(scores: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:

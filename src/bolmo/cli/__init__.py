@@ -15,6 +15,11 @@ from bolmo.errors import BolmoError
 
 COMMAND_MODULES = [
     "bolmo.cli.model_commands",
+    "bolmo.cli.generate_commands",
+    "bolmo.cli.train_commands",
+    "bolmo.cli.hub_commands",
+    "bolmo.cli.checkpoint_commands",
+    "bolmo.cli.olmo_commands",
 ]
 
 

@@ -13,6 +13,7 @@ filler patches without masking them, so short rows attend to that filler. Pass a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,22 @@ class BolmoForCausalLM(nn.Module):
         from bolmo.score import score_texts
 
         return score_texts(self, texts, batch_size=batch_size)
+
+    def generate(self, prompts: list[str], max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: str | list[str] | None = None) -> list[str]:
+        """Continuations of `prompts` (cached byte-level decoding, see bolmo.generate)."""
+        from bolmo.generate import generate
+
+        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
+
+    def stream(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               stop: str | list[str] | None = None) -> Iterator[str]:
+        """Yield the continuation of `prompt` in text pieces as it is decoded."""
+        from bolmo.generate import stream
+
+        return stream(self, prompt, max_new_bytes, temperature, top_k, top_p, seed, stop)
 
     def num_parameters_by_component(self) -> dict[str, int]:
         return parameter_counts(self)

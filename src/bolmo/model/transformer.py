@@ -29,7 +29,12 @@ class OlmoBlock(nn.Module):
         self.post_feedforward_layernorm = RMSNorm(spec.d_model, spec.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.post_attention_layernorm(self.self_attn(x, cos, sin, mask))
+        return self.finish(x, self.self_attn(x, cos, sin, mask))
+
+    def finish(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """The block after attention (both post-norm residual steps); separate so a decoding
+        engine can run attention against its own KV cache."""
+        x = x + self.post_attention_layernorm(attn_out)
         return x + self.post_feedforward_layernorm(self.mlp(x))
 
 

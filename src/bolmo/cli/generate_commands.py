@@ -1,0 +1,86 @@
+"""`bolmo generate`: stream a continuation to the terminal, or show where the patches fall."""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+
+from bolmo.cli.model_commands import add_model_arguments, load_from_args
+from bolmo.config import BYTE_OFFSET
+
+PATCH_SEPARATOR = "|"
+_PATCH_STYLES = ("black on cyan", "black on yellow")  # alternate per patch
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser("generate", help="generate a continuation of PROMPT, streamed as it is decoded")
+    gen.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
+    add_model_arguments(gen)
+    gen.add_argument("--max-new-bytes", type=int, default=256, help="bytes to generate (default 256)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely ids")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= P")
+    gen.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    gen.add_argument("--stop", nargs="+", action="extend", default=None, metavar="STR",
+                     help="stop before the first occurrence of any STR (not included in the output)")
+    gen.add_argument("--show-patches", action="store_true",
+                     help="print prompt and continuation with patch boundaries marked (colours in a "
+                          f"terminal, '{PATCH_SEPARATOR}' otherwise)")
+    gen.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from bolmo.generate import GenerateOptions, generate_ids
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    arguments = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, seed=args.seed, stop=args.stop)
+    GenerateOptions.build(**arguments)  # reject bad arguments before loading the model
+    model = load_from_args(args)
+    if not args.show_patches:
+        for piece in model.stream(prompt, **arguments):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    result = generate_ids(model, [prompt], **arguments)[0]
+    # BOS (always patch 0 on its own) has no text; the rest of the prompt, then the new bytes.
+    n_prompt = len(result.prompt_ids) - 1
+    patches = patch_characters(result.prompt_ids[1:] + result.ids, result.prompt_boundaries[1:] + result.boundaries)
+    console = Console(highlight=False)
+    if console.is_terminal:
+        from rich.text import Text
+
+        text = Text()
+        for i, patch in enumerate(patches):
+            for char, start in patch:
+                text.append(char, style=_PATCH_STYLES[i % 2] + ("" if start < n_prompt else " bold"))
+        console.print(text)
+    else:
+        print(PATCH_SEPARATOR.join("".join(char for char, _ in patch) for patch in patches))
+    n_bytes = n_prompt + len(result.ids)
+    print(f"{n_bytes} bytes in {len(patches)} patches ({n_bytes / max(len(patches), 1):.2f} bytes per patch), "
+          f"finished by {result.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def patch_characters(ids: list[int], boundaries: list[bool]) -> list[list[tuple[str, int]]]:
+    """Split byte ids into patches (a patch ends after each True), each a list of (character,
+    index of its first byte). A boundary inside a multi-byte character moves to the end of that
+    character, so no character is split; invalid UTF-8 shows as U+FFFD."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    patches: list[list[tuple[str, int]]] = [[]]
+    char_start, pending_end = 0, False
+    for i, (byte_id, closes) in enumerate(zip(ids, boundaries)):
+        for char in decoder.decode(bytes([byte_id - BYTE_OFFSET]), final=i == len(ids) - 1):
+            patches[-1].append((char, char_start))
+        pending_end |= closes
+        if decoder.getstate()[0] == b"":  # at a character boundary
+            char_start = i + 1
+            if pending_end:
+                patches.append([])
+                pending_end = False
+    return [patch for patch in patches if patch]
