@@ -137,6 +137,24 @@ def parse_rope_scaling(
     )
 
 
+def transformer_spec_from_hf(config: Any, layer_types: list[str], where: str = "config.json") -> TransformerSpec:
+    """The TransformerSpec of any HF-style config with OLMo field names (Bolmo, Olmo2, Olmo3).
+    Sliding layers always use plain RoPE; `rope_scaling` applies to full-attention layers."""
+    return TransformerSpec(
+        d_model=config.hidden_size,
+        n_layers=config.num_hidden_layers,
+        n_heads=config.num_attention_heads,
+        n_kv_heads=config.num_key_value_heads,
+        head_dim=config.head_dim or config.hidden_size // config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        rms_norm_eps=config.rms_norm_eps,
+        layer_types=tuple(layer_types),
+        sliding_window=config.sliding_window,
+        rope_full=parse_rope_scaling(config.rope_scaling, config.rope_theta, config.max_position_embeddings, where),
+        rope_sliding=RopeSpec(theta=config.rope_theta),
+    )
+
+
 def default_layer_types(n_layers: int) -> list[str]:
     """HF default: three sliding layers then one full, repeating."""
     return ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n_layers)]
@@ -235,19 +253,7 @@ class BolmoConfig:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     def transformer_spec(self) -> TransformerSpec:
-        return TransformerSpec(
-            d_model=self.hidden_size,
-            n_layers=self.num_hidden_layers,
-            n_heads=self.num_attention_heads,
-            n_kv_heads=self.num_key_value_heads,
-            head_dim=self.global_head_dim,
-            intermediate_size=self.intermediate_size,
-            rms_norm_eps=self.rms_norm_eps,
-            layer_types=tuple(self.layer_types),
-            sliding_window=self.sliding_window,
-            rope_full=parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, "config"),
-            rope_sliding=RopeSpec(theta=self.rope_theta),
-        )
+        return transformer_spec_from_hf(self, self.layer_types)
 
     # ------------------------------------------------------------------ I/O
     @classmethod

@@ -16,10 +16,9 @@ from typing import Any
 
 from bolmo.config import (
     _HF_BOOKKEEPING,
-    RopeSpec,
     TransformerSpec,
     default_layer_types,
-    parse_rope_scaling,
+    transformer_spec_from_hf,
     read_json,
     validate_layer_types,
 )
@@ -116,21 +115,8 @@ class OlmoConfig:
         return tuple(self.eos_token_id) if isinstance(self.eos_token_id, list) else (self.eos_token_id,)
 
     def transformer_spec(self, where: str = "config.json") -> TransformerSpec:
-        layer_types = self.layer_types or ["full_attention"] * self.num_hidden_layers
-        return TransformerSpec(
-            d_model=self.hidden_size,
-            n_layers=self.num_hidden_layers,
-            n_heads=self.num_attention_heads,
-            n_kv_heads=self.num_key_value_heads,
-            head_dim=self.head_dim or self.hidden_size // self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            rms_norm_eps=self.rms_norm_eps,
-            layer_types=tuple(layer_types),
-            sliding_window=self.sliding_window,
-            # OLMo 2 applies rope_scaling to every layer; Olmo 3 only to full-attention layers.
-            rope_full=parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, where),
-            rope_sliding=RopeSpec(theta=self.rope_theta),
-        )
+        # OLMo 2 has no layer_types (all full attention, rope_scaling on every layer).
+        return transformer_spec_from_hf(self, self.layer_types or ["full_attention"] * self.num_hidden_layers, where)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> "OlmoConfig":
