@@ -1,4 +1,4 @@
-"""Training commands: `bolmo prepare` (the trainer adds `bolmo train` here)."""
+"""Training commands: `bolmo prepare` and `bolmo train`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_prepare)
 
+    t = subparsers.add_parser(
+        "train",
+        help="train: subword pretraining, byteifying stage 1 or stage 2 (torchrun for many processes)",
+        description="Run the training job CONFIG.yaml describes (stage: subword | stage1 | stage2), with "
+        "key=value overrides of any config field (dotted keys: optim.lr=3e-4 losses.weights.boundary=2). "
+        "Several processes: torchrun --nproc-per-node N -m bolmo.cli train CONFIG.yaml ...",
+    )
+    t.add_argument("config", type=Path, metavar="CONFIG.yaml", help="training config (see docs/training.md)")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. schedule.steps=100")
+    t.add_argument("--resume", action="store_true", help="continue from <run_dir>/latest (same as resume=true)")
+    t.set_defaults(handler=_train)
+
 
 def _prepare(args: argparse.Namespace) -> int:
     from bolmo.train.prepare import PrepareConfig, format_summary, prepare
@@ -36,4 +48,24 @@ def _prepare(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress))
     print(format_summary(meta))
     print(f"wrote {args.out} in {time.time() - started:.1f} s")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bolmo.train.config import load_config
+    from bolmo.train.trainer import train
+
+    config = load_config(args.config, [*args.overrides, *(["resume=true"] if args.resume else [])])
+    result = train(config)
+    if result.main:
+        m = result.metrics
+        shown = [(k, m[k]) for k in ("loss", "ce", "bpb", "boundary_f1", "bytes_per_patch", "bytes_per_s", "mfu")
+                 if k in m]
+        print(f"{config.stage}: step {result.step} of {config.schedule.steps}, {result.seconds:.1f} s in this process")
+        if shown:
+            print("last step: " + ", ".join(f"{k} {v:.4g}" for k, v in shown))
+        print(f"run directory: {result.run_dir} (metrics.jsonl, loss_curve.png, latest checkpoint "
+              f"{(result.run_dir / 'latest').read_text().strip() if (result.run_dir / 'latest').is_file() else 'none'})")
+        if result.export is not None:
+            print(f"HF export: {result.export}")
     return 0
