@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from bolmo.kv_cache import KVCache
+from bolmo.kv_cache import prefill as global_prefill
 from bolmo.model.local import pool
-from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.mlstm import MLSTMState
 
 SMALL_MODEL_WIDTH = 1024  # below this hidden size, CPU decoding runs on one thread
@@ -37,109 +38,6 @@ def cpu_threads(model) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
-class PatchKVCache:
-    """Keys/values of the global layers for a batch whose rows sit at different patch positions.
-
-    Layer l holds [B, KV, S_l, hd]. Full-attention layers store position p in slot p; sliding
-    layers store it in slot p % window and never hold more than `window` slots, since a query
-    sees only the last `window` positions including itself. `lengths` [B] is each row's patch
-    count, i.e. the position its next patch gets; a row's slots past it are masked (they hold
-    zeros or stale ring entries). Capacity grows by doubling.
-    """
-
-    def __init__(self, stack: OlmoBlockStack, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
-        spec = stack.spec
-        self.stack = stack
-        self.windows = [spec.window(i) for i in range(spec.n_layers)]
-        self.dtype = dtype
-        self.capacity = 0
-        shape = (batch, spec.n_kv_heads, 0, spec.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.windows]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.windows]
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        self.host_lengths = [0] * batch
-        self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.reserve(capacity)
-
-    def slots(self, layer: int) -> int:
-        window = self.windows[layer]
-        return self.capacity if window is None else min(window, self.capacity)
-
-    def reserve(self, capacity: int) -> None:
-        """Make room for positions < capacity (at least doubling when it has to grow)."""
-        if capacity <= self.capacity:
-            return
-        self.capacity = max(capacity, 2 * self.capacity)
-        for i in range(len(self.windows)):
-            for store in (self.keys, self.values):
-                old = store[i]
-                if old.shape[2] < self.slots(i):
-                    # Zeros, not empty: masked slots still enter the attention product, and
-                    # 0 * NaN from uninitialised memory would poison the output.
-                    new = old.new_zeros(*old.shape[:2], self.slots(i), old.shape[3])
-                    new[:, :, : old.shape[2]] = old
-                    store[i] = new
-        # RoPE tables for every position the cache can hold, computed once per growth.
-        positions = torch.arange(self.capacity, device=self.lengths.device).unsqueeze(0)
-        tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for i in range(len(self.windows)):
-            rotary = self.stack.rotary(i)
-            if id(rotary) not in tables:
-                cos, sin = rotary.cos_sin(positions, self.dtype)
-                tables[id(rotary)] = (cos[0], sin[0])
-        self.rope = [tables[id(self.stack.rotary(i))] for i in range(len(self.windows))]
-
-    def fill_row(self, row: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
-        """Store one row's prefill keys/values ([1, KV, P, hd] per layer)."""
-        n = keys[0].shape[2] if keys else 0
-        for i, window in enumerate(self.windows):
-            positions = torch.arange(max(0, n - self.slots(i)), n, device=self.lengths.device)
-            slots = positions if window is None else positions % window
-            self.keys[i][row, :, slots] = keys[i][0, :, positions]
-            self.values[i][row, :, slots] = values[i][0, :, positions]
-        self.lengths[row] = n
-        self.host_lengths[row] = n
-
-    def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int]) -> torch.Tensor:
-        """Append one patch for each of `rows` (batch row indices, None = every row; `host_rows`
-        the same as a list), each at its row's own next position: x [R, 1, D] -> global output
-        [R, 1, D]. The other rows are not computed at all."""
-        needed = max(self.host_lengths[r] for r in host_rows) + 1
-        self.reserve(needed)
-        pos = self.lengths if rows is None else self.lengths[rows]
-        write_rows = torch.arange(len(host_rows), device=pos.device) if rows is None else rows
-        # Slots and masks per window size, RoPE rows per table: shared by layers of one kind.
-        per_window: dict[int | None, tuple[torch.Tensor, int, torch.Tensor]] = {}
-        per_table: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for i, block in enumerate(self.stack):
-            window = self.windows[i]
-            if window not in per_window:
-                n = needed if window is None else min(window, needed)
-                visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
-                per_window[window] = (pos if window is None else pos % window, n, visible[:, None, None, :])
-            slot, n, mask = per_window[window]
-            cos, sin = self.rope[i]
-            if id(cos) not in per_table:
-                per_table[id(cos)] = (cos[pos].unsqueeze(1), sin[pos].unsqueeze(1))  # [R, 1, hd]
-            q, k, v = block.self_attn.project(x, *per_table[id(cos)])
-            self.keys[i][write_rows, :, slot] = k[:, :, 0]
-            self.values[i][write_rows, :, slot] = v[:, :, 0]
-            keys, values = self.keys[i][:, :, :n], self.values[i][:, :, :n]
-            if rows is not None:  # a gather: only the rows that closed a patch attend
-                keys, values = keys[rows], values[rows]
-            x = block.finish(x, block.self_attn.attend(q, keys, values, mask))
-        self.lengths[write_rows] += 1
-        for r in host_rows:
-            self.host_lengths[r] += 1
-        return x
-
-    def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
-        self.lengths = self.lengths[rows]
-        self.host_lengths = [self.host_lengths[r] for r in host_rows]
-
-
 @dataclass
 class Prefill:
     """One row after its prompt (minus the last byte) went through the model."""
@@ -160,7 +58,7 @@ class DecodeState:
     encoder: list[MLSTMState]
     decoder: list[MLSTMState]
     patch_value: torch.Tensor  # [B, D]
-    cache: PatchKVCache
+    cache: KVCache
 
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         self.encoder = [s.index_select(rows) for s in self.encoder]
@@ -172,7 +70,7 @@ class DecodeState:
 def prefill(model, ids: list[int], generator: torch.Generator | None) -> Prefill:
     """Run one prompt (BOS + byte ids) through the model up to its held-back last id."""
     inner = model.model
-    encoder, decoder, stack = inner.local_encoder, inner.local_decoder, inner.layers
+    encoder, decoder = inner.local_encoder, inner.local_decoder
     if len(ids) == 1:  # BOS only: nothing precedes the held-back id; everything starts from zero
         zeros = [layer.xlstm.zero_state(1, model.device) for layer in (*encoder.layers, *decoder.layers)]
         n_enc = len(encoder.layers)
@@ -186,26 +84,13 @@ def prefill(model, ids: list[int], generator: torch.Generator | None) -> Prefill
     # Roll back one byte: the held-back id is fed again by the first decode step.
     h, encoder_states = encoder(full[:, :-1], None if expanded is None else expanded[:, :-1])
     patches, _ = pool(h, mask)
-    g, keys, values = _global_prefill(stack, encoder.out_projection(patches))
+    g, keys, values = global_prefill(inner.layers, encoder.out_projection(patches))
     reset = torch.zeros_like(mask)
     reset[:, 0] = True  # the reference resets the decoder's forget gate at the first real byte
     y, decoder_states = decoder(h, g, mask, reset=reset)
     logits = model.lm_head(inner.norm(y[:, -1]))
     return Prefill(mask[0].tolist(), encoder_states, decoder_states, decoder.initial_norm(g[:, -1]),
                     keys, values, logits)
-
-
-def _global_prefill(stack: OlmoBlockStack, x: torch.Tensor
-                    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """The global layers over one row's P patches [1, P, D], keeping every layer's keys/values."""
-    positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    keys, values = [], []
-    for block, inputs in zip(stack, stack.layer_inputs(positions, None, x.dtype)):
-        q, k, v = block.self_attn.project(x, inputs.cos, inputs.sin)
-        keys.append(k)
-        values.append(v)
-        x = block.finish(x, block.self_attn.attend(q, k, v, inputs.mask))
-    return x, keys, values
 
 
 def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: torch.Tensor | None,
@@ -227,11 +112,8 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
 
 def initial_state(model, prefills: list[Prefill]) -> DecodeState:
     """Batch the rows' prefill results into one DecodeState."""
-    most_patches = max(p.keys[0].shape[2] if p.keys else 0 for p in prefills)
-    cache = PatchKVCache(model.model.layers, len(prefills), 2 * (most_patches + 1), model.device, model.dtype)
-    for row, p in enumerate(prefills):
-        if p.keys:
-            cache.fill_row(row, p.keys, p.values)
+    cache = KVCache.from_rows(model.model.layers, [p.keys for p in prefills], [p.values for p in prefills],
+                              model.device, model.dtype)
     return DecodeState(
         encoder=[MLSTMState.cat(list(states)) for states in zip(*(p.encoder for p in prefills))],
         decoder=[MLSTMState.cat(list(states)) for states in zip(*(p.decoder for p in prefills))],

@@ -18,43 +18,21 @@ padded rows come out different from the same prompts alone): every row of a batc
 what its prompt gives alone. The device side lives in `bolmo.engine`; this module keeps the host
 side, O(1) per row and step: one copy of the sampled ids to the host (needed anyway for the
 subword expansion, EOS and stop strings), a trie walk of at most the longest vocabulary entry,
-and a stop-string suffix check.
+and a stop-string check of the last few bytes (`bolmo.continuation`, shared with subword models).
 """
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from bolmo.config import BYTE_OFFSET, FUSED_VOCAB, PLAIN_VOCAB
+from bolmo.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
 from bolmo.engine import cpu_threads, decode_step, initial_state, prefill
 from bolmo.errors import GenerationError
-from bolmo.sampling import RowSampler, SamplingParams, banned_special_ids
-
-MAX_NEW_BYTES = 1_000_000  # anything larger is a mistake, not a request
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    max_new_bytes: int
-    sampling: SamplingParams
-    stop: tuple[bytes, ...] = ()
-
-    @classmethod
-    def build(cls, max_new_bytes: int = 256, temperature: float = 0.0, top_k: int | None = None,
-              top_p: float | None = None, seed: int | None = None,
-              stop: str | Sequence[str] | None = None) -> GenerateOptions:
-        """Validate user arguments (GenerationError names the bad one)."""
-        if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or not 0 <= max_new_bytes <= MAX_NEW_BYTES:
-            raise GenerationError(f"max_new_bytes must be an integer in [0, {MAX_NEW_BYTES:,}], got {max_new_bytes!r}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise GenerationError(f"stop must be a non-empty string or a list of them, got {stop!r}")
-        return cls(max_new_bytes, SamplingParams(temperature, top_k, top_p, seed),
-                   tuple(s.encode("utf-8") for s in stops))
+from bolmo.sampling import RowSampler, banned_special_ids
 
 
 @dataclass
@@ -79,65 +57,48 @@ class Generation:
 
 
 class RowProgress:
-    """Host-side bookkeeping of one row: what it emitted, when it stops, and the id history the
-    subword expansion walks back over (never more than the longest vocabulary entry)."""
+    """Host-side bookkeeping of one row: its result, its continuation bytes (EOS, stop strings,
+    max_new_bytes; see bolmo.continuation), and the id history the subword expansion walks back
+    over (never more than the longest vocabulary entry)."""
 
     def __init__(self, prompt_ids: list[int], options: GenerateOptions, eos_ids: tuple[int, ...]) -> None:
         self.result = Generation(prompt_ids, [], [], [], "length")
         self.history = list(prompt_ids)
-        self.data = bytearray()
-        self.options = options
+        self.continuation = Continuation(options)
         self.eos_ids = eos_ids
-        self.done = options.max_new_bytes == 0
+
+    @property
+    def done(self) -> bool:
+        return self.continuation.done
 
     def add(self, token: int) -> None:
         """Record one sampled id from the 520-way output."""
         if token in self.eos_ids:
-            self.result.finish_reason, self.done = "eos", True
-            return
-        plain = token - PLAIN_VOCAB if token >= PLAIN_VOCAB else token
-        self.history.append(plain)
-        self.result.ids.append(plain)
-        self.result.boundaries.append(token >= PLAIN_VOCAB)
-        self.data.append(plain - BYTE_OFFSET)
-        matches = [s for s in self.options.stop if self.data.endswith(s)]
-        if matches:
-            keep = len(self.data) - max(map(len, matches))
-            del self.data[keep:], self.result.ids[keep:], self.result.boundaries[keep:]
-            self.result.finish_reason, self.done = "stop", True
-        elif len(self.data) >= self.options.max_new_bytes:
-            self.done = True
+            self.continuation.finish("eos")
+        else:
+            plain = token - PLAIN_VOCAB if token >= PLAIN_VOCAB else token
+            self.history.append(plain)
+            self.result.ids.append(plain)
+            self.result.boundaries.append(token >= PLAIN_VOCAB)
+            self.continuation.add(bytes((plain - BYTE_OFFSET,)))
+            kept = len(self.continuation.data)  # a stop string is cut from the ids as well
+            del self.result.ids[kept:], self.result.boundaries[kept:]
+        self.result.finish_reason = self.continuation.finish_reason or "length"
 
     def expansion(self, expander) -> int:
         """Subword id of the latest id (walks back at most the longest vocabulary entry)."""
         return expander.expand_at(self.history, len(self.history) - 1)
 
-    def settled(self) -> int:
-        """How many bytes can no longer be cut by a stop string (for streaming)."""
-        if self.done or not self.options.stop:
-            return len(self.data)
-        return max(len(self.data) - max(map(len, self.options.stop)) + 1, 0)
-
 
 # ------------------------------------------------------------------------------ the loop
-def _check_prompts(model, prompts: Sequence[str]) -> None:
-    if isinstance(prompts, str):
-        raise GenerationError("prompts must be a list of strings (wrap a single prompt in a list)")
-    if not prompts:
-        raise GenerationError("prompts is empty: give at least one prompt (an empty string is a valid prompt)")
-    bad = [type(p).__name__ for p in prompts if not isinstance(p, str)]
-    if bad:
-        raise GenerationError(f"prompts must be strings, got {', '.join(sorted(set(bad)))}")
-    if model.tokenizer is None:
-        raise GenerationError("the model has no tokenizer: load it with bolmo.load")
-
-
 @torch.inference_mode()
 def decode(model, prompts: Sequence[str], options: GenerateOptions) -> Iterator[list[RowProgress]]:
     """Decode all prompts together, yielding every row's progress after the prefill and after each
     step (finished rows stay in the list, marked `done`). `generate_ids` and `stream` are this
     loop run to the end or read as it goes."""
-    _check_prompts(model, prompts)
+    check_prompts(prompts)
+    if model.tokenizer is None:
+        raise GenerationError("the model has no tokenizer: load it with bolmo.load")
     tokenizer, device = model.tokenizer, model.device
     eos = tokenizer.eos_id
     rows = [RowProgress(tokenizer.encode(p), options, (eos, eos + PLAIN_VOCAB)) for p in prompts]
@@ -220,11 +181,4 @@ def stream(model, prompt: str, max_new_bytes: int = 256, temperature: float = 0.
     character, and bytes that could still turn out to start a stop string are held back, so the
     pieces concatenate to exactly what `generate` returns."""
     options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed, stop)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sent = 0
-    for (row,) in decode(model, [prompt], options):
-        end = row.settled()
-        piece = decoder.decode(bytes(row.data[sent:end]), final=row.done)
-        sent = end
-        if piece:
-            yield piece
+    yield from text_pieces(row.continuation for (row,) in decode(model, [prompt], options))

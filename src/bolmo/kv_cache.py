@@ -1,76 +1,149 @@
-"""A key/value cache for `OlmoBlockStack`, and the cached forward pass that fills and reads it.
+"""The key/value cache of an `OlmoBlockStack` for incremental decoding, shared by Bolmo's global
+model (`bolmo.engine`, one position per patch) and subword OLMo generation (`bolmo.subword`,
+one position per token).
 
-Used by any decoder that runs the OLMo transformer incrementally: prefill the prompt once, then
-one new position per step. Keys and values are preallocated for `capacity` positions, so a step
-writes in place instead of concatenating. Every cached position keeps its own position id and a
-validity flag, which is what makes left-padded batches exact: padding never becomes visible to a
-real query, and each row's positions start at 0 at its first real token.
-
-Sliding-window layers keep all their keys as well (the mask hides old ones); a ring buffer would
-save memory for very long generations, which this simple cache does not attempt.
+`prefill` runs whole prompts and hands back every layer's keys/values; `KVCache.from_rows` stores
+them row by row, and `KVCache.step` then adds one position to each row, at that row's own next
+position. Rows never share positions, so a left-padded prompt decodes as it would alone and a
+row can run ahead of the others (Bolmo rows close patches at different bytes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from bolmo.config import TransformerSpec
 from bolmo.model.transformer import OlmoBlockStack
-from bolmo.nn.attention import causal_mask
 
 
-@dataclass
+def prefill(stack: OlmoBlockStack, x: torch.Tensor, positions: torch.Tensor | None = None,
+            valid: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The blocks over whole prompts x [B, T, D] (position ids [B, T], default 0..T-1; `valid`
+    [B, T] False on padding), keeping every layer's keys/values [B, KV, T, hd] for the cache."""
+    if positions is None:
+        positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    keys, values = [], []
+    for block, inputs in zip(stack, stack.layer_inputs(positions, valid, x.dtype)):
+        q, k, v = block.self_attn.project(x, inputs.cos, inputs.sin)
+        keys.append(k)
+        values.append(v)
+        x = block.finish(x, block.self_attn.attend(q, k, v, inputs.mask))
+    return x, keys, values
+
+
 class KVCache:
-    keys: list[torch.Tensor]  # per layer [B, KV, capacity, hd]
-    values: list[torch.Tensor]  # per layer [B, KV, capacity, hd]
-    positions: torch.Tensor  # [B, capacity] long: position id of each cached entry
-    valid: torch.Tensor  # [B, capacity] bool: False for padding
-    length: int = 0  # entries filled so far
+    """Keys/values for a batch whose rows sit at different positions.
+
+    Layer l holds [B, KV, S_l, hd]. Full-attention layers store position p in slot p; sliding
+    layers store it in slot p % window, a ring of `window` slots: the window-1 earlier positions
+    the next query sees plus the slot its own key is written to before attending (writing first
+    keeps a step free of concatenation). `lengths` [B] is each row's position count, i.e. the
+    position its next entry gets; a row's slots past it are masked. `host_lengths` mirrors it on
+    the host so that a step never waits for the device. Capacity grows by doubling.
+    """
+
+    def __init__(self, stack: OlmoBlockStack, batch: int, capacity: int, device: torch.device | str,
+                 dtype: torch.dtype) -> None:
+        spec = stack.spec
+        self.stack = stack
+        self.windows = [spec.window(i) for i in range(spec.n_layers)]
+        self.dtype = dtype
+        self.capacity = 0
+        shape = (batch, spec.n_kv_heads, 0, spec.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.windows]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.windows]
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.host_lengths = [0] * batch
+        self.rope: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.reserve(capacity)
 
     @classmethod
-    def empty(cls, spec: TransformerSpec, batch: int, capacity: int, device: torch.device | str,
-              dtype: torch.dtype) -> "KVCache":
-        shape = (batch, spec.n_kv_heads, capacity, spec.head_dim)
-        return cls(
-            keys=[torch.empty(shape, device=device, dtype=dtype) for _ in range(spec.n_layers)],
-            values=[torch.empty(shape, device=device, dtype=dtype) for _ in range(spec.n_layers)],
-            positions=torch.zeros(batch, capacity, dtype=torch.long, device=device),
-            valid=torch.zeros(batch, capacity, dtype=torch.bool, device=device),
-        )
+    def from_rows(cls, stack: OlmoBlockStack, keys: list[list[torch.Tensor]], values: list[list[torch.Tensor]],
+                  device: torch.device | str, dtype: torch.dtype) -> KVCache:
+        """A cache holding each row's prefill: keys[row][layer] [1, KV, P_row, hd] for positions
+        0..P_row-1 (an empty list for a row with none), room for twice the longest row."""
+        longest = max((k[0].shape[2] for k in keys if k), default=0)
+        cache = cls(stack, len(keys), 2 * (longest + 1), device, dtype)
+        for row, (k, v) in enumerate(zip(keys, values)):
+            if k:
+                cache.fill_row(row, k, v)
+        return cache
 
-    @property
-    def capacity(self) -> int:
-        return self.positions.shape[1]
+    def slots(self, layer: int) -> int:
+        window = self.windows[layer]
+        return self.capacity if window is None else min(window, self.capacity)
 
+    def reserve(self, capacity: int) -> None:
+        """Make room for positions < capacity (at least doubling when it has to grow)."""
+        if capacity <= self.capacity:
+            return
+        self.capacity = max(capacity, 2 * self.capacity)
+        for i in range(len(self.windows)):
+            for store in (self.keys, self.values):
+                old = store[i]
+                if old.shape[2] < self.slots(i):
+                    # Zeros, not empty: masked slots still enter the attention product, and
+                    # 0 * NaN from uninitialised memory would poison the output.
+                    new = old.new_zeros(*old.shape[:2], self.slots(i), old.shape[3])
+                    new[:, :, : old.shape[2]] = old
+                    store[i] = new
+        # RoPE tables for every position the cache can hold, computed once per growth.
+        positions = torch.arange(self.capacity, device=self.lengths.device).unsqueeze(0)
+        tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in range(len(self.windows)):
+            rotary = self.stack.rotary(i)
+            if id(rotary) not in tables:
+                cos, sin = rotary.cos_sin(positions, self.dtype)
+                tables[id(rotary)] = (cos[0], sin[0])
+        self.rope = [tables[id(self.stack.rotary(i))] for i in range(len(self.windows))]
 
-def forward_cached(stack: OlmoBlockStack, x: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-                   cache: KVCache) -> torch.Tensor:
-    """Run the blocks on new positions x [B, T, D] (position ids [B, T], validity [B, T]) attending
-    to everything cached before them plus themselves; appends their keys and values to `cache`."""
-    start, end = cache.length, cache.length + x.shape[1]
-    if end > cache.capacity:
-        raise ValueError(f"KV cache full: {end} positions needed, capacity {cache.capacity}")
-    cache.positions[:, start:end] = positions
-    cache.valid[:, start:end] = valid
-    key_positions, key_valid = cache.positions[:, :end], cache.valid[:, :end]
-    tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    masks: dict[int | None, torch.Tensor] = {}
-    for i, block in enumerate(stack):
-        rotary = stack.rotary(i)
-        if id(rotary) not in tables:
-            tables[id(rotary)] = rotary.cos_sin(positions, x.dtype)
-        window = stack.spec.window(i)
-        if window not in masks:
-            masks[window] = causal_mask(positions, key_positions, key_valid, window)
-        attn = block.self_attn
-        q, k, v = attn.project(x, *tables[id(rotary)])
-        cache.keys[i][:, :, start:end] = k
-        cache.values[i][:, :, start:end] = v
-        out = attn.attend(q, cache.keys[i][:, :, :end], cache.values[i][:, :, :end], masks[window])
-        # The two post-norm residual steps of OlmoBlock.forward, with cached attention.
-        x = x + block.post_attention_layernorm(out)
-        x = x + block.post_feedforward_layernorm(block.mlp(x))
-    cache.length = end
-    return x
+    def fill_row(self, row: int, keys: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+        """Store one row's prefill keys/values ([1, KV, P, hd] per layer, positions 0..P-1; P within
+        the capacity)."""
+        n = keys[0].shape[2]
+        for i, window in enumerate(self.windows):
+            positions = torch.arange(max(0, n - self.slots(i)), n, device=self.lengths.device)
+            slots = positions if window is None else positions % window
+            self.keys[i][row, :, slots] = keys[i][0, :, positions]
+            self.values[i][row, :, slots] = values[i][0, :, positions]
+        self.lengths[row] = n
+        self.host_lengths[row] = n
+
+    def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int]) -> torch.Tensor:
+        """Append one position for each of `rows` (batch row indices, None = every row; `host_rows`
+        the same as a list), each at its row's own next position: x [R, 1, D] -> the blocks'
+        output [R, 1, D]. The other rows are not computed at all."""
+        needed = max(self.host_lengths[r] for r in host_rows) + 1
+        self.reserve(needed)
+        pos = self.lengths if rows is None else self.lengths[rows]
+        write_rows = torch.arange(len(host_rows), device=pos.device) if rows is None else rows
+        # Slots and masks per window size, RoPE rows per table: shared by layers of one kind.
+        per_window: dict[int | None, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        per_table: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, block in enumerate(self.stack):
+            window = self.windows[i]
+            if window not in per_window:
+                n = needed if window is None else min(window, needed)
+                visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
+                per_window[window] = (pos if window is None else pos % window, n, visible[:, None, None, :])
+            slot, n, mask = per_window[window]
+            cos, sin = self.rope[i]
+            if id(cos) not in per_table:
+                per_table[id(cos)] = (cos[pos].unsqueeze(1), sin[pos].unsqueeze(1))  # [R, 1, hd]
+            q, k, v = block.self_attn.project(x, *per_table[id(cos)])
+            self.keys[i][write_rows, :, slot] = k[:, :, 0]
+            self.values[i][write_rows, :, slot] = v[:, :, 0]
+            keys, values = self.keys[i][:, :, :n], self.values[i][:, :, :n]
+            if rows is not None:  # a gather: only the rows that take a step attend
+                keys, values = keys[rows], values[rows]
+            x = block.finish(x, block.self_attn.attend(q, keys, values, mask))
+        self.lengths[write_rows] += 1
+        for r in host_rows:
+            self.host_lengths[r] += 1
+        return x
+
+    def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
+        """Keep only `rows` (the same as a host list in `host_rows`), in that order."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+        self.lengths = self.lengths[rows]
+        self.host_lengths = [self.host_lengths[r] for r in host_rows]
