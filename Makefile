@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The main job: the bundled default model generates, with its patch boundaries shown.
 run: setup
-	$(VENV)/bin/bolmo info ../shared/fixtures/bolmo/tiny-gqa
-	$(VENV)/bin/bolmo score README.md --model ../shared/fixtures/bolmo/tiny-gqa
+	$(VENV)/bin/bolmo generate "The Python standard library" --max-new-bytes 240 --show-patches
 
 test: setup
 	$(PY) -m pytest -q

@@ -9,9 +9,9 @@
 # checkpoint, so an interrupted recipe continues where it stopped when started again.
 #
 # Environment: SMOKE=1 (tiny step counts, 3 eval pages, no install), THREADS (torch threads per
-# process, default 2; use 1 when other processes share the cores: spinning OpenMP threads slow down
-# tenfold next to a busy process), TEACHER_STEPS / STAGE1_STEPS / STAGE2_STEPS (defaults 1500 /
-# 1400 / 1400: about 11 + 20 + 20 minutes on 2 idle cores), PYDOC_SOURCES (an extracted
+# process, default 1: spinning OpenMP threads slow down tenfold when anything else shares the
+# cores), TEACHER_STEPS / STAGE1_STEPS / STAGE2_STEPS (defaults 1200 / 1000 / 500, the bundled
+# model's: about 14 + 25 + 8 minutes on one core), PYDOC_SOURCES (an extracted
 # .../html/_sources, skips the download), INSTALL=0|1 (copy the result to
 # src/bolmo/assets/default_model; default 1, 0 with SMOKE), PYTHON (default: the repository's
 # .venv/bin/python).
@@ -21,14 +21,14 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 WORK="$(mkdir -p "${1:-$ROOT/runs/toy}" && cd "${1:-$ROOT/runs/toy}" && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-THREADS="${THREADS:-2}"
+THREADS="${THREADS:-1}"
 export OMP_NUM_THREADS="$THREADS" TOKENIZERS_PARALLELISM=false
 
 if [[ "${SMOKE:-0}" == 1 ]]; then
   TEACHER_STEPS="${TEACHER_STEPS:-40}"; STAGE1_STEPS="${STAGE1_STEPS:-30}"; STAGE2_STEPS="${STAGE2_STEPS:-30}"
   EVERY=10; EVAL=(--max-pages 3); INSTALL="${INSTALL:-0}"
 else
-  TEACHER_STEPS="${TEACHER_STEPS:-1500}"; STAGE1_STEPS="${STAGE1_STEPS:-1400}"; STAGE2_STEPS="${STAGE2_STEPS:-1400}"
+  TEACHER_STEPS="${TEACHER_STEPS:-1200}"; STAGE1_STEPS="${STAGE1_STEPS:-1000}"; STAGE2_STEPS="${STAGE2_STEPS:-500}"
   EVERY=25; EVAL=(); INSTALL="${INSTALL:-1}"
 fi
 D_MODEL=128; LAYERS=4; HEADS=4; FFN=512; VOCAB=4096; DECODER_LAYERS=4; LOCAL_HEADS=4

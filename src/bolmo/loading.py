@@ -65,7 +65,7 @@ def load_config(path: Path, kind: str) -> BolmoConfig:
     raise ConfigError(f"{path / 'config.json'}: model_type {kind!r} is not a Bolmo model")
 
 
-def load_config_and_counts(source: str | Path) -> tuple[BolmoConfig, dict[str, int], str]:
+def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig, dict[str, int], str]:
     """Config, parameters per component and checkpoint kind, without reading any weights."""
     path = resolve_source(source)
     kind = checkpoint_kind(path)

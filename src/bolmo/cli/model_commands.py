@@ -29,7 +29,8 @@ def load_from_args(args: argparse.Namespace):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser("info", help="print a model's config and parameter counts per component")
-    info.add_argument("source", help="checkpoint directory or downloaded Hub repo id")
+    info.add_argument("source", nargs="?", default=None,
+                      help="checkpoint directory or downloaded Hub repo id (default: the bundled model)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(handler=run_info)
 
@@ -52,7 +53,7 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps({"format": kind, "config": config.to_dict(), "parameters": counts}, indent=2))
         return 0
     console = Console()
-    table = Table(title=f"{args.source} ({kind})", show_header=False)
+    table = Table(title=f"{args.source or 'bundled default model'} ({kind})", show_header=False)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "intermediate_size", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
                 "num_local_encoder_layers", "num_local_decoder_layers", "num_local_heads",
