@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 import bolmo
-from bolmo.byteify import ByteifyOptions, byteify_init, rescale_out_projection
+from bolmo.byteify import ByteifyOptions, bolmo_config_for_teacher, byteify_init, rescale_out_projection
 from bolmo.cli import main
 from bolmo.config import BolmoConfig
 from bolmo.errors import ConfigError, TokenizerError
 from bolmo.model.local import LocalEncoder
+from bolmo.olmo_config import OlmoConfig
 from conftest import CKPT_FIXTURES
 from olmo_helpers import VOCAB, build_hf_model, save_hf_model, train_tokenizer
 
@@ -37,9 +38,10 @@ def test_global_blocks_and_embeddings_come_from_the_teacher(teacher, built):
     _, teacher_state = teacher
     result, state = built
     blocks = [k for k in teacher_state if k.startswith("model.layers.")]
-    assert len(blocks) == 4 * 11 and sorted(blocks + ["model.norm.weight"]) == sorted(result.copied)
-    for name in blocks + ["model.norm.weight"]:
+    assert len(blocks) == 4 * 11 and sorted(blocks) == sorted(result.copied)
+    for name in blocks:
         assert torch.equal(state[name], teacher_state[name]), name
+    assert torch.all(state["model.norm.weight"] == 1.0)  # the reference recipe's final norm
     embeddings = teacher_state["model.embed_tokens.weight"]
     assert torch.equal(state["model.local_encoder.subword_embedding.weight"], embeddings[:VOCAB])
     assert result.config.subword_vocab_size == VOCAB
@@ -104,13 +106,19 @@ def test_olmo_core_teacher(tmp_path):
     """An OLMo-core (DCP) teacher gives the same global blocks as its HF export."""
     tokenizer = train_tokenizer(tmp_path / "tok")
     result = byteify_init(CKPT_FIXTURES / "olmo2", tmp_path / "out",
-                          ByteifyOptions(subword_tokenizer=str(tokenizer), final_norm="ones"))
+                          ByteifyOptions(subword_tokenizer=str(tokenizer), final_norm="teacher"))
     state = load_file(result.destination / "model.safetensors")
     exported = load_file(CKPT_FIXTURES / "olmo2" / "hf" / "model.safetensors")
     for name in result.copied:
         assert torch.equal(state[name], exported[name]), name
-    assert "model.norm.weight" not in result.copied and torch.all(state["model.norm.weight"] == 1.0)
+    assert "model.norm.weight" in result.copied  # --final-norm teacher
     assert bolmo.load(result.destination).config.subword_vocab_size == result.config.subword_vocab_size
+
+
+@pytest.mark.parametrize("d, width", [(2048, 2816), (4096, 5504), (128, 256)])
+def test_default_local_mlp_width_is_the_released_one(d, width):
+    teacher = OlmoConfig(hidden_size=d, num_attention_heads=16, num_hidden_layers=2)
+    assert bolmo_config_for_teacher(teacher, 100, ByteifyOptions()).local_intermediate_size == width
 
 
 def test_errors(teacher, tmp_path):

@@ -130,3 +130,46 @@ def test_low_precision_forward_is_close(tiny_model_dir, dtype):
     ref = cases["fwd/1/logits"]
     # bfloat16 keeps ~3 significant digits; logits are O(10).
     assert (out.logits.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_max_patches_caps_the_pooling_not_the_decision(tiny_model_dir):
+    """Stage 2 pools at most P patches: boundaries after the P-th are dropped from the patching,
+    bytes after it reuse the last patch, and the returned mask keeps every predicted boundary."""
+    model = load_fixture_model(tiny_model_dir)
+    ids = torch.tensor([model.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 2)])
+    with torch.no_grad():
+        free = model(ids)
+        cap = int(free.boundary_mask.sum()) // 2
+        capped = model(ids, max_patches=cap)
+        forced = model(ids, boundary_mask=free.boundary_mask & (free.boundary_mask.cumsum(-1) <= cap))
+    assert torch.equal(capped.boundary_mask, free.boundary_mask)
+    torch.testing.assert_close(capped.logits, forced.logits, atol=1e-6, rtol=0)
+    last = int(torch.nonzero(free.boundary_mask[0])[cap - 1])  # the P-th boundary
+    torch.testing.assert_close(capped.logits[:, :last + 1], free.logits[:, :last + 1], atol=1e-5, rtol=0)
+    assert not torch.allclose(capped.logits[:, last + 2:], free.logits[:, last + 2:], atol=1e-3)
+
+
+def test_equal_length_texts_score_as_alone(fixture_model_dir):
+    """Equal byte lengths but different patch counts: scoring still keeps the rows independent."""
+    model = load_fixture_model(fixture_model_dir)
+    meta, _ = read_cases(fixture_model_dir)
+    texts = meta["batched_forward"]["texts"]
+    assert len({len(t.encode()) for t in texts}) == 1
+    for text, together in zip(texts, model.score(texts)):
+        torch.testing.assert_close(together.byte_logprobs, model.score([text])[0].byte_logprobs, atol=1e-5, rtol=0)
+
+
+def test_left_padded_forward_rows_equal_single_rows(tiny_model_dir):
+    model = load_fixture_model(tiny_model_dir)
+    texts = ["Hello there, general", "Hi", "Größe 大小"]
+    ids, mask = model.tokenizer.batch(texts, padding_side="left")
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+        for row, text in enumerate(texts):
+            single = model(torch.tensor([model.tokenizer.encode(text)]))
+            n = single.logits.shape[1]
+            torch.testing.assert_close(out.logits[row, -n:], single.logits[0], atol=1e-5, rtol=0)
+            assert torch.equal(out.boundary_mask[row, -n:], single.boundary_mask[0])
+            assert not out.boundary_mask[row, :-n].any() and (out.boundary_logprobs[row, :-n] == -100000).all()
+        with pytest.raises(ValueError, match="contiguous"):
+            model(ids, attention_mask=torch.tensor([[True, False, True] + [True] * (ids.shape[1] - 3)] * 3))

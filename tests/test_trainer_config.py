@@ -118,3 +118,24 @@ def test_encoder_loss_weights() -> None:
     assert encoder_loss_weights(LossConfig(encoder_lookahead_weights=[1.0, 2.0]), 4) == [0.0, 1.0, 2.0]
     with pytest.raises(ConfigError, match="encoder_lookahead"):
         encoder_loss_weights(LossConfig(encoder_lookahead=5), 4)
+    # K = 0: only the comparison with the teacher's embeddings (it must then be weighted)
+    assert encoder_loss_weights(LossConfig(encoder_lookahead=0, encoder_embedding_weight=1.0), 4) == [1.0]
+    with pytest.raises(ConfigError, match="encoder_embedding_weight"):
+        encoder_loss_weights(LossConfig(encoder_lookahead=0), 4)
+
+
+@pytest.mark.parametrize("stage, lr, beta2, steps, batch, seed", [
+    ("stage1", 7e-4, 0.999, 75_000, 786_432, 0),
+    ("stage2", 5.2e-5, 0.95, 150_000, 1_572_864, 1234),
+])
+def test_unset_fields_take_the_stages_released_values(tmp_path: Path, stage, lr, beta2, steps, batch, seed) -> None:
+    extra = {"model": {"path": "m", "teacher": "t"}} if stage == "stage1" else {}
+    data = {**BASE, "stage": stage, "data": {"dir": "d"}, **extra}
+    del data["global_batch_bytes"]
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.optim.betas[1], cfg.schedule.steps, cfg.global_batch_bytes, cfg.data.seed) == (
+        lr, beta2, steps, batch, seed)
+    given = load_config(path, ["optim.lr=1e-3", "data.seed=7"])
+    assert given.optim.lr == 1e-3 and given.data.seed == 7 and given.schedule.steps == steps

@@ -31,7 +31,7 @@ else
   TEACHER_STEPS="${TEACHER_STEPS:-1200}"; STAGE1_STEPS="${STAGE1_STEPS:-1000}"; STAGE2_STEPS="${STAGE2_STEPS:-500}"
   EVERY=25; EVAL=(); INSTALL="${INSTALL:-1}"
 fi
-D_MODEL=128; LAYERS=4; HEADS=4; FFN=512; VOCAB=4096; DECODER_LAYERS=4; LOCAL_HEADS=4
+D_MODEL=128; LAYERS=4; HEADS=4; FFN=512; VOCAB=4096; DECODER_LAYERS=4; LOCAL_HEADS=4; LOCAL_FFN=176
 COMMON=("threads=$THREADS" "logging.every=$EVERY" "data.dir=$WORK/data")
 
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -56,7 +56,8 @@ step "3. subword teacher: d $D_MODEL, $LAYERS layers, $TEACHER_STEPS steps"
 
 step "4. byteify-init: 1 encoder + $DECODER_LAYERS decoder mLSTM layers"
 [[ -f "$WORK/bolmo_init/config.json" ]] || bolmo byteify-init --teacher "$WORK/teacher/hf" --out "$WORK/bolmo_init" \
-  --decoder-layers "$DECODER_LAYERS" --local-heads "$LOCAL_HEADS"
+  --decoder-layers "$DECODER_LAYERS" --local-heads "$LOCAL_HEADS" --local-intermediate-size "$LOCAL_FFN" \
+  --final-norm teacher  # how the bundled model was made (the defaults are 256 and 1)
 
 step "5. stage 1: $STAGE1_STEPS steps"
 [[ -f "$WORK/stage1/hf/config.json" ]] || bolmo train "$HERE/stage1.yaml" "${COMMON[@]}" run_dir="$WORK/stage1" \

@@ -3,8 +3,9 @@ Olmo 3 teacher (training-detail.md section 2).
 
 Where every weight comes from:
 - global blocks `model.layers.*`: the teacher's, copied exactly (same names and shapes);
-- `model.norm`: the teacher's final norm (training.md section 2; `final_norm="ones"` gives the
-  reference code's value instead, 1, which only a later merge changes);
+- `model.norm`: 1, as the reference code does (training-detail.md section 2.2, which wins over
+  training.md's "starts from the teacher's"); only a later merge changes it. `final_norm="teacher"`
+  copies the teacher's final norm instead;
 - subword (expanded) embedding: the first `subword_vocab_size` rows of the teacher's input
   embeddings, so at step 0 a byte position sees the subword that ends there;
 - byte embedding: i.i.d. N(mu_j, sigma_j^2) per dimension j, with mu and sigma (unbiased) taken
@@ -63,10 +64,10 @@ class ByteifyOptions:
     encoder_layers: int = 1
     decoder_layers: int = 4
     local_heads: int | None = None  # default: the largest of 16, 8, 4, 2, 1 that divides d / 2
-    local_intermediate_size: int | None = None  # default: 11 d / 8 rounded up to a multiple of 8
+    local_intermediate_size: int | None = None  # default: 4 d / 3 rounded up to a multiple of 128
     subword_tokenizer: str | None = None  # tokenizer directory (default: the teacher's directory)
     seed: int = 0
-    final_norm: str = "teacher"  # or "ones" (the reference code)
+    final_norm: str = "ones"  # the reference code; or "teacher" (the teacher's final norm)
     out_projection_scaling: str = "column"  # or "row"
 
 
@@ -109,7 +110,8 @@ def bolmo_config_for_teacher(teacher: OlmoConfig, subword_vocab_size: int, optio
         num_local_encoder_layers=options.encoder_layers,
         num_local_decoder_layers=options.decoder_layers,
         num_local_heads=options.local_heads or next(h for h in (16, 8, 4, 2, 1) if d % (2 * h) == 0),
-        local_intermediate_size=options.local_intermediate_size or 8 * math.ceil(11 * d / 64),
+        # 4d/3 rounded up to a multiple of 128: the released 2816 (d 2048) and 5504 (d 4096).
+        local_intermediate_size=options.local_intermediate_size or 128 * math.ceil(4 * d / 384),
         subword_vocab_size=subword_vocab_size,
         tokenizer_config=ByteTokenizerConfig(original_identifier=SUBWORD_TOKENIZER_DIR),
         **extra,

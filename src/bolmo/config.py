@@ -73,6 +73,8 @@ class RopeSpec:
     beta_slow: float = 1.0
     attention_factor: float | None = None
     truncate: bool = True
+    mscale: float | None = None  # YaRN's DeepSeek variant: used only with mscale_all_dim, without attention_factor
+    mscale_all_dim: float | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ def parse_rope_scaling(
         return RopeSpec(theta=theta)
     if not isinstance(rope_scaling, dict):
         raise ConfigError(f"{where}.rope_scaling: expected an object or null, got {rope_scaling!r}")
-    rope_type = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
+    rope_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    if rope_type is None:
+        raise ConfigError(f"{where}.rope_scaling: names no rope_type (or type); use null for plain RoPE")
     if rope_type not in ROPE_TYPES:
         raise ConfigError(
             f"{where}.rope_scaling.rope_type: unsupported {rope_type!r} (supported: {', '.join(ROPE_TYPES)})"
@@ -117,8 +121,6 @@ def parse_rope_scaling(
     unknown = sorted(set(rope_scaling) - known)
     if unknown:
         raise ConfigError(f"{where}.rope_scaling: unknown field(s) {unknown}")
-    if rope_scaling.get("mscale") or rope_scaling.get("mscale_all_dim"):
-        raise ConfigError(f"{where}.rope_scaling: mscale variants of YaRN are not supported")
     factor = float(rope_scaling.get("factor", 1.0))
     if rope_type != "default" and factor <= 0:
         raise ConfigError(f"{where}.rope_scaling.factor: must be positive, got {factor}")
@@ -134,6 +136,8 @@ def parse_rope_scaling(
             float(rope_scaling["attention_factor"]) if rope_scaling.get("attention_factor") is not None else None
         ),
         truncate=bool(rope_scaling.get("truncate", True)),
+        mscale=float(rope_scaling["mscale"]) if rope_scaling.get("mscale") is not None else None,
+        mscale_all_dim=float(rope_scaling["mscale_all_dim"]) if rope_scaling.get("mscale_all_dim") is not None else None,
     )
 
 

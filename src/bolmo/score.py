@@ -48,7 +48,7 @@ def score_texts(model, texts: list[str], batch_size: int = 8) -> list[ScoreResul
         chunk = texts[start : start + batch_size]
         ids, mask = model.tokenizer.batch(chunk, padding_side="right")
         ids, mask = ids.to(model.device), mask.to(model.device)
-        out = model(ids, attention_mask=mask if not bool(mask.all()) else None)
+        out = model(ids, attention_mask=mask)  # masked even when unpadded: rows stay independent
         logprobs = folded_logprobs(out.logits[:, :-1], ids[:, 1:])
         for row, text in enumerate(chunk):
             n_bytes = int(mask[row].sum()) - 1

@@ -109,16 +109,26 @@ class SubwordExpander:
         try:
             from tokenizers import Tokenizer
 
-            vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab(with_added_tokens=True)
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            vocab = tokenizer.get_vocab(with_added_tokens=True)
+            added = set(tokenizer.get_added_tokens_decoder())
         except Exception as exc:  # tokenizers raises its own exception type for malformed files
             raise TokenizerError(f"{tokenizer_file}: cannot be read ({exc})") from None
         special = _special_token_ids(path, vocab)
-        return cls.from_vocab(vocab, special, byte_config)
+        return cls.from_vocab(vocab, special, byte_config, added)
 
     @classmethod
     def from_vocab(cls, vocab: dict[str, int], special_ids: dict[str, int | None],
-                   byte_config: ByteTokenizerConfig) -> "SubwordExpander":
-        """`special_ids` holds the subword tokenizer's "eos", "bos" and "pad" ids (or None)."""
+                   byte_config: ByteTokenizerConfig, added_ids: set[int] = frozenset()) -> "SubwordExpander":
+        """`special_ids` holds the subword tokenizer's "eos", "bos" and "pad" ids (or None);
+        `added_ids` its added tokens.
+
+        Entries with the same byte sequence (BOS and EOS both map to Bolmo's id 1; an added token
+        spelling a BPE token's bytes) would make the reference's result depend on the hash order
+        of `get_vocab()`, which changes from process to process. Here one fixed rule decides, so
+        data preparation, training and inference always agree: the EOS id wins (the released
+        models expand id 1 to EOS), then a regular vocabulary entry over an added token, then the
+        lowest id."""
         table = gpt2_unicode_to_byte()
         bolmo_names = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
         remap = [
@@ -141,7 +151,14 @@ class SubwordExpander:
                     out.extend(b + BYTE_OFFSET for b in ch.encode("utf-8"))
             return out
 
-        sequences = ((byte_sequence(tok, i), i) for tok, i in vocab.items())
+        eos = special_ids.get("eos")
+
+        def priority(subword_id: int) -> tuple[bool, bool, int]:
+            return subword_id == eos, subword_id not in added_ids, -subword_id
+
+        # Inserted in increasing priority: for equal sequences the last insertion wins.
+        ordered = sorted(vocab.items(), key=lambda item: priority(item[1]))
+        sequences = ((byte_sequence(tok, i), i) for tok, i in ordered)
         pad_source = special_ids.get("pad")
         fallback = pad_source if pad_source is not None else 0
         return cls(sequences, byte_config.bpe_token_end_id, fallback_id=fallback)

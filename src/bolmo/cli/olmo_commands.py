@@ -10,7 +10,7 @@ from pathlib import Path
 
 _BYTEIFY_DESCRIPTION = """\
 Build the starting point of Bolmo training from a subword OLMo 2 / Olmo 3 teacher (HF or OLMo-core
-directory): the teacher's global blocks (copied exactly), its final norm, a subword embedding
+directory): the teacher's global blocks (copied exactly), a final norm of 1, a subword embedding
 table seeded from its input embeddings, and freshly initialized local encoder/decoder, boundary
 predictor, byte embedding and 520-way LM head. Writes an HF Bolmo directory (config.json,
 safetensors, the teacher's tokenizer in subword_tokenizer/) atomically."""
@@ -36,9 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--decoder-layers", type=int, default=4, help="local decoder mLSTM layers (default: 4)")
     init.add_argument("--local-heads", type=int, help="mLSTM heads (default: 16, or fewer if d / 2 needs it)")
     init.add_argument("--local-intermediate-size", type=int,
-                      help="local MLP width (default: 11 d / 8 rounded up to a multiple of 8; Bolmo-7B used 5504)")
-    init.add_argument("--final-norm", choices=["teacher", "ones"], default="teacher",
-                      help="model.norm from the teacher's final norm (default) or 1 (the reference code)")
+                      help="local MLP width (default: 4 d / 3 rounded up to a multiple of 128: 2816 for "
+                           "d 2048, 5504 for d 4096, as released)")
+    init.add_argument("--final-norm", choices=["teacher", "ones"], default="ones",
+                      help="model.norm at 1 (default, the reference recipe) or the teacher's final norm")
     init.add_argument("--out-projection-scaling", choices=["column", "row"], default="column",
                       help="out_projection rescaling: the reference's column version (default) or the exact row one")
     init.add_argument("--seed", type=int, default=0, help="seed of the fresh initialization (default: 0)")

@@ -3,8 +3,11 @@
 Forward order: bytes -> local encoder -> boundary predictor -> pooling + out_projection ->
 global transformer on patches -> local decoder (depooling) -> final norm -> 520-way LM head.
 
-Batches. With an `attention_mask` (right padding), padded bytes and padded patches are masked, so
-every row gets exactly the result it would get alone (this is what `score` uses). Without one,
+Batches. With an `attention_mask` (right or left padding), padded bytes and padded patches are
+masked, so every row gets exactly the result it would get alone (this is what `score` uses).
+Left-padded rows are shifted to the left edge for the computation and the outputs shifted back:
+the reference instead runs its mLSTMs over the pad bytes, which changes a padded row's result.
+On padded positions the outputs are filler: boundary_mask False, boundary_logprobs -1e5. Without one,
 the call reproduces the reference implementation bit for bit, including its batching quirk: when
 rows have different patch counts, the reference right-aligns each row's patches in front of
 filler patches without masking them, so short rows attend to that filler. Pass an all-True
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from bolmo.config import BolmoConfig
-from bolmo.model.local import LocalDecoder, LocalEncoder, pool
+from bolmo.model.local import FORCE_OFF, LocalDecoder, LocalEncoder, pool
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
 
@@ -74,14 +77,23 @@ class BolmoForCausalLM(nn.Module):
         boundary_mask: torch.Tensor | None = None,
         expanded_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        max_patches: int | None = None,
     ) -> BolmoOutput:
         """input_ids [B, L] (BOS first, right-padded where `attention_mask` [B, L] is False).
 
         `boundary_mask` [B, L] forces the patching instead of predicting it (teacher forcing, and
         the slow generation oracle); `generator` drives "sample:1" boundary sampling.
+        `max_patches` (training, stage 2: P) pools at most that many patches per row: boundaries
+        after the P-th are dropped from the patching, so later bytes reuse the last patch; the
+        returned `boundary_mask` is still the full decision.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if attention_mask is not None:
+            starts = padding_starts(attention_mask)
+            if bool(starts.any()):
+                return self._left_aligned(starts, input_ids, attention_mask.bool(), boundary_mask, expanded_ids,
+                                          generator, max_patches)
         if expanded_ids is None:
             expanded_ids = self.expand(input_ids)
         lengths = attention_mask.sum(-1) if attention_mask is not None else None
@@ -95,7 +107,10 @@ class BolmoForCausalLM(nn.Module):
         if attention_mask is not None:
             boundary_mask = boundary_mask & attention_mask.bool()
 
-        patches, patch_valid = pool(h, boundary_mask)
+        patching = boundary_mask
+        if max_patches is not None:
+            patching = boundary_mask & (boundary_mask.cumsum(-1) <= max_patches)
+        patches, patch_valid = pool(h, patching)
         global_in = encoder.out_projection(patches)
         if bool(patch_valid.all()):
             global_out = self.model.layers(global_in)
@@ -104,9 +119,28 @@ class BolmoForCausalLM(nn.Module):
         else:
             global_out = self.model.layers(global_in, patch_valid)
 
-        y, _ = self.model.local_decoder(h, global_out, boundary_mask)
+        y, _ = self.model.local_decoder(h, global_out, patching)
         logits = self.lm_head(self.model.norm(y))
         return BolmoOutput(logits=logits, boundary_mask=boundary_mask, boundary_logprobs=boundary_logprobs)
+
+    def _left_aligned(self, starts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      boundary_mask: torch.Tensor | None, expanded_ids: torch.Tensor | None,
+                      generator: torch.Generator | None, max_patches: int | None) -> BolmoOutput:
+        """Run a left-padded batch as the right-padded one (each row rotated by its padding)."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        to_left = (positions + starts[:, None]) % input_ids.shape[1]
+        back = (positions - starts[:, None]) % input_ids.shape[1]
+
+        def rotate(x: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+            if x is None:
+                return None
+            return x.gather(1, index.view(*index.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+        out = self.forward(rotate(input_ids, to_left), rotate(attention_mask, to_left), rotate(boundary_mask, to_left),
+                           rotate(expanded_ids, to_left), generator, max_patches)
+        return BolmoOutput(logits=rotate(out.logits, back),
+                           boundary_mask=rotate(out.boundary_mask, back) & attention_mask,
+                           boundary_logprobs=rotate(out.boundary_logprobs, back).masked_fill(~attention_mask, FORCE_OFF))
 
     # Convenience methods delegate to the modules that own the logic.
     def score(self, texts: list[str], batch_size: int = 8) -> list:
@@ -132,6 +166,19 @@ class BolmoForCausalLM(nn.Module):
 
     def num_parameters_by_component(self) -> dict[str, int]:
         return parameter_counts(self)
+
+
+def padding_starts(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's first real position; refuses masks that are not one run of real
+    positions per row (left or right padding only)."""
+    mask = attention_mask.bool()
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    starts = torch.where(mask, positions, mask.shape[1]).amin(-1).clamp(max=mask.shape[1] - 1)
+    ends = starts + mask.sum(-1)
+    if not bool((mask == ((positions >= starts[:, None]) & (positions < ends[:, None]))).all()):
+        raise ValueError("attention_mask: each row must be one contiguous run of real positions "
+                         "(left or right padding)")
+    return torch.where(mask.any(-1), starts, 0)
 
 
 def reference_patch_layout(layers: nn.Module, patches: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

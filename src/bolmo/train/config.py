@@ -5,8 +5,10 @@ overrides use dotted keys (`optim.lr=3e-4`, `losses.weights.boundary=2`); values
 YAML and checked against the field's type, and unknown keys anywhere are refused by name, so a
 typo never silently trains with a default.
 
-Defaults are the released stage-1 recipe (training-detail.md §5, Appendix A); a stage-2 or toy
-run overrides what differs. Loss weights left unset take the stage's released weights.
+Fields left unset take the released recipe's value for the run's stage (training-detail.md §5,
+Appendix A: `STAGE_DEFAULTS` for the optimizer, schedule, batch and data seed, `STAGE_LOSSES` for
+the loss weights), so `stage: stage2` alone never trains at stage 1's learning rate. The 1B values
+are used; the 7B recipe differs only in the peak LRs (stage 1 5e-4, stage 2 3.66e-5).
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ STAGE_LOSSES: dict[str, dict[str, float]] = {
     "stage1": {"local_encoder": 1.0, "ce": 1.0, "local_decoder": 1.0, "boundary": 4.0},
     "stage2": {"ce": 1.0, "boundary": 4.0, "ratio": 0.0},
 }
+# Released (1B) values of the fields a stage changes; `subword` (our teacher pretraining) takes
+# stage 1's. Keys are dotted config paths.
+_STAGE1_DEFAULTS: dict[str, Any] = {
+    "optim.lr": 7e-4, "optim.betas": [0.9, 0.999], "schedule.steps": 75_000,
+    "global_batch_bytes": 786_432, "data.seed": 0,
+}
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "subword": _STAGE1_DEFAULTS,
+    "stage1": _STAGE1_DEFAULTS,
+    "stage2": {"optim.lr": 5.2e-5, "optim.betas": [0.9, 0.95], "schedule.steps": 150_000,
+               "global_batch_bytes": 1_572_864, "data.seed": 1234},
+}
 
 
 @dataclass
@@ -49,7 +63,7 @@ class DataConfig:
     dir: str = ""
     tokens_per_instance: int = 4096  # S
     seq_len: int | None = None  # L, byte slots per instance; None = 6 * S
-    seed: int = 0
+    seed: int | None = None  # shuffle seed; None: the stage's (0 in stage 1, 1234 in stage 2)
     shuffle: bool = True
 
 
@@ -57,9 +71,9 @@ class DataConfig:
 class OptimConfig:
     """AdamW. Weight decay 0 on the embedding tables; the reference decays norms and biases."""
 
-    lr: float = 7e-4
+    lr: float | None = None  # peak; None: the stage's (7e-4 stage 1, 5.2e-5 stage 2)
     global_lr_ratio: float = 0.5  # stage 2: LR of the global blocks relative to `lr`
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # stage 2 uses [0.9, 0.95]
+    betas: list[float] | None = None  # None: the stage's ([0.9, 0.999] stage 1, [0.9, 0.95] stage 2)
     eps: float = 1e-8
     weight_decay: float = 0.1
     decay_norms_and_biases: bool = True  # false: also no decay on 1-d tensors (norms, biases)
@@ -70,7 +84,7 @@ class OptimConfig:
 class ScheduleConfig:
     """Linear warm-up from 0, then `decay` to `final_lr_ratio` x peak at `steps`."""
 
-    steps: int = 75_000
+    steps: int | None = None  # None: the stage's (75,000 stage 1, 150,000 stage 2)
     warmup_fraction: float = 0.1  # warm-up steps = round(fraction * steps)
     decay: str = "linear"  # linear | cosine | constant
     final_lr_ratio: float = 0.0
@@ -88,15 +102,15 @@ class LossConfig:
     rep_compare_fn: str = "l2"  # l2 | l2_rmsnorm | cos_dist
     div_fn: str = "kl"  # kl | reverse_kl | tvd | tvd_temp_limit
     binarization_temp: float = 5.0
-    temperature: float = 1.0
+    temperature: float = 1.0  # softmax temperature of the student (and the teacher) log-probs
     alm_debiasing: bool = True
 
 
 @dataclass
 class CompressionConfig:
     """Stage 2: steer bytes per patch from `start_ratio` to `target_ratio` over `steps` by
-    merging target patches (`kind` bpe or space). The ratio loss, when weighted, aims at the
-    same scheduled ratio."""
+    merging target patches (`kind` bpe or space). The ratio loss, when weighted, aims at
+    `target_ratio` (training-detail.md §3.7)."""
 
     kind: str | None = None  # None | bpe | space
     start_ratio: float = 4.3
@@ -125,7 +139,7 @@ class TrainConfig:
     run_dir: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    global_batch_bytes: int = 786_432  # byte slots per optimizer step, over all ranks
+    global_batch_bytes: int | None = None  # byte slots per optimizer step, all ranks; None: the stage's
     micro_batch_instances: int = 2  # instances per forward/backward on one rank
     seed: int = 12536  # model init (random_init) and everything random in the loop
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -139,6 +153,17 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads per process (None: torch's default)
     resume: bool = False  # continue from <run_dir>/latest when it exists
     export: bool = True  # write <run_dir>/hf (HF format) at the end
+
+    def __post_init__(self) -> None:
+        """Unset stage-dependent fields take the stage's released values (an unknown stage is
+        left for `validate` to name)."""
+        for key, value in STAGE_DEFAULTS.get(self.stage, {}).items():
+            *parents, leaf = key.split(".")
+            owner = self
+            for part in parents:
+                owner = getattr(owner, part)
+            if getattr(owner, leaf) is None:
+                setattr(owner, leaf, list(value) if isinstance(value, list) else value)
 
     @property
     def seq_len(self) -> int:

@@ -100,13 +100,19 @@ def run_blocks(stack: OlmoBlockStack, x: torch.Tensor, n: int | None = None) -> 
 def encoder_loss_weights(losses: LossConfig, n_layers: int) -> list[float]:
     """[w0 (vs the teacher's embeddings), w1 .. wK (after global block i)]. K is
     `encoder_lookahead`, else the number of given block weights, else min(4, n_layers - 1) (at
-    least 1); default block weights: 4 on the K-th only (the released [0, 0, 0, 4])."""
+    least 1); default block weights: 4 on the K-th only (the released [0, 0, 0, 4]). K = 0 compares
+    with the teacher's embeddings only, so it needs `encoder_embedding_weight` > 0."""
     given = losses.encoder_lookahead_weights
-    k = losses.encoder_lookahead or (len(given) if given else min(4, max(n_layers - 1, 1)))
-    block_weights = given or [0.0] * (k - 1) + [4.0]
-    if len(block_weights) != k or not 1 <= k <= n_layers:
+    k = losses.encoder_lookahead
+    if k is None:
+        k = len(given) if given else min(4, max(n_layers - 1, 1))
+    block_weights = given or ([0.0] * (k - 1) + [4.0] if k else [])
+    if len(block_weights) != k or not 0 <= k <= n_layers:
         raise ConfigError(f"losses.encoder_lookahead_weights: {len(block_weights)} weights for "
                           f"encoder_lookahead={k} (the model has {n_layers} global blocks)")
+    if k == 0 and losses.encoder_embedding_weight <= 0:
+        raise ConfigError("losses.encoder_lookahead: 0 compares with the teacher's embeddings only; "
+                          "set losses.encoder_embedding_weight > 0")
     return [losses.encoder_embedding_weight, *block_weights]
 
 
@@ -155,7 +161,7 @@ class TrainModule(nn.Module):
         elif self.stage == "stage1":
             raw, stats = self._stage1(mb)
         else:
-            raw, stats = self._stage2(mb, ratio_target)
+            raw, stats = self._stage2(mb, ratio_target, norm.patches)
         n_labels = int((self.labels(mb) != IGNORE_INDEX).sum())
         return norm.terms(raw, n_labels, mb["input_ids"].shape[0], self.stage == "subword"), stats
 
@@ -192,7 +198,7 @@ class TrainModule(nn.Module):
         student = run_blocks(blocks, h_patch, k)  # frozen blocks, but gradients reach h_patch
         oracle = gather_aligned(hidden[-1], aligned)  # H_last[a_j], before the final norm
         out, _ = inner.local_decoder(h, oracle, y)
-        lp = torch.log_softmax(model.lm_head(inner.norm(out)).float(), dim=-1)
+        lp = torch.log_softmax(model.lm_head(inner.norm(out)).float() / losses.temperature, dim=-1)  # §3.1 step 8
 
         weights = self.encoder_weights
         distill = local_decoder_loss(lp, labels, patch_lens, teacher_logits, mb["teacher_target_ids"],
@@ -206,15 +212,18 @@ class TrainModule(nn.Module):
                 aligned, used, weights, losses.rep_compare_fn),
         }
         stats = self._byte_stats(lp, labels, logp, y, y, raw)
-        stats["encoder_cos"] = aligned_cosine(student[-1].detach(), hidden[k - 1], aligned, used)
+        if k:
+            stats["encoder_cos"] = aligned_cosine(student[-1].detach(), hidden[k - 1], aligned, used)
         stats.update({k: v.detach() for k, v in distill.metrics().items()})
         return raw, stats
 
-    def _stage2(self, mb: Tensors, ratio_target: float) -> tuple[Tensors, Tensors]:
+    def _stage2(self, mb: Tensors, ratio_target: float, max_patches: int) -> tuple[Tensors, Tensors]:
+        """§4.1: labels fused with the predicted boundaries; at most P = S patches pooled."""
         ids = mb["input_ids"]
-        out = self.model(ids, attention_mask=ids != PAD_ID, expanded_ids=mb["expanded_input_ids"])
+        out = self.model(ids, attention_mask=ids != PAD_ID, expanded_ids=mb["expanded_input_ids"],
+                         max_patches=max_patches)
         labels = fuse_labels(mb["labels"], out.boundary_mask)
-        lp = torch.log_softmax(out.logits.float(), dim=-1)
+        lp = torch.log_softmax(out.logits.float() / self.losses.temperature, dim=-1)
         y, logp = mb["boundary_targets"], out.boundary_logprobs
         mask = boundary_loss_mask(labels != IGNORE_INDEX, self._lookahead)
         raw = {"ce": fused_cross_entropy(lp, labels),

@@ -231,7 +231,7 @@ class Trainer:
         for i, mb in enumerate(mbs):
             set_gradient_sync(module, i == len(mbs) - 1)
             with autocast(dist.device, self.amp):
-                terms, stats = module(mb, norm, self.ratio(step))
+                terms, stats = module(mb, norm, config.compression.target_ratio)
             loss = total_loss(terms, weights, multipliers)
             (loss * dist.grad_scale).backward()
             for name, value in {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()}}.items():
