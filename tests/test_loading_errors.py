@@ -100,8 +100,9 @@ def test_sharded_index_loads_and_missing_shard_is_named(model_copy, tiny_model_d
 )
 def test_bad_config_fields_are_named(model_copy, changes, field):
     edit_config(model_copy, **changes)
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(ConfigError, match=field) as error:
         bolmo.load(model_copy)
+    assert str(model_copy / "config.json") in str(error.value)  # the file at fault, not just "config.json"
 
 
 def test_unavailable_subword_tokenizer_points_to_download(model_copy, monkeypatch, tmp_path):

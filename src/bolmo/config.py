@@ -7,6 +7,7 @@ models build the same spec from their own configs, so one transformer implementa
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import math
@@ -218,7 +219,7 @@ class BolmoConfig:
             self.num_key_value_heads = self.num_attention_heads
         if self.layer_types is None:
             self.layer_types = default_layer_types(self.num_hidden_layers)
-        self.validate()
+        self.validate(_CONFIG_SOURCE.get())
 
     # ------------------------------------------------------------------ validation
     def validate(self, where: str = "config.json") -> None:
@@ -268,12 +269,15 @@ class BolmoConfig:
         body = {k: v for k, v in data.items() if k not in _HF_BOOKKEEPING}
         if "tokenizer_config" in body and isinstance(body["tokenizer_config"], dict):
             body["tokenizer_config"] = ByteTokenizerConfig.from_dict(body["tokenizer_config"], f"{where}: tokenizer_config")
+        token = _CONFIG_SOURCE.set(where)  # so __post_init__'s validation names the real file
         try:
             return _from_dict(cls, body, where)
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:  # a field of the wrong type deep in validation
             raise ConfigError(f"{where}: {exc}") from exc
+        finally:
+            _CONFIG_SOURCE.reset(token)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "BolmoConfig":
@@ -330,6 +334,10 @@ def parse_boundary_threshold(text: str, where: str = "config.json") -> BoundaryT
             "(expected 'sample:0', 'sample:1', 'topk:N' or 'topk_percent:F' with 0 <= F <= 1)"
         )
     return BoundaryThreshold(mode, value)
+
+
+# The file a config is being read from, for error messages raised while it is constructed.
+_CONFIG_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("config_source", default="config.json")
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
