@@ -61,3 +61,22 @@ def test_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
     assert info.value.code == 0 and command in capsys.readouterr().out
+
+
+def test_convert_flags_for_dcp_without_prefix_and_for_hf_sources(capsys, tmp_path):
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.ones(2, 3), "b": torch.zeros(3)}, checkpoint_id=tmp_path / "noprefix", no_dist=True)
+    assert main(["convert", str(tmp_path / "noprefix"), str(tmp_path / "all"), "--to", "hf", "--prefix", ""]) == 0
+    assert "tensors:  2 (every DCP tensor)" in capsys.readouterr().out
+    assert main(["convert", str(CKPT_FIXTURES / "olmo2" / "hf"), str(tmp_path / "hf"), "--to", "hf", "--ema"]) == 2
+    assert "--prefix/--ema pick a top-level key of a DCP checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal width
+    assert "--allow-missing" in help_text and "'' takes every tensor" in help_text

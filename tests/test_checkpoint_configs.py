@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 from conftest import BOLMO_FIXTURES, CKPT_FIXTURES
@@ -109,3 +110,68 @@ def test_config_that_is_neither_format(tmp_path):
     (tmp_path / "config.json").write_text('{"trainer": {}}')
     with pytest.raises(ConfigError, match="neither an OLMo-core experiment config .* nor an HF config"):
         open_checkpoint(tmp_path)
+
+
+def _transformers_5(hf: dict) -> dict:
+    """The same config as transformers 5 / OLMo-core 3.0 write it: `rope_parameters`, per layer type for Olmo 3."""
+    hf = copy.deepcopy(hf)
+    rope = {"rope_theta": hf.pop("rope_theta"), **(hf.pop("rope_scaling") or {"rope_type": "default"})}
+    if hf["model_type"] == "olmo3":
+        rope = {"full_attention": rope, "sliding_attention": {"rope_theta": rope["rope_theta"], "rope_type": "default"}}
+    return hf | {"rope_parameters": rope}
+
+
+@pytest.mark.parametrize("name", ["olmo2", "olmo3"])
+def test_transformers_5_rope_parameters_convert_to_olmo_core(name):
+    hf = _load(CKPT_FIXTURES / name / "hf" / "config.json")
+    assert hf_to_olmo_core(_transformers_5(hf), "config.json") == hf_to_olmo_core(hf, "config.json")
+    yarn = hf | {"rope_scaling": {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                  "beta_fast": 32, "beta_slow": 1, "attention_factor": 0.1 * math.log(8.0) + 1}}
+    assert hf_to_olmo_core(_transformers_5(yarn), "config.json") == hf_to_olmo_core(yarn, "config.json")
+
+
+@pytest.mark.parametrize("name", ["olmo2", "olmo3"])
+def test_default_rope_scaling_is_plain_rope(name):
+    hf = _load(CKPT_FIXTURES / name / "hf" / "config.json")
+    native = hf_to_olmo_core(hf | {"rope_scaling": {"rope_type": "default"}}, "config.json")
+    assert native == hf_to_olmo_core(hf, "config.json")
+    bolmo = BolmoConfig.preset("tiny").to_dict() | {"rope_scaling": {"rope_type": "default"}}
+    assert "scaling" not in hf_to_olmo_core(bolmo, "config.json")["model"]["block"]["attention"]["rope"]
+
+
+def _dcp_with_config(root, config_text: str):
+    root.mkdir()
+    (root / "model_and_optim").symlink_to(CKPT_FIXTURES / "olmo2" / "model_and_optim")
+    (root / "config.json").write_text(config_text)
+    return root
+
+
+@pytest.mark.parametrize("config_text, why", [
+    ('{"model": {"name": "moe", "d_model": 12}}', "model.name 'moe' is not supported"),
+    ('{"run_name": "step5"}', "not an OLMo-core experiment config"),
+    ('{"model_type": "qwen2"}', "an HF config (model_type 'qwen2')"),
+    ('{"model": "gpt2"}', "model: expected an object, got 'gpt2'"),
+    ("not json", "not valid JSON"),
+], ids=["moe", "run-config", "hf-qwen2", "model-string", "not-json"])
+def test_unrelated_config_beside_a_dcp_is_noted_not_fatal(config_text, why, tmp_path, capsys):
+    from bolmo.checkpoint.convert import convert
+    from bolmo.checkpoint.sources import SourceKind
+    from bolmo.cli import main
+
+    src = _dcp_with_config(tmp_path / "ckpt", config_text)
+    source = open_checkpoint(src)
+    assert source.kind is SourceKind.DCP and why in source.notes[0] and "generic DCP checkpoint" in source.notes[0]
+    assert main(["inspect", str(src)]) == 0 and why in capsys.readouterr().out
+    assert main(["verify", str(src)]) == 0
+    result = convert(src, tmp_path / "out", "hf")
+    assert len(result.plan.tensors) == 36 and not (result.destination / "config.json").exists()
+
+
+def test_malformed_config_fields_are_named():
+    config = _load(CKPT_FIXTURES / "bolmo_olmo_core" / "config.json")
+    del config["model"]["local_decoder"]["block_config"]["feed_forward"]
+    with pytest.raises(ConfigError, match=r"config.json: missing field model\.local_decoder\.block_config\.feed_forward"):
+        olmo_core_to_hf(config, "config.json")
+    config["dataset"] = "bytes"
+    with pytest.raises(ConfigError, match=r"config.json: dataset: expected an object, got 'bytes'"):
+        olmo_core_to_hf(config, "config.json")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from bolmo.checkpoint.convert import convert
 from bolmo.checkpoint.safetensors_io import HFWeights
-from bolmo.errors import CheckpointError
+from bolmo.errors import CheckpointError, ConfigError
 
 # source, convert kwargs, expected tensors (HF names)
 CASES = {
@@ -234,3 +234,202 @@ def test_existing_destination_needs_overwrite(tmp_path):
 def test_missing_prefix_lists_available_ones(tmp_path):
     with pytest.raises(CheckpointError, match=r"no tensors under 'ema\.'; available prefixes: model \(36\), optim \(108\)"):
         convert(CKPT_FIXTURES / "olmo2", tmp_path / "out", "hf", prefix="ema")
+
+
+def test_integer_and_float8_dtypes_safetensors_stores(tmp_path):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    state = {"u16": torch.arange(6).to(torch.uint16), "u32": torch.arange(6).to(torch.uint32),
+             "u64": torch.arange(6).to(torch.uint64), "c64": torch.randn(3, dtype=torch.complex64),
+             "e4m3fnuz": torch.randn(4).to(torch.float8_e4m3fnuz), "e5m2fnuz": torch.randn(4).to(torch.float8_e5m2fnuz)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": state}, checkpoint_id=tmp_path / "dcp", no_dist=True)
+        dcp.save({"model": {"c128": torch.zeros(2, dtype=torch.complex128), "e8m0": torch.ones(2).to(torch.float8_e8m0fnu)}},
+                 checkpoint_id=tmp_path / "unsupported", no_dist=True)
+    got = load_file(convert(tmp_path / "dcp", tmp_path / "hf", "hf").destination / "model.safetensors")
+    assert sorted(got) == sorted(state)
+    for name, tensor in state.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name].view(torch.uint8), tensor.view(torch.uint8)), name
+    with pytest.raises(CheckpointError, match=r"2 tensor\(s\) have a dtype safetensors cannot store: "
+                                              r"model.c128 \(complex128\), model.e8m0 \(float8_e8m0fnu\)"):
+        convert(tmp_path / "unsupported", tmp_path / "no", "hf")
+    assert not (tmp_path / "no").exists() and _leftovers(tmp_path) == []
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("src, dst, message", [
+    ("self", "self/../self", "the destination is the source"),
+    ("anc/src", "anc", "the destination contains the source"),
+    ("anc/src", "anc/src/out", "the destination is inside the source"),
+    ("self", "link", "the destination is the source"),
+])
+def test_destination_that_would_move_or_delete_the_source(src, dst, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    convert(CKPT_FIXTURES / "olmo2", "self", "hf")
+    convert(CKPT_FIXTURES / "olmo2", "anc/src", "hf")
+    Path("link").symlink_to("self")
+    before = _tree(tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        convert(src, dst, "olmo-core", overwrite=True)
+    from bolmo.checkpoint.convert import execute, plan_conversion  # the lower-level entry point checks too
+
+    with pytest.raises(CheckpointError, match=message):
+        execute(plan_conversion(src, "olmo-core"), dst, overwrite=True)
+    assert _tree(tmp_path) == before and _leftovers(tmp_path) == []
+
+
+def test_merge_and_byteify_refuse_to_replace_an_input(tmp_path):
+    from bolmo.byteify import byteify_init
+    from bolmo.merge import merge
+
+    # The check comes before anything is read, so the inputs need not exist (and nothing real is at risk).
+    with pytest.raises(CheckpointError, match="the destination is the source"):
+        merge(tmp_path / "bolmo", tmp_path / "base", tmp_path / "post", tmp_path / "base", overwrite=True)
+    with pytest.raises(CheckpointError, match="the destination contains the source"):
+        byteify_init(tmp_path / "teacher", tmp_path, overwrite=True)
+
+
+def test_leftover_of_a_killed_run_is_swept(tmp_path):
+    """A SIGKILLed run cannot remove its temporary directory; the next run removes it once no live
+    process holds its lock, and leaves a live run's alone."""
+    import fcntl
+    import os
+    import socket
+    import time
+
+    prefix = f".out.tmp-{socket.gethostname()}-"
+    dead, live, young = (tmp_path / f"{prefix}{tag}" for tag in ("dead", "live", "young"))
+    for directory in (dead, live, young):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"partial")
+    for directory in (dead, live):
+        os.utime(directory, (time.time() - 3600, time.time() - 3600))
+    held = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        convert(CKPT_FIXTURES / "olmo2", tmp_path / "out", "hf")
+    finally:
+        os.close(held)
+    assert _leftovers(tmp_path) == sorted([live.name, young.name])
+
+
+def _save_dcp(state: dict, path: Path) -> Path:
+    """A single-process `dcp.save`, as a user would write it."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=path, no_dist=True)
+    return path
+
+
+def test_empty_prefix_takes_every_tensor_with_its_name(tmp_path):
+    """`dcp.save(model.state_dict())` has no top-level key: --prefix '' consolidates it as it is."""
+    state = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).state_dict()
+    src = _save_dcp(state, tmp_path / "noprefix")
+    with pytest.raises(CheckpointError, match=r"no tensors under 'model\.'.*--prefix '' takes every tensor"):
+        convert(src, tmp_path / "default", "hf")
+    result = convert(src, tmp_path / "all", "hf", prefix="")
+    _assert_same_tensors(_hf_tensors(result.destination), dict(state))
+    assert result.plan.prefix == ""
+
+
+def _model_and_ema(path: Path, skip_in_ema: str) -> Path:
+    from bolmo.checkpoint.dcp_reader import DCPCheckpoint
+    from bolmo.checkpoint.dcp_writer import DCPWriter
+
+    ckpt = DCPCheckpoint(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint")
+    with DCPWriter(path) as writer:
+        for prefix in ("model", "ema"):
+            for name, tensor in ckpt.iter_tensors(prefix):
+                if not (prefix == "ema" and skip_in_ema in name):
+                    writer.add(name, tensor)
+    return path
+
+
+def test_ema_lacking_model_tensors_fails_unless_allowed(tmp_path):
+    src = _model_and_ema(tmp_path / "ckpt", "blocks.0.norm.")
+    with pytest.raises(CheckpointError, match=r"2 tensor\(s\) that 'model' has and 'ema' lacks \(buffers\?\): "
+                                              r"blocks\.0\.norm\.bias, blocks\.0\.norm\.weight; pass --allow-missing"):
+        convert(src, tmp_path / "refused", "hf", prefix="ema")
+    assert not (tmp_path / "refused").exists()
+    result = convert(src, tmp_path / "allowed", "hf", prefix="ema", allow_missing=True)
+    assert "omitted 2 tensor(s)" in result.plan.warnings[0] and "blocks.0.norm.weight" in result.plan.warnings[0]
+    assert len(_hf_tensors(result.destination)) == 21
+
+
+def test_model_and_optim_itself_reads_its_step_directory(tmp_path):
+    """The path the download guide prints: HF names, the tokenizer's 520 rows and a config.json."""
+    result = convert(CKPT_FIXTURES / "bolmo_olmo_core" / "model_and_optim", tmp_path / "hf", "hf")
+    assert result.plan.source.path == CKPT_FIXTURES / "bolmo_olmo_core"
+    assert "is the DCP directory of the OLMo-core checkpoint" in result.plan.source.notes[0]
+    assert _hf_tensors(result.destination)["lm_head.weight"].shape == (520, 32)
+    assert json.loads((result.destination / "config.json").read_text())["model_type"] == "bolmo"
+
+
+def test_model_and_optim_with_an_unusable_step_config_reads_generically(tmp_path):
+    from bolmo.checkpoint.sources import SourceKind, open_checkpoint
+
+    step = tmp_path / "step"
+    step.mkdir()
+    (step / "model_and_optim").symlink_to(CKPT_FIXTURES / "olmo2" / "model_and_optim")
+    (step / "config.json").write_text(json.dumps({"model": {"name": "default", "block": "oops"}}))
+    source = open_checkpoint(step / "model_and_optim")
+    assert source.kind is SourceKind.DCP and "model.block: expected an object, got 'oops'" in source.notes[0]
+    with pytest.raises(ConfigError, match=r"model\.block: expected an object, got 'oops' \(to convert the weights "
+                                          r"without this config, point at .*step/model_and_optim\)"):
+        convert(step, tmp_path / "out", "hf")
+
+
+def test_verify_against_is_checked_before_anything_is_written(tmp_path, monkeypatch):
+    from bolmo.checkpoint import convert as convert_module
+    from bolmo.checkpoint.convert import plan_conversion
+
+    with pytest.raises(CheckpointError, match="needs an HF directory or a .safetensors file, not a DCP checkpoint"):
+        plan_conversion(CKPT_FIXTURES / "olmo2", "hf", verify_against=CKPT_FIXTURES / "olmo2")
+    monkeypatch.setattr(convert_module, "_write_hf", lambda *args: pytest.fail("data written before the check"))
+    with pytest.raises(CheckpointError, match="would differ from the reference"):
+        convert(CKPT_FIXTURES / "olmo2", tmp_path / "out", "hf", verify_against=CKPT_FIXTURES / "olmo3" / "hf")
+    with pytest.raises(CheckpointError, match="no such file or directory"):
+        convert(CKPT_FIXTURES / "olmo2", tmp_path / "out", "hf", verify_against=tmp_path / "absent")
+    plan = plan_conversion(CKPT_FIXTURES / "olmo2", "hf",
+                           verify_against=CKPT_FIXTURES / "olmo2" / "hf" / "model.safetensors")
+    assert len(plan.tensors) == 36
+
+
+@pytest.mark.parametrize("prefix", ["ema", "model", ""])
+def test_prefix_is_refused_for_hf_sources(prefix, tmp_path):
+    for to in ("hf", "olmo-core"):
+        with pytest.raises(CheckpointError, match="--prefix/--ema pick a top-level key of a DCP checkpoint"):
+            convert(CKPT_FIXTURES / "olmo2" / "hf", tmp_path / to, to, prefix=prefix)
+
+
+def test_dtype_rewrites_every_dtype_field_of_an_olmo_core_config(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "model.safetensors").symlink_to(CKPT_FIXTURES / "olmo2" / "hf" / "model.safetensors")
+    config = json.loads((CKPT_FIXTURES / "olmo2" / "hf" / "config.json").read_text())
+    config["torch_dtype"] = config.pop("dtype")  # transformers 4.x spelling: kept in hf_overrides
+    (hf / "config.json").write_text(json.dumps(config))
+    native = convert(hf, tmp_path / "native", "olmo-core", dtype=torch.bfloat16).destination
+    text = (native / "config.json").read_text()
+    found = [value for key, value in _all_items(json.loads(text)) if key in ("dtype", "torch_dtype")]
+    assert len(found) >= 6 and set(found) == {"bfloat16"}
+
+
+def _all_items(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _all_items(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _all_items(item)

@@ -183,3 +183,125 @@ def test_bad_arguments(capsys, tmp_path):
     code = main(["convert", str(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint"), str(tmp_path / "out"), "--to", "olmo-core"])
     assert code == 2 and "cannot be converted to olmo-core" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_flipped_bytes_in_a_sharded_item(capsys, tmp_path):
+    """16 bytes flipped in the middle of an item: torch would load them; the CRC-32 check names the item."""
+    src = _copy(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint", tmp_path / "ckpt")
+    item = DCPCheckpoint(src).inventory()["model.embed.weight"].chunks[1]
+    data = bytearray((src / item.file).read_bytes())
+    middle = item.offset + item.length // 2
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    (src / item.file).write_bytes(bytes(data))
+    message = f"__1_0.distcp: item model.embed.weight@[150, 0] [{item.offset}, +{item.length}): corrupt item"
+    code, out = _verify(capsys, src)
+    assert code == 1 and message in out and "CRC-32" in out
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and message in err and "CRC-32" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_olmo_core_mismatch_names_the_stored_key(capsys, tmp_path):
+    src = _native_with_config(tmp_path, CKPT_FIXTURES / "olmo3", lambda m: m["block"]["feed_forward"].update(hidden_size=128))
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and ("model.layers.0.mlp.down_proj.weight: checkpoint has [12, 256], model built from config has "
+                          "[12, 128] (stored as model.blocks.0.feed_forward.w2.weight)") in err
+
+
+def test_integer_weight_is_refused(capsys, tmp_path):
+    """bf16 vs fp32 is a cast; an int32 lm_head is not a weight of the model the config describes."""
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "hf"
+    src.mkdir()
+    shutil.copyfile(CKPT_FIXTURES / "olmo2" / "hf" / "config.json", src / "config.json")
+    tensors = load_file(CKPT_FIXTURES / "olmo2" / "hf" / "model.safetensors")
+    save_file(tensors | {"lm_head.weight": tensors["lm_head.weight"].to(torch.int32),
+                         "model.norm.weight": tensors["model.norm.weight"].bfloat16()},
+              src / "model.safetensors", metadata={"format": "pt"})
+    message = "lm_head.weight: checkpoint has dtype int32, model built from config has float32"
+    code, out = _verify(capsys, src)
+    assert code == 1 and message in out and "model.norm.weight" not in out
+    for to in ("hf", "olmo-core"):
+        assert main(["convert", str(src), str(tmp_path / f"out-{to}"), "--to", to]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / f"out-{to}").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(block="oops"), "model.block: expected an object, got 'oops'"),
+    (lambda m: m["block"].update(sequence_mixer=[1]), "model.block.sequence_mixer: expected an object, got [1]"),
+    (lambda m: m["block"]["sequence_mixer"].update(n_heads="3"),
+     "model.block.sequence_mixer.n_heads: expected an integer, got '3'"),
+    (lambda m: m["block"]["sequence_mixer"]["sliding_window"].update(pattern="8"),
+     "model.block.sequence_mixer.sliding_window.pattern: expected a list, got '8'"),
+    (lambda m: m.pop("d_model"), "missing field model.d_model"),
+    (lambda m: m["block"]["sequence_mixer"].update(n_heads=0),
+     "model.block.sequence_mixer.n_heads: must be a positive integer, got 0"),
+])
+def test_malformed_olmo_core_config_is_a_named_config_error(edit, message, capsys, tmp_path):
+    src = _native_with_config(tmp_path, CKPT_FIXTURES / "olmo3", edit)
+    code, out = _verify(capsys, src)
+    assert code == 1 and f"{src / 'config.json'}: {message}" in out and "Traceback" not in out
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and message in err and "point at" in err
+
+
+def test_bolmo_config_without_xlstm_is_a_named_config_error(capsys, tmp_path):
+    src = _native_with_config(tmp_path, CKPT_FIXTURES / "bolmo_olmo_core",
+                              lambda m: m["local_encoder"]["block_config"].pop("xlstm"))
+    code, out = _verify(capsys, src)
+    assert code == 1 and "missing field model.local_encoder.block_config.xlstm" in out
+
+
+def test_interrupted_save_is_noted(capsys, tmp_path):
+    for name, extra in (("step5-tmp", None), ("step6", "train")):
+        step = tmp_path / name
+        step.mkdir()
+        (step / "model_and_optim").symlink_to(CKPT_FIXTURES / "olmo2" / "model_and_optim")
+        shutil.copyfile(CKPT_FIXTURES / "olmo2" / "config.json", step / "config.json")
+        if extra:
+            (step / extra).mkdir()
+        code, out = _verify(capsys, step)
+        assert code == 0 and "note: " in out and "the checkpoint may be incomplete" in out
+        assert ("'*-tmp' directory" if extra is None else "without .metadata.json") in out
+    code, out = _verify(capsys, CKPT_FIXTURES / "olmo2")  # a complete checkpoint, no trainer state: no note
+    assert code == 0 and "may be incomplete" not in out
+
+
+def _sharded_copy(capsys, tmp_path: Path) -> tuple[Path, list[str]]:
+    out = tmp_path / "sharded"
+    assert main(["convert", str(CKPT_FIXTURES / "olmo2"), str(out), "--to", "hf", "--shard-size", "40KB"]) == 0
+    capsys.readouterr()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    return out, sorted(set(index["weight_map"].values()))
+
+
+def test_shard_file_the_index_does_not_name_is_reported(capsys, tmp_path):
+    out, shards = _sharded_copy(capsys, tmp_path)
+    shutil.copyfile(out / shards[0], out / "model-00001-of-00009.safetensors")
+    code, report = _verify(capsys, out)
+    assert code == 0 and "1 weight file(s) not named by model.safetensors.index.json" in report
+    assert "model-00001-of-00009.safetensors" in report
+
+
+def test_index_without_total_size_is_still_checked(capsys, tmp_path):
+    """No metadata.total_size: the named tensors must still account for every byte of the shards."""
+    from safetensors.torch import load_file
+
+    out, shards = _sharded_copy(capsys, tmp_path)
+    index_file = out / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    del index["metadata"]
+    index_file.write_text(json.dumps(index))
+    assert _verify(capsys, out)[0] == 0
+    header, data, offset = {"__metadata__": {"format": "pt"}}, b"", 0
+    for name, tensor in load_file(out / shards[-1]).items():  # rewrite a shard with 8 unused bytes after each tensor
+        raw = tensor.numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape), "data_offsets": [offset, offset + len(raw)]}
+        data += raw + bytes(8)
+        offset += len(raw) + 8
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    (out / shards[-1]).write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+    code, report = _verify(capsys, out)
+    assert code == 1 and "has no metadata.total_size; the tensors it names need" in report

@@ -162,3 +162,36 @@ def test_load_reports_config_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config("olmo2", mystery_field=True)))
     with pytest.raises(ConfigError, match="mystery_field"):
         bolmo.load(tmp_path)
+
+
+_YARN = {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192, "beta_fast": 32, "beta_slow": 1}
+
+
+@pytest.mark.parametrize("model_type, rope_parameters, legacy", [
+    ("olmo2", {"rope_theta": 500000, "rope_type": "default"}, {"rope_theta": 500000}),
+    ("olmo2", {"rope_theta": 500000, **_YARN}, {"rope_theta": 500000, "rope_scaling": _YARN}),
+    ("olmo3", {"full_attention": {"rope_theta": 500000, "rope_type": "default"},
+               "sliding_attention": {"rope_theta": 500000, "rope_type": "default"}}, {"rope_theta": 500000}),
+    ("olmo3", {"full_attention": {"rope_theta": 500000, **_YARN},
+               "sliding_attention": {"rope_theta": 500000, "rope_type": "default"}},
+     {"rope_theta": 500000, "rope_scaling": _YARN}),
+], ids=["olmo2", "olmo2-yarn", "olmo3", "olmo3-yarn"])
+def test_config_reads_transformers_5_rope_parameters(model_type, rope_parameters, legacy):
+    """transformers 5 / OLMo-core 3.0 write `rope_parameters` (per layer type for Olmo 3)."""
+    new = OlmoConfig.from_dict(_config(model_type, rope_parameters=rope_parameters))
+    assert new == OlmoConfig.from_dict(_config(model_type, **legacy))
+    assert new.transformer_spec().rope_full.theta == 500000
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"rope_parameters": {"full_attention": {"rope_theta": 1e4}, "sliding_attention": {"rope_theta": 5e5}}},
+     "different rope_theta for full and sliding layers"),
+    ({"rope_parameters": {"full_attention": {"rope_theta": 1e4}, "sliding_attention": {"rope_theta": 1e4, **_YARN}}},
+     "rope_parameters.sliding_attention: only plain RoPE"),
+    ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "default"}, "rope_theta": 5e5},
+     "rope_theta 500000.0 disagrees with rope_parameters"),
+    ({"rope_parameters": "default"}, "rope_parameters: expected a non-empty object"),
+])
+def test_config_refuses_rope_parameters_it_cannot_honour(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        OlmoConfig.from_dict(_config("olmo3", **extra))

@@ -190,7 +190,7 @@ def byteify_init(teacher: str | Path, out: str | Path, options: ByteifyOptions |
     start = time.perf_counter()
     options = options or ByteifyOptions()
     out = Path(out)
-    check_destination(out.absolute(), overwrite)
+    check_destination(out, overwrite, sources=[teacher])
     plan = plan_conversion(teacher, "hf")
     if plan.source.family != "olmo":
         raise CheckpointError(f"{teacher}: a {plan.source.kind.value} checkpoint; the teacher must be an "

@@ -66,7 +66,7 @@ def merge(bolmo: str | Path, base: str | Path, post: str | Path, out: str | Path
     if not math.isfinite(alpha):
         raise BolmoError(f"alpha must be a finite number, got {alpha}")
     out = Path(out)
-    check_destination(out.absolute(), overwrite)
+    check_destination(out, overwrite, sources=[bolmo, base, post])
     plans = {"bolmo": plan_conversion(bolmo, "hf"), "base": plan_conversion(base, "hf"),
              "post": plan_conversion(post, "hf")}
     for role, family in (("bolmo", "bolmo"), ("base", "olmo"), ("post", "olmo")):

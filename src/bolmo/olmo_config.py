@@ -42,6 +42,44 @@ PRETRAINED_CONFIG_KEYS = _HF_BOOKKEEPING | {
 }
 # Olmo 3 adds sliding-window layers; OLMo 2 has full attention everywhere.
 _OLMO3_ONLY = ("sliding_window", "layer_types")
+_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def legacy_rope_fields(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`data` with transformers 5's `rope_parameters` rewritten as the 4.x `rope_theta` + `rope_scaling`.
+
+    transformers 5 (and OLMo-core 3.0's HF export) writes one `rope_parameters` object for OLMo 2
+    (`{rope_theta, rope_type, ...scaling fields}`) and one per layer type for Olmo 3. Sliding layers use
+    plain RoPE with the full layers' theta here (as in every released Olmo 3), so anything else is refused."""
+    params = data.get("rope_parameters")
+    if params is None:
+        return data
+    if not isinstance(params, dict) or not params:
+        raise ConfigError(f"{where}: rope_parameters: expected a non-empty object, got {params!r}")
+    field_name = "rope_parameters"
+    if set(params) <= set(_LAYER_TYPES):  # per layer type
+        for name, value in params.items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: rope_parameters.{name}: expected an object, got {value!r}")
+        full, sliding = params.get("full_attention", {}), params.get("sliding_attention", {})
+        if sliding.get("rope_type", "default") != "default" or set(sliding) - {"rope_type", "rope_theta"}:
+            raise ConfigError(f"{where}: rope_parameters.sliding_attention: only plain RoPE is supported on "
+                              f"sliding layers, got {sliding}")
+        thetas = {p["rope_theta"] for p in (full, sliding) if "rope_theta" in p}
+        if len(thetas) > 1:
+            raise ConfigError(f"{where}: rope_parameters: different rope_theta for full and sliding layers "
+                              f"{sorted(thetas)} are not supported")
+        params = {**({"rope_theta": thetas.pop()} if thetas else {}), **full}
+        field_name = "rope_parameters.full_attention"
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    legacy = {"rope_theta": params.get("rope_theta", data.get("rope_theta")),
+              "rope_scaling": None if scaling in ({}, {"rope_type": "default"}) else scaling}
+    for key, value in legacy.items():
+        if data.get(key) is not None and data[key] != value:
+            raise ConfigError(f"{where}: {key} {data[key]!r} disagrees with {field_name} ({value!r}); give one of them")
+    out = {k: v for k, v in data.items() if k != "rope_parameters"}
+    out.update({k: v for k, v in legacy.items() if v is not None})
+    return out
 
 
 @dataclass
@@ -123,6 +161,7 @@ class OlmoConfig:
         model_type = data.get("model_type")
         if model_type not in OLMO_MODEL_TYPES:
             raise ConfigError(f"{where}: model_type is {model_type!r}, expected one of {', '.join(OLMO_MODEL_TYPES)}")
+        data = legacy_rope_fields(data, where)
         known = {f.name for f in dataclasses.fields(cls)} - (set(_OLMO3_ONLY) if model_type == "olmo2" else set())
         unknown = sorted(set(data) - known - PRETRAINED_CONFIG_KEYS)
         if unknown:

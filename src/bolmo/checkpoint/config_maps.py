@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bolmo.checkpoint.keymaps import padded_vocab_size
-from bolmo.config import BolmoConfig, ByteTokenizerConfig, parse_rope_scaling
+from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, parse_rope_scaling
 from bolmo.errors import ConfigError
+from bolmo.olmo_config import legacy_rope_fields
 
 _OC = "olmo_core.nn."
 # Fields that OLMo-core keeps elsewhere or not at all and that do not change the weights' meaning.
@@ -63,16 +64,57 @@ class GlobalSpec:
 
 
 # ---------------------------------------------------------------------------------- OLMo-core side
-def _get(d: dict[str, Any], key: str, where: str) -> Any:
-    if not isinstance(d, dict) or key not in d:
-        raise ConfigError(f"{where}: missing field {key!r}")
-    return d[key]
+_REQUIRED = object()
+_NUMBER = (int, float)
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "an integer",
+               float: "a number"}
+
+
+@dataclass(frozen=True)
+class _Obj:
+    """One JSON object of a config, read with type-checked field access, so that a malformed config (a
+    string where an object belongs, a missing field) is a ConfigError naming the file and the field
+    path instead of an AttributeError or KeyError."""
+
+    data: dict[str, Any]
+    path: str  # e.g. "model.block"; "" for the top level
+    where: str  # the file
+
+    def field(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+        """`data[key]` checked to be of `kind`; null or absent gives `default` (or an error if required)."""
+        value = self.data.get(key)
+        if value is None:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.where}: missing field {self.field(key)}")
+            return default
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(_KIND_NAMES[k] for k in kinds)
+            raise ConfigError(f"{self.where}: {self.field(key)}: expected {expected}, got {value!r}")
+        return value
+
+    def size(self, key: str) -> int:
+        """A required positive integer (a dimension or a count), so later arithmetic cannot fail."""
+        value = self.get(key, int)
+        if value <= 0:
+            raise ConfigError(f"{self.where}: {self.field(key)}: must be a positive integer, got {value}")
+        return value
+
+    def obj(self, key: str, required: bool = True) -> "_Obj":
+        """The object at `key`; an absent optional one reads as empty."""
+        return _Obj(self.get(key, dict, _REQUIRED if required else {}), self.field(key), self.where)
+
+
+def _model_obj(config: dict[str, Any], where: str) -> _Obj:
+    return _Obj(config, "", where).obj("model")
 
 
 def model_family(config: dict[str, Any], where: str) -> str:
     """'bolmo' or 'olmo' for an OLMo-core experiment config; refuses other architectures."""
-    model = _get(config, "model", where)
-    name = model.get("name", "default")
+    name = _model_obj(config, where).get("name", str, "default")
     if name == "bolmo":
         return "bolmo"
     if name != "default":
@@ -80,85 +122,93 @@ def model_family(config: dict[str, Any], where: str) -> str:
     return "olmo"
 
 
-def read_global(model: dict[str, Any], where: str) -> GlobalSpec:
+def read_global(model: _Obj) -> GlobalSpec:
     """Parse the global transformer of an OLMo-core model config (either naming)."""
-    block = _get(model, "block", f"{where}: model")
-    if block.get("name") != "reordered_norm":
-        raise ConfigError(f"{where}: model.block.name {block.get('name')!r} is not supported "
+    where = model.where
+    block = model.obj("block")
+    if block.get("name", str, None) != "reordered_norm":
+        raise ConfigError(f"{where}: model.block.name {block.data.get('name')!r} is not supported "
                           "(OLMo 2 / Olmo 3 use 'reordered_norm')")
-    key = "sequence_mixer" if "sequence_mixer" in block else "attention"
-    attn = _get(block, key, f"{where}: model.block")
-    if attn.get("type", "attention") != "attention" or attn.get("name", "default") != "default":
-        raise ConfigError(f"{where}: model.block.{key}: only default attention is supported")
-    if attn.get("use_head_qk_norm"):
-        raise ConfigError(f"{where}: model.block.{key}.use_head_qk_norm=true has no HF equivalent")
-    qk_norm, norm = attn.get("qk_norm"), _get(block, "layer_norm", f"{where}: model.block")
-    if not qk_norm:
-        raise ConfigError(f"{where}: model.block.{key}.qk_norm is missing (OLMo 2 / Olmo 3 have QK-norm)")
-    head_norm = _get(model, "lm_head", f"{where}: model").get("layer_norm") or norm
-    eps_values = {n.get("eps", 1e-5) for n in (norm, qk_norm, head_norm)}
-    if len(eps_values) != 1 or any(n.get("name", "rms") != "rms" for n in (norm, qk_norm, head_norm)):
+    attn = block.obj("sequence_mixer" if "sequence_mixer" in block.data else "attention")
+    if attn.get("type", str, "attention") != "attention" or attn.get("name", str, "default") != "default":
+        raise ConfigError(f"{where}: {attn.path}: only default attention is supported")
+    if attn.get("use_head_qk_norm", bool, False):
+        raise ConfigError(f"{where}: {attn.path}.use_head_qk_norm=true has no HF equivalent")
+    if not attn.data.get("qk_norm"):
+        raise ConfigError(f"{where}: {attn.path}.qk_norm is missing (OLMo 2 / Olmo 3 have QK-norm)")
+    norm, qk_norm = block.obj("layer_norm"), attn.obj("qk_norm")
+    lm_head = model.obj("lm_head")
+    head_norm = lm_head.obj("layer_norm") if lm_head.data.get("layer_norm") else norm
+    norms = (norm, qk_norm, head_norm)
+    eps_values = {n.get("eps", _NUMBER, 1e-5) for n in norms}
+    if len(eps_values) != 1 or any(n.get("name", str, "rms") != "rms" for n in norms):
         raise ConfigError(f"{where}: block, QK and head norms must all be RMSNorm with one eps, got {eps_values}")
-    ff = _get(block, "feed_forward", f"{where}: model.block")
-    if ff.get("bias") or ff.get("name", "default") != "default":
+    ff = block.obj("feed_forward")
+    if ff.get("bias", bool, False) or ff.get("name", str, "default") != "default":
         raise ConfigError(f"{where}: model.block.feed_forward: only the default bias-free SwiGLU is supported")
-    if model.get("tie_word_embeddings"):
+    if model.get("tie_word_embeddings", bool, False):
         raise ConfigError(f"{where}: model.tie_word_embeddings=true is not supported")
-    d_model, n_heads = _get(model, "d_model", where), _get(attn, "n_heads", where)
-    n_layers = _get(model, "n_layers", where)
-    rope = attn.get("rope") or {}
-    if rope.get("name", "default") not in ("default", "fused"):
-        raise ConfigError(f"{where}: rope.name {rope.get('name')!r} is not supported")
+    d_model, n_heads, n_layers = model.size("d_model"), attn.size("n_heads"), model.size("n_layers")
+    rope = attn.obj("rope", required=False)
+    if rope.get("name", str, "default") not in ("default", "fused"):
+        raise ConfigError(f"{where}: {rope.path}.name {rope.data.get('name')!r} is not supported")
     return GlobalSpec(
-        d_model=d_model, n_layers=n_layers, vocab_size=_get(model, "vocab_size", where), n_heads=n_heads,
-        n_kv_heads=attn.get("n_kv_heads") or n_heads, head_dim=attn.get("head_dim") or d_model // n_heads,
-        ffn_hidden=_get(ff, "hidden_size", f"{where}: model.block.feed_forward"), eps=eps_values.pop(),
-        theta=rope.get("theta", 500_000), rope_scaling=_scaling_to_hf(rope.get("scaling"), where),
-        windows=_windows(attn.get("sliding_window"), n_layers), bias=bool(attn.get("bias", False)),
-        activation=ff.get("activation", ff.get("act_name", "silu")), dtype=model.get("dtype", "float32"),
-        init_std=model.get("init_std", 0.02),
+        d_model=d_model, n_layers=n_layers, vocab_size=model.size("vocab_size"), n_heads=n_heads,
+        n_kv_heads=attn.get("n_kv_heads", int, n_heads), head_dim=attn.get("head_dim", int, d_model // n_heads),
+        ffn_hidden=ff.size("hidden_size"), eps=eps_values.pop(),
+        theta=rope.get("theta", _NUMBER, 500_000), rope_scaling=_scaling_to_hf(rope.obj("scaling", required=False)),
+        windows=_windows(attn.obj("sliding_window", required=False), n_layers),
+        bias=attn.get("bias", bool, False), activation=ff.get("activation", str, ff.get("act_name", str, "silu")),
+        dtype=model.get("dtype", str, "float32"), init_std=model.get("init_std", _NUMBER, 0.02),
     )
 
 
-def _windows(sliding: dict[str, Any] | None, n_layers: int) -> list[int | None]:
-    if not sliding:
+def _windows(sliding: _Obj, n_layers: int) -> list[int | None]:
+    if not sliding.data:
         return [None] * n_layers
-    pattern = sliding["pattern"]
+    pattern = sliding.get("pattern", list)
+    if not pattern or not all(isinstance(w, int) and not isinstance(w, bool) for w in pattern):
+        raise ConfigError(f"{sliding.where}: {sliding.field('pattern')}: expected a non-empty list of integers, "
+                          f"got {pattern!r}")
     out: list[int | None] = [w if w > 0 else None for w in (pattern[i % len(pattern)] for i in range(n_layers))]
-    if sliding.get("force_full_attention_on_first_layer"):
+    if sliding.get("force_full_attention_on_first_layer", bool, False):
         out[0] = None
-    if sliding.get("force_full_attention_on_last_layer"):
+    if sliding.get("force_full_attention_on_last_layer", bool, False):
         out[-1] = None
     return out
 
 
-def _scaling_to_hf(scaling: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
-    if not scaling:
+def _scaling_to_hf(scaling: _Obj) -> dict[str, Any] | None:
+    if not scaling.data:
         return None
-    if not str(scaling.get("_CLASS_", "YaRN")).endswith("YaRNRoPEScalingConfig") and "old_context_len" not in scaling:
-        raise ConfigError(f"{where}: rope.scaling {scaling.get('_CLASS_')!r} is not supported (only YaRN)")
-    factor = scaling.get("factor", 8.0)
-    return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": scaling.get("old_context_len", 8192),
-            "beta_fast": scaling.get("beta_fast", 32), "beta_slow": scaling.get("beta_slow", 1),
+    class_name = scaling.get("_CLASS_", str, "YaRN")
+    if not class_name.endswith("YaRNRoPEScalingConfig") and "old_context_len" not in scaling.data:
+        raise ConfigError(f"{scaling.where}: rope.scaling {class_name!r} is not supported (only YaRN)")
+    factor = scaling.get("factor", _NUMBER, 8.0)
+    if factor <= 0:
+        raise ConfigError(f"{scaling.where}: {scaling.field('factor')}: must be positive, got {factor}")
+    return {"rope_type": "yarn", "factor": factor,
+            "original_max_position_embeddings": scaling.get("old_context_len", int, 8192),
+            "beta_fast": scaling.get("beta_fast", _NUMBER, 32), "beta_slow": scaling.get("beta_slow", _NUMBER, 1),
             "attention_factor": 0.1 * math.log(factor) + 1.0}
 
 
-def _tokenizer(config: dict[str, Any]) -> dict[str, Any]:
-    return (config.get("dataset") or {}).get("tokenizer") or {}
+def _tokenizer(config: dict[str, Any], where: str) -> dict[str, Any]:
+    return _Obj(config, "", where).obj("dataset", required=False).obj("tokenizer", required=False).data
 
 
 def olmo_core_to_hf(config: dict[str, Any], where: str, subword_vocab_size: int | None = None) -> dict[str, Any]:
     """HF config.json for an OLMo-core experiment config (Olmo2/Olmo3 config dict or BolmoConfig dict).
 
     `subword_vocab_size`: rows of the expanded-embedding table, for configs that do not record it."""
-    model, tok = config["model"], _tokenizer(config)
-    g = read_global(model, where)
+    model, tok = _model_obj(config, where), _tokenizer(config, where)
+    g = read_global(model)
     if model_family(config, where) == "bolmo":
-        out = _bolmo_hf(g, model, tok, subword_vocab_size, where).to_dict()
+        out = _bolmo_hf(g, model, tok, subword_vocab_size).to_dict()
         out["dtype"] = g.dtype
     else:
         out = _olmo_hf(g, tok, where)
-    out.update(config.get("hf_overrides") or {})
+    out.update(_Obj(config, "", where).get("hf_overrides", dict, {}))
     if "torch_dtype" in out:  # a transformers < 4.56 config keeps its own spelling of the dtype field
         out.pop("dtype")
     if out.get("model_type") == "bolmo":
@@ -191,19 +241,19 @@ def _olmo_hf(g: GlobalSpec, tok: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
-def _bolmo_hf(g: GlobalSpec, model: dict[str, Any], tok: dict[str, Any], subword_vocab_size: int | None,
-              where: str) -> BolmoConfig:
-    enc, dec = _get(model, "local_encoder", f"{where}: model"), _get(model, "local_decoder", f"{where}: model")
-    for name, part, fixed in (("local_encoder", enc, _ENCODER_FIXED), ("local_decoder", dec, _DECODER_FIXED)):
-        bad = {k: part[k] for k, v in fixed.items() if k in part and part[k] != v}
+def _bolmo_hf(g: GlobalSpec, model: _Obj, tok: dict[str, Any], subword_vocab_size: int | None) -> BolmoConfig:
+    where = model.where
+    enc, dec = model.obj("local_encoder"), model.obj("local_decoder")
+    for part, fixed in ((enc, _ENCODER_FIXED), (dec, _DECODER_FIXED)):
+        bad = {k: part.data[k] for k, v in fixed.items() if k in part.data and part.data[k] != v}
         if bad:
-            raise ConfigError(f"{where}: model.{name}: settings {bad} are not supported by the HF Bolmo model")
-        if part.get("d_model", g.d_model) != g.d_model:
-            raise ConfigError(f"{where}: model.{name}.d_model {part.get('d_model')} differs from d_model {g.d_model}")
-    enc_block, dec_block = (_get(p, "block_config", f"{where}: model.local_*") for p in (enc, dec))
-    heads = {b["xlstm"]["num_heads"] for b in (enc_block, dec_block)}
-    ffn = {b["feed_forward"]["hidden_size"] for b in (enc_block, dec_block)}
-    local_eps = {b["layer_norm"].get("eps", 1e-5) for b in (enc_block, dec_block)}
+            raise ConfigError(f"{where}: {part.path}: settings {bad} are not supported by the HF Bolmo model")
+        if part.get("d_model", int, g.d_model) != g.d_model:
+            raise ConfigError(f"{where}: {part.path}.d_model {part.data['d_model']} differs from d_model {g.d_model}")
+    blocks = [part.obj("block_config") for part in (enc, dec)]
+    heads = {b.obj("xlstm").size("num_heads") for b in blocks}
+    ffn = {b.obj("feed_forward").size("hidden_size") for b in blocks}
+    local_eps = {b.obj("layer_norm").get("eps", _NUMBER, 1e-5) for b in blocks}
     if len(heads) != 1 or len(ffn) != 1 or local_eps != {g.eps}:
         raise ConfigError(f"{where}: encoder and decoder blocks must share xlstm heads, feed-forward size and "
                           f"the global norm eps (got heads {heads}, sizes {ffn}, eps {local_eps})")
@@ -221,11 +271,12 @@ def _bolmo_hf(g: GlobalSpec, model: dict[str, Any], tok: dict[str, Any], subword
         rope_scaling=g.rope_scaling, attention_bias=g.bias, rms_norm_eps=g.eps,
         sliding_window=sliding[0] if sliding else None,
         layer_types=["full_attention" if w is None else "sliding_attention" for w in g.windows],
-        add_expanded_embeddings=bool(enc.get("add_expanded_embeddings", False)),
-        boundary_predictor_lookahead=enc.get("boundary_predictor_lookahead", 1),
-        num_local_encoder_layers=enc["n_layers"], num_local_decoder_layers=dec["n_layers"],
+        add_expanded_embeddings=enc.get("add_expanded_embeddings", bool, False),
+        boundary_predictor_lookahead=enc.get("boundary_predictor_lookahead", int, 1),
+        num_local_encoder_layers=enc.size("n_layers"), num_local_decoder_layers=dec.size("n_layers"),
         num_local_heads=heads.pop(), local_intermediate_size=ffn.pop(), local_rms_norm_eps=LOCAL_RMS_NORM_EPS,
-        subword_vocab_size=enc.get("subword_vocab_size") or subword_vocab_size or BolmoConfig.subword_vocab_size,
+        subword_vocab_size=(enc.get("subword_vocab_size", int, None) or subword_vocab_size
+                            or BolmoConfig.subword_vocab_size),
         tokenizer_config=tokenizer,
     )
 
@@ -237,6 +288,7 @@ def hf_to_olmo_core(hf: dict[str, Any], where: str) -> dict[str, Any]:
     if model_type == "bolmo":
         config = _bolmo_olmo_core(BolmoConfig.from_dict(hf, where), hf.get("dtype") or hf.get("torch_dtype"), where)
     elif model_type in ("olmo2", "olmo3"):
+        hf = legacy_rope_fields(hf, where)  # transformers 5 `rope_parameters` -> rope_theta + rope_scaling
         config = _olmo_olmo_core(hf, where)
     else:
         raise ConfigError(f"{where}: model_type {model_type!r} is not supported (bolmo, olmo2, olmo3)")
@@ -254,22 +306,29 @@ def hf_to_olmo_core(hf: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _same_rope(a: dict[str, Any] | None, b: dict[str, Any] | None, hf: dict[str, Any]) -> bool:
     theta, max_pos = hf.get("rope_theta", 10000.0), hf.get("max_position_embeddings", 2048)
-    return parse_rope_scaling(a, theta, max_pos, "a") == parse_rope_scaling(b, theta, max_pos, "b")
+    return _rope_spec(a, theta, max_pos, "a") == _rope_spec(b, theta, max_pos, "b")
+
+
+def _rope_spec(scaling: dict[str, Any] | None, theta: float, max_pos: int, where: str) -> RopeSpec:
+    """The RoPE an HF `rope_scaling` describes; `{"rope_type": "default"}` is plain RoPE, the same as null."""
+    spec = parse_rope_scaling(scaling, theta, max_pos, where)
+    return RopeSpec(theta=theta) if spec.rope_type == "default" else spec
 
 
 def _global_from_hf(hf: dict[str, Any], vocab_size: int, where: str) -> GlobalSpec:
-    n_layers, d_model = _get(hf, "num_hidden_layers", where), _get(hf, "hidden_size", where)
-    n_heads = _get(hf, "num_attention_heads", where)
-    layer_types = hf.get("layer_types") or ["full_attention"] * n_layers
-    window = hf.get("sliding_window")
+    f = _Obj(hf, "", where)
+    n_layers, d_model, n_heads = f.size("num_hidden_layers"), f.size("hidden_size"), f.size("num_attention_heads")
+    layer_types = f.get("layer_types", list, ["full_attention"] * n_layers)
+    window = f.get("sliding_window", int, None)
     return GlobalSpec(
         d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads, head_dim=hf.get("head_dim") or d_model // n_heads,
-        ffn_hidden=_get(hf, "intermediate_size", where), eps=hf.get("rms_norm_eps", 1e-5),
-        theta=hf.get("rope_theta", 10000.0), rope_scaling=hf.get("rope_scaling"),
+        n_kv_heads=f.get("num_key_value_heads", int, n_heads), head_dim=f.get("head_dim", int, d_model // n_heads),
+        ffn_hidden=f.size("intermediate_size"), eps=f.get("rms_norm_eps", _NUMBER, 1e-5),
+        theta=f.get("rope_theta", _NUMBER, 10000.0), rope_scaling=f.get("rope_scaling", dict, None),
         windows=[window if t == "sliding_attention" else None for t in layer_types],
-        bias=bool(hf.get("attention_bias", False)), activation=hf.get("hidden_act", "silu"),
-        dtype=hf.get("dtype") or hf.get("torch_dtype") or "float32", init_std=hf.get("initializer_range", 0.02),
+        bias=f.get("attention_bias", bool, False), activation=f.get("hidden_act", str, "silu"),
+        dtype=f.get("dtype", str, None) or f.get("torch_dtype", str, "float32"),
+        init_std=f.get("initializer_range", _NUMBER, 0.02),
     )
 
 
@@ -286,13 +345,14 @@ def _sliding(g: GlobalSpec) -> dict[str, Any]:
 
 
 def _scaling_from_hf(scaling: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    if not scaling:
+    if not scaling or scaling.get("rope_type", scaling.get("type")) == "default":  # plain RoPE: no scaling
         return {}
     if scaling.get("rope_type", scaling.get("type")) != "yarn":
         raise ConfigError(f"{where}: rope_scaling {scaling.get('rope_type')!r} cannot be expressed in OLMo-core (only yarn)")
-    return {"scaling": {"factor": scaling["factor"], "beta_fast": scaling.get("beta_fast", 32),
-                        "beta_slow": scaling.get("beta_slow", 1),
-                        "old_context_len": scaling["original_max_position_embeddings"],
+    f = _Obj(scaling, "rope_scaling", where)
+    return {"scaling": {"factor": f.get("factor", _NUMBER), "beta_fast": f.get("beta_fast", _NUMBER, 32),
+                        "beta_slow": f.get("beta_slow", _NUMBER, 1),
+                        "old_context_len": f.get("original_max_position_embeddings", int),
                         "_CLASS_": _OC + "rope.YaRNRoPEScalingConfig"}}
 
 
@@ -335,7 +395,8 @@ def _model(g: GlobalSpec, name: str, naming_3_0: bool, where: str) -> dict[str, 
 def _olmo_olmo_core(hf: dict[str, Any], where: str) -> dict[str, Any]:
     if hf.get("tie_word_embeddings"):
         raise ConfigError(f"{where}: tie_word_embeddings=true is not supported")
-    config: dict[str, Any] = {"model": _model(_global_from_hf(hf, _get(hf, "vocab_size", where), where), "default", True, where)}
+    vocab_size = _Obj(hf, "", where).size("vocab_size")
+    config: dict[str, Any] = {"model": _model(_global_from_hf(hf, vocab_size, where), "default", True, where)}
     if hf.get("eos_token_id") is not None and hf.get("pad_token_id") is not None:
         tok = {"vocab_size": hf["vocab_size"], "eos_token_id": hf["eos_token_id"], "pad_token_id": hf["pad_token_id"]}
         if hf.get("bos_token_id") is not None:

@@ -25,11 +25,11 @@ from bolmo.checkpoint.atomic import atomic_directory, check_destination
 from bolmo.checkpoint.config_maps import hf_to_olmo_core, olmo_core_to_hf
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.dcp_writer import DCPWriter
-from bolmo.checkpoint.expected import expected_hf_shapes
-from bolmo.checkpoint.inventory import TensorInfo, differences, dtype_name
+from bolmo.checkpoint.expected import expected_hf_tensors
+from bolmo.checkpoint.inventory import SAFETENSORS_CODES, TensorInfo, differences, dtype_name, stored_suffix
 from bolmo.checkpoint.safetensors_io import SafetensorsWriter, plan_shards, shard_names, write_index
 from bolmo.checkpoint.sources import DCP_SUBDIR, Source, SourceKind, open_checkpoint
-from bolmo.errors import CheckpointError
+from bolmo.errors import CheckpointError, ConfigError
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes written) after each tensor
 
@@ -55,6 +55,7 @@ class ConversionPlan:
     config: dict[str, Any] | None  # config.json to write
     tokenizer_dir: Path | None = None  # subword tokenizer directory to copy beside the weights
     warnings: list[str] = field(default_factory=list)
+    prefix: str | None = None  # the DCP top-level key the weights come from ('' = every tensor); None for HF
 
     @property
     def total_bytes(self) -> int:
@@ -89,13 +90,23 @@ class ConversionResult:
 
 
 # ---------------------------------------------------------------------------------- planning
-def plan_conversion(src: str | Path, to: str, prefix: str = "model", dtype: torch.dtype | None = None,
-                    key_map: dict[str, str] | None = None) -> ConversionPlan:
-    """Everything about the conversion that can be known without reading tensor data."""
+def plan_conversion(src: str | Path, to: str, prefix: str | None = None, dtype: torch.dtype | None = None,
+                    key_map: dict[str, str] | None = None, allow_missing: bool = False,
+                    verify_against: str | Path | None = None) -> ConversionPlan:
+    """Everything about the conversion that can be known without reading tensor data.
+
+    `prefix`: the DCP top-level key holding the weights (default `model`; '' = every tensor, names
+    unchanged); refused for HF sources, which have no such keys. `verify_against`: an HF directory or
+    safetensors file the output must match in tensor names, shapes and dtypes, checked here."""
     source = open_checkpoint(src)
     source.reader.check()
+    if prefix is not None and not source.is_dcp:
+        raise CheckpointError(f"{source.path}: --prefix/--ema pick a top-level key of a DCP checkpoint; "
+                              f"HF weights ({source.kind.value}) have none")
+    reference = _reference_tensors(Path(verify_against)) if verify_against is not None else None
     if to == "hf":
-        plan = _plan_dcp_to_hf(source, prefix) if source.is_dcp else _plan_hf_to_hf(source)
+        plan = (_plan_dcp_to_hf(source, "model" if prefix is None else prefix, allow_missing) if source.is_dcp
+                else _plan_hf_to_hf(source))
     elif to == "olmo-core":
         if source.kind not in (SourceKind.HF_BOLMO, SourceKind.HF_OLMO):
             raise CheckpointError(f"{source.path}: {source.kind.value} checkpoints cannot be converted to "
@@ -109,33 +120,48 @@ def plan_conversion(src: str | Path, to: str, prefix: str = "model", dtype: torc
     if dtype is not None:
         plan.tensors = [replace(t, dtype=dtype) if t.dtype.is_floating_point else t for t in plan.tensors]
         _set_config_dtype(plan, dtype)
+    if plan.target == "hf":
+        _check_safetensors_dtypes(plan)
     plan.tensors.sort(key=lambda t: t.name)
+    if reference is not None:
+        _compare_with_reference(plan, reference, Path(verify_against))
     return plan
 
 
-def _plan_dcp_to_hf(source: Source, prefix: str) -> ConversionPlan:
+def _check_safetensors_dtypes(plan: ConversionPlan) -> None:
+    """safetensors has no code for some torch dtypes (complex128, float8_e8m0fnu, ...): refuse them
+    while planning, not halfway through writing the output."""
+    bad = [f"{t.source} ({dtype_name(t.dtype)})" for t in plan.tensors if t.dtype not in SAFETENSORS_CODES]
+    if bad:
+        raise CheckpointError(f"{plan.source.path}: {len(bad)} tensor(s) have a dtype safetensors cannot store: "
+                              + ", ".join(bad))
+
+
+def _plan_dcp_to_hf(source: Source, prefix: str, allow_missing: bool) -> ConversionPlan:
     reader = source.reader
     where = str(reader.path)
     inventory = reader.inventory()
-    selected = {name[len(prefix) + 1:]: info for name, info in inventory.items() if name.startswith(prefix + ".")}
+    selected = {rest: info for name, info in inventory.items() if (rest := _under(name, prefix)) is not None}
     tensors = {name: info for name, info in selected.items() if info.is_tensor}
     if not tensors:
         available = ", ".join(f"{p} ({n})" for p, n in reader.prefixes().items()) or "none"
-        raise CheckpointError(f"{where}: no tensors under '{prefix}.'; available prefixes: {available}")
-    warnings = [f"skipped non-tensor item {prefix}.{name}" for name, info in selected.items() if not info.is_tensor]
+        raise CheckpointError(f"{where}: no tensors under '{prefix}.'; available prefixes: {available} "
+                              "(--prefix '' takes every tensor with its name unchanged)")
+    warnings = [f"skipped non-tensor item {_join(prefix, name)}"
+                for name, info in selected.items() if not info.is_tensor]
     if source.family is None:
         names = {name: name for name in tensors}
         config = None
-        if prefix != "model" and "model" in reader.prefixes():
-            model_names = {n[len("model."):] for n, i in inventory.items() if n.startswith("model.") and i.is_tensor}
-            missing = sorted(model_names - set(tensors))
-            if missing:
-                warnings.append(f"'{prefix}' lacks {len(missing)} tensor(s) that 'model' has "
-                                f"(buffers?): {', '.join(missing[:10])}")
+        warnings += _missing_from_prefix(inventory, prefix, set(tensors), allow_missing, where)
     else:
         names = keymaps.rename_all(list(tensors), source.family, to_hf=True, where=where)
         subword = tensors.get("local_encoder.expanded_embeddings.weight")
-        config = olmo_core_to_hf(source.config, str(source.config_path), subword.shape[0] if subword else None)
+        try:
+            config = olmo_core_to_hf(source.config, str(source.config_path), subword.shape[0] if subword else None)
+        except ConfigError as exc:
+            if reader.path == source.path:
+                raise
+            raise ConfigError(f"{exc} (to convert the weights without this config, point at {reader.path})") from None
     padding = _vocab_padding(source, config)
     planned = []
     for name, info in tensors.items():
@@ -143,11 +169,41 @@ def _plan_dcp_to_hf(source: Source, prefix: str) -> ConversionPlan:
         if padding and out in keymaps.BOLMO_VOCAB_ROWS_HF:
             _check_rows(info, padding.native_rows, where)
             shape, transform = padding.hf_shape(info.shape), padding.to_hf
-        planned.append(PlannedTensor(out, f"{prefix}.{name}", shape, info.dtype, transform))
-    plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config), warnings)
+        planned.append(PlannedTensor(out, _join(prefix, name), shape, info.dtype, transform))
+    plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config), warnings, prefix)
     if config is not None:
-        _check_against_model({t.name: t.shape for t in planned}, config, where)
+        _check_against_model({t.name: (t.shape, t.dtype) for t in planned}, config, where,
+                             stored_as={t.name: t.source for t in planned})
     return plan
+
+
+def _under(name: str, prefix: str) -> str | None:
+    """`name` without `prefix.`, or None when it is not under `prefix`; prefix '' keeps every name as it is
+    (a DCP saved without a top-level key, e.g. `dcp.save(model.state_dict())` or a separate EMA directory)."""
+    if not prefix:
+        return name
+    return name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _missing_from_prefix(inventory: dict[str, TensorInfo], prefix: str, found: set[str], allow_missing: bool,
+                         where: str) -> list[str]:
+    """An EMA copy (or any non-model prefix) often covers parameters only: its consolidated output would
+    silently lack the buffers, so fail listing what `model` has and `prefix` lacks, unless allowed;
+    then the warning says what was left out."""
+    if prefix in ("model", ""):
+        return []
+    model = {rest for name, info in inventory.items() if info.is_tensor and (rest := _under(name, "model")) is not None}
+    missing = sorted(model - found)
+    if not missing:
+        return []
+    listing = f"{len(missing)} tensor(s) that 'model' has and '{prefix}' lacks (buffers?): {', '.join(missing)}"
+    if not allow_missing:
+        raise CheckpointError(f"{where}: {listing}; pass --allow-missing to write the output without them")
+    return [f"omitted {listing}"]
 
 
 def _plan_hf_to_hf(source: Source) -> ConversionPlan:
@@ -155,15 +211,17 @@ def _plan_hf_to_hf(source: Source) -> ConversionPlan:
     config = dict(source.config) if source.config else None
     plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config))
     if source.family is not None:  # a Bolmo / Olmo2 / Olmo3 config; other configs are copied unchecked
-        _check_against_model({t.name: t.shape for t in planned}, config, str(source.path))
+        _check_against_model({t.name: (t.shape, t.dtype) for t in planned}, config, str(source.path))
     return plan
 
 
 def _plan_hf_to_olmo_core(source: Source) -> ConversionPlan:
     where = str(source.path)
     inventory = source.reader.inventory()
+    # The model check parses the HF config with the model's own config class first, so a malformed
+    # field is reported by that class, before the OLMo-core config is derived from it.
+    _check_against_model({name: (info.shape, info.dtype) for name, info in inventory.items()}, source.config, where)
     plan = ConversionPlan(source, "olmo-core", [], hf_to_olmo_core(source.config, str(source.config_path)))
-    _check_against_model({name: info.shape for name, info in inventory.items()}, source.config, where)
     names = keymaps.rename_all(list(inventory), source.family, to_hf=False, where=where)
     padding = _vocab_padding(source, source.config, plan.config)
     for name, info in inventory.items():
@@ -190,11 +248,23 @@ def _check_rows(info: TensorInfo, rows: int, where: str) -> None:
                               f"needs {rows} rows (native checkpoints pad the 520-entry vocabulary to 640)")
 
 
-def _check_against_model(found: dict[str, tuple[int, ...]], hf_config: dict[str, Any], where: str) -> None:
-    """Fail, listing every difference, unless the tensors are exactly what the config's model needs."""
-    expected = expected_hf_shapes(hf_config, where)
-    problems = differences({k: (v,) for k, v in found.items()}, {k: (v,) for k, v in expected.items()},
-                           "checkpoint", "model built from config")
+def _check_against_model(found: dict[str, tuple[tuple[int, ...], torch.dtype]], hf_config: dict[str, Any],
+                         where: str, stored_as: dict[str, str] | None = None) -> None:
+    """Fail, listing every difference, unless the tensors are exactly what the config's model needs:
+    same names and shapes, and floating-point exactly where the model's tensor is (a float-to-float
+    difference such as bfloat16 vs float32 is a cast; an integer weight is not a weight).
+
+    `found`: HF name -> (shape, dtype); `stored_as`: HF name -> the name in the source, for messages."""
+    expected = expected_hf_tensors(hf_config, where)
+    problems = differences({k: (shape,) for k, (shape, _) in found.items()},
+                           {k: (tuple(t.shape),) for k, t in expected.items()},
+                           "checkpoint", "model built from config", stored_as)
+    for name in sorted(set(found) & set(expected)):
+        dtype, wanted = found[name][1], expected[name].dtype
+        if dtype.is_floating_point != wanted.is_floating_point:
+            problems.append(f"{name}: checkpoint has dtype {dtype_name(dtype)}, model built from config has "
+                            f"{dtype_name(wanted)} (floating point and integer do not mix)"
+                            + stored_suffix(name, stored_as))
     if problems:
         raise CheckpointError(f"{where}: tensors do not match the model its config describes:\n  " + "\n  ".join(problems))
 
@@ -205,8 +275,41 @@ def _set_config_dtype(plan: ConversionPlan, dtype: torch.dtype) -> None:
     if plan.target == "hf":
         plan.config["dtype"] = dtype_name(dtype)
         plan.config.pop("torch_dtype", None)
-    else:
-        plan.config["model"]["dtype"] = dtype_name(dtype)
+    else:  # OLMo-core repeats the dtype in every sub-config (blocks, norms, heads, hf_overrides): all of them
+        _rewrite_dtypes(plan.config, dtype_name(dtype))
+
+
+def _rewrite_dtypes(node: Any, name: str) -> None:
+    """Set every `dtype` / `torch_dtype` field of a nested config to `name`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("dtype", "torch_dtype") and isinstance(value, str):
+                node[key] = name
+            else:
+                _rewrite_dtypes(value, name)
+    elif isinstance(node, list):
+        for item in node:
+            _rewrite_dtypes(item, name)
+
+
+def _reference_tensors(reference: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """--verify-against REF: opened and checked while planning, so that a missing, damaged or wrong
+    kind of reference fails before any data is written. It must be HF weights (what the output is)."""
+    ref = open_checkpoint(reference)
+    if ref.is_dcp:
+        raise CheckpointError(f"{reference}: --verify-against needs an HF directory or a .safetensors file, "
+                              f"not a DCP checkpoint ({ref.kind.value})")
+    ref.reader.check()
+    return {name: (info.shape, info.dtype) for name, info in ref.reader.inventory().items()}
+
+
+def _compare_with_reference(plan: ConversionPlan, reference: dict[str, tuple], label: Path) -> None:
+    """The planned output must have the reference's tensor count, names, shapes and dtypes (what is written
+    is then checked against the plan, so the output matches the reference too)."""
+    problems = differences({t.name: (t.shape, t.dtype) for t in plan.tensors}, reference, "output", str(label))
+    if problems:
+        raise CheckpointError(f"{plan.source.path}: the output would differ from the reference {label} "
+                              f"({len(problems)} difference(s)); nothing was written:\n  " + "\n  ".join(problems))
 
 
 def _find_tokenizer(source: Source, hf_config: dict[str, Any] | None) -> Path | None:
@@ -224,13 +327,11 @@ def _find_tokenizer(source: Source, hf_config: dict[str, Any] | None) -> Path | 
 
 # ---------------------------------------------------------------------------------- execution
 def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = 5 * 10**9,
-            verify_against: str | Path | None = None, progress: Progress | None = None) -> ConversionResult:
+            progress: Progress | None = None) -> ConversionResult:
     """Write the planned checkpoint to `dst` (atomically) and check what was written."""
     start = time.perf_counter()
     dst = Path(dst)
-    if dst.absolute() == plan.source.path.absolute():
-        raise CheckpointError(f"{dst}: the destination is the source")
-    with atomic_directory(dst, overwrite) as tmp:
+    with atomic_directory(dst, overwrite, sources=[plan.source.path]) as tmp:
         config = _relocate_tokenizer(plan, tmp)
         if plan.target == "hf":
             _write_hf(plan, tmp, shard_size, progress)
@@ -239,8 +340,6 @@ def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shar
         if config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         _check_written(plan, tmp)
-        if verify_against is not None:
-            compare_with_reference(tmp, Path(verify_against), dst)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return ConversionResult(dst, plan, files, time.perf_counter() - start)
 
@@ -294,24 +393,12 @@ def _check_written(plan: ConversionPlan, out: Path) -> None:
         raise CheckpointError(f"{out}: written checkpoint differs from the plan:\n  " + "\n  ".join(problems))
 
 
-def compare_with_reference(out: Path, reference: Path, label: Path) -> None:
-    """--verify-against: same tensor count, names, shapes and dtypes as a reference HF directory."""
-    ref = open_checkpoint(reference).reader
-    ref.check()
-    mine = open_checkpoint(out).reader
-    problems = differences({n: (i.shape, i.dtype) for n, i in mine.inventory().items() if i.is_tensor},
-                           {n: (i.shape, i.dtype) for n, i in ref.inventory().items() if i.is_tensor},
-                           str(label), str(reference))
-    if problems:
-        raise CheckpointError(f"{label}: output differs from the reference {reference} "
-                              f"({len(problems)} difference(s)); nothing was written:\n  " + "\n  ".join(problems))
-
-
-def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str = "model", dtype: torch.dtype | None = None,
-            key_map: dict[str, str] | None = None, shard_size: int = 5 * 10**9, overwrite: bool = False,
-            verify_against: str | Path | None = None, progress: Progress | None = None) -> ConversionResult:
+def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str | None = None,
+            dtype: torch.dtype | None = None, key_map: dict[str, str] | None = None, shard_size: int = 5 * 10**9,
+            overwrite: bool = False, allow_missing: bool = False, verify_against: str | Path | None = None,
+            progress: Progress | None = None) -> ConversionResult:
     """Plan and execute in one call (see `bolmo convert --help`)."""
-    check_destination(Path(dst).absolute(), overwrite)
-    plan = plan_conversion(src, to, prefix=prefix, dtype=dtype, key_map=key_map)
-    return execute(plan, dst, overwrite=overwrite, shard_size=shard_size, verify_against=verify_against,
-                   progress=progress)
+    check_destination(dst, overwrite, sources=[src])
+    plan = plan_conversion(src, to, prefix=prefix, dtype=dtype, key_map=key_map, allow_missing=allow_missing,
+                           verify_against=verify_against)
+    return execute(plan, dst, overwrite=overwrite, shard_size=shard_size, progress=progress)

@@ -109,13 +109,55 @@ class _AllowListUnpickler(pickle.Unpickler):
         raise _Refused(f"{module}.{name}")
 
 
+_RANK_METADATA = re.compile(r"__\d+\.metadata")  # torch's name for rank R's metadata: __R.metadata
+
+
 def read_metadata(directory: Path) -> tuple[dict[str, TensorInfo], str | None]:
-    """Every entry of `directory/.metadata` with its chunks and byte ranges, and the DCP version."""
+    """Every entry of `directory/.metadata` with its chunks and byte ranges, and the DCP version.
+
+    Without `.metadata`, the rank-local `__R.metadata` files are read and merged instead."""
     file = directory / ".metadata"
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
-    if not file.is_file():
-        raise CheckpointError(_missing_metadata_message(directory))
+    if file.is_file():
+        return _read_metadata_file(file)
+    rank_files = sorted((p for p in directory.glob("__*.metadata") if _RANK_METADATA.fullmatch(p.name)),
+                        key=lambda p: _file_order(p.name))
+    if rank_files:
+        return _merge_rank_local(rank_files)
+    raise CheckpointError(_missing_metadata_message(directory))
+
+
+def _merge_rank_local(files: list[Path]) -> tuple[dict[str, TensorInfo], str | None]:
+    """`dcp.save(..., use_collectives=False)` has no coordinator: each rank R writes `__R.metadata`
+    describing only the items it saved (torch's loader reads its own rank's file). Together they
+    describe the checkpoint: tensors get every rank's chunks (a replicated tensor, saved by every
+    rank, keeps the lowest rank's copy) and a non-tensor value the lowest rank's copy. A rank
+    whose file is missing shows up as chunks that do not cover their tensor."""
+    merged: dict[str, TensorInfo] = {}
+    version: str | None = None
+    for file in files:
+        entries, version = _read_metadata_file(file)
+        for name, info in entries.items():
+            have = merged.setdefault(name, info)
+            if have is info or (not info.is_tensor and not have.is_tensor):
+                continue
+            if (info.shape, info.dtype) != (have.shape, have.dtype):
+                raise CheckpointError(f"{file}: entry {name!r} is {_describe(info)}, a lower rank's metadata "
+                                      f"says {_describe(have)}")
+            known = {(c.offsets, c.sizes) for c in have.chunks}
+            chunks = have.chunks + tuple(c for c in info.chunks if (c.offsets, c.sizes) not in known)
+            data_files = tuple(sorted({c.file for c in chunks}, key=_file_order))
+            merged[name] = TensorInfo(name, have.shape, have.dtype, data_files, chunks)
+    return merged, version
+
+
+def _describe(info: TensorInfo) -> str:
+    return f"{info.dtype} {list(info.shape)}" if info.is_tensor else "a pickled object"
+
+
+def _read_metadata_file(file: Path) -> tuple[dict[str, TensorInfo], str | None]:
+    """One `.metadata` or `__R.metadata` pickle, through the allow-list unpickler."""
     raw = file.read_bytes()
     try:
         md = _AllowListUnpickler(io.BytesIO(raw)).load()
@@ -137,8 +179,6 @@ def _missing_metadata_message(path: Path) -> str:
     msg = f"{path}: not a DCP checkpoint: {path / '.metadata'} is missing"
     if (path / "model_and_optim" / ".metadata").is_file():
         return msg + f" (the checkpoint is in {path / 'model_and_optim'})"
-    if any(path.glob("__*.metadata")):
-        return msg + " (only rank-local __N.metadata files exist: the save did not finish)"
     if any(path.glob("__*.distcp")):
         return msg + " but .distcp data files exist: incomplete save or copy (hidden files not copied?)"
     return msg
@@ -156,7 +196,8 @@ def _entries_from_metadata(md: _Metadata, file: Path) -> dict[str, TensorInfo]:
             where = storage.get((name, None))
             if where is None:
                 raise CheckpointError(f"{file}: object {name!r} has no storage entry")
-            entries[name] = TensorInfo(name, (), None, (where.relative_path,), (_chunk((), (), where),))
+            chunk = _chunk(name, (), (), where, file)
+            entries[name] = TensorInfo(name, (), None, (chunk.file,), (chunk,))
             continue
         if not isinstance(meta, _TensorStorage) or not isinstance(getattr(meta, "properties", None), _TensorProperties):
             raise CheckpointError(f"{file}: entry {name!r} has unexpected metadata {type(meta).__name__}")
@@ -165,14 +206,20 @@ def _entries_from_metadata(md: _Metadata, file: Path) -> dict[str, TensorInfo]:
             where = storage.get((name, tuple(c.offsets)))
             if where is None:
                 raise CheckpointError(f"{file}: chunk {list(c.offsets)} of tensor {name!r} has no storage entry")
-            chunks.append(_chunk(tuple(c.offsets), tuple(c.sizes), where))
+            chunks.append(_chunk(name, tuple(c.offsets), tuple(c.sizes), where, file))
         files = tuple(sorted({c.file for c in chunks}, key=_file_order))
         entries[name] = TensorInfo(name, tuple(meta.size), meta.properties.dtype, files, tuple(chunks))
     return entries
 
 
-def _chunk(offsets: tuple[int, ...], sizes: tuple[int, ...], where: _StorageInfo) -> Chunk:
-    return Chunk(offsets, sizes, where.relative_path, int(where.offset), int(where.length))
+def _chunk(name: str, offsets: tuple[int, ...], sizes: tuple[int, ...], where: _StorageInfo, file: Path) -> Chunk:
+    path = where.relative_path
+    if not isinstance(path, str) or not path or PurePath(path).is_absolute() or ".." in PurePath(path).parts:
+        # metadata comes with downloads: it must not make the reader open files elsewhere
+        raise CheckpointError(f"{file}: entry {name!r} names data file {path!r}, which is not inside the "
+                              "checkpoint directory (absolute paths and '..' are refused)")
+    transforms = tuple(getattr(where, "transform_descriptors", None) or ())
+    return Chunk(offsets, sizes, path, int(where.offset), int(where.length), transforms)
 
 
 def _file_order(name: str) -> list[Any]:

@@ -2,7 +2,9 @@
 
 The metadata comes from the allow-list reader in `dcp_metadata`. Each stored item is then read
 from its byte range: an item is a complete `torch.save` archive, loaded with `weights_only=True`
-through a bounded file view, so reading one tensor touches only that tensor's bytes.
+through a bounded file view, so reading one tensor touches only that tensor's bytes. torch's loader
+ignores the CRC-32s the archive records, so they are checked here: flipped bytes would otherwise
+load silently.
 """
 
 from __future__ import annotations
@@ -10,17 +12,28 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import re
+import sys
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import zstandard
 
 from bolmo.checkpoint.dcp_metadata import read_metadata
 from bolmo.checkpoint.inventory import Chunk, TensorInfo
 from bolmo.errors import CheckpointError
 
 _ZIP_MAGIC = b"PK\x03\x04"  # every torch.save archive starts with a zip local-file header
+_STORAGE_RECORD = re.compile(r"[^/]*/data/[^/]+")  # torch.save writes each storage to <archive>/data/<key>
+_ZSTD = "stream.zstd"  # torch's one stream extension: FileSystemWriter(_extensions=[ZStandard()])
+
+
+class _UnsupportedItem(CheckpointError):
+    """An item in a storage format bolmo does not read; a whole save is written in one format."""
 
 
 # ---------------------------------------------------------------------------------- file view
@@ -87,7 +100,9 @@ class DCPCheckpoint:
 
     def problems(self, check_items: bool = False) -> list[str]:
         """Structural problems: missing or short data files, chunks that do not tile their tensor,
-        and (with `check_items`) byte ranges that do not start a torch.save archive."""
+        storage extensions bolmo cannot undo, and, with `check_items` (which reads every byte), items
+        that overlap in their file or do not load as the metadata describes them (not a torch.save
+        archive, a CRC-32 mismatch, a wrong recorded length, another shape or dtype)."""
         out: list[str] = []
         by_file: dict[str, list[str]] = {}
         for info in self._entries.values():
@@ -104,8 +119,12 @@ class DCPCheckpoint:
         for info in self._entries.values():
             if info.is_tensor and (msg := _coverage_problem(info)):
                 out.append(f"{self.path}: tensor {info.name}: {msg}")
+        chunks = [c for info in self._entries.values() for c in info.chunks]
+        if unknown := sorted({d for c in chunks for d in c.transforms if not _readable(d)}):
+            out.append(f"{self.path}: items were saved with DCP extension(s) {', '.join(unknown)}, which bolmo "
+                       f"does not read (it reads {_ZSTD}/1)")
         if check_items and not out:
-            out.extend(self._item_header_problems())
+            out.extend(self._item_problems())
         return out
 
     def check(self) -> None:
@@ -114,15 +133,25 @@ class DCPCheckpoint:
         if problems:
             raise CheckpointError("checkpoint is incomplete or damaged:\n  " + "\n  ".join(problems))
 
-    def _item_header_problems(self) -> list[str]:
-        out = []
+    def _item_problems(self) -> list[str]:
+        """Load every item, one at a time (memory: one chunk), and compare neighbouring byte ranges."""
+        out: list[str] = []
+        by_file: dict[str, list[tuple[TensorInfo, Chunk]]] = {}
         for info in self._entries.values():
             for chunk in info.chunks:
-                with open(self.path / chunk.file, "rb") as f:
-                    f.seek(chunk.offset)
-                    if f.read(4) != _ZIP_MAGIC:
-                        out.append(f"{self.path / chunk.file}: item {info.name}@{list(chunk.offsets)} at "
-                                   f"[{chunk.offset}, +{chunk.length}) is not a torch.save archive")
+                by_file.setdefault(chunk.file, []).append((info, chunk))
+        for items in by_file.values():
+            items.sort(key=lambda item: (item[1].offset, item[1].length))
+            for info, chunk in items:
+                try:
+                    (self._checked_piece if info.is_tensor else self._load_item)(info, chunk)
+                except CheckpointError as exc:
+                    out.append(str(exc))
+                    if isinstance(exc, _UnsupportedItem):
+                        break  # the whole file is in that format: one message, and its ranges mean nothing
+            else:
+                out += [f"{self.path / a.file}: {_label(a_info, a)} and {_label(b_info, b)} overlap"
+                        for (a_info, a), (b_info, b) in zip(items, items[1:]) if b.offset < a.offset + a.length]
         return out
 
     # ------------------------------------------------------------------ data
@@ -132,18 +161,36 @@ class DCPCheckpoint:
         except KeyError:
             raise CheckpointError(f"{self.path}: no entry {name!r} in the checkpoint") from None
 
+    def _where(self, info: TensorInfo, chunk: Chunk) -> str:
+        return f"{self.path / chunk.file}: {_label(info, chunk)}"
+
     def _load_item(self, info: TensorInfo, chunk: Chunk) -> Any:
-        file = self.path / chunk.file
-        where = f"{file}: item {info.name}@{list(chunk.offsets)} [{chunk.offset}, +{chunk.length})"
+        """One stored item, loaded with weights_only=True and checked against the CRC-32s of its archive."""
+        file, where = self.path / chunk.file, self._where(info, chunk)
         try:
             with open(file, "rb") as f:
-                return torch.load(_ByteRange(f, chunk.offset, chunk.length), weights_only=True, map_location="cpu")
+                stream = _item_stream(f, chunk, where)
+                with _open_archive(stream, where) as archive:
+                    storage = _check_records(archive, info.is_tensor)
+                stream.seek(0)
+                value = torch.load(stream, weights_only=True, map_location="cpu")
+        except CheckpointError:
+            raise
         except FileNotFoundError:
             raise CheckpointError(f"{file}: data file named by the metadata is missing") from None
         except pickle.UnpicklingError as exc:
             raise CheckpointError(f"{where}: not loadable with weights_only=True ({exc})") from None
-        except Exception as exc:  # torch's zip reader raises RuntimeError for damaged archives
+        except zipfile.BadZipFile as exc:
+            raise CheckpointError(f"{where}: corrupt item ({exc}; damaged bytes, or a byte range in the "
+                                  "metadata that is not the archive's)") from None
+        except Exception as exc:  # zstandard and torch's zip reader have their own error types
             raise CheckpointError(f"{where}: corrupt item ({type(exc).__name__}: {exc})") from None
+        if storage is not None and isinstance(value, torch.Tensor):
+            crc = zlib.crc32(_storage_bytes(value))
+            if crc != storage.CRC:
+                raise CheckpointError(f"{where}: corrupt item: the tensor data ({storage.filename}) has CRC-32 "
+                                      f"{crc:08x}, the archive records {storage.CRC:08x}")
+        return value
 
     def _tensor_entry(self, name: str) -> TensorInfo:
         info = self._entry(name)
@@ -184,13 +231,10 @@ class DCPCheckpoint:
     def _checked_piece(self, info: TensorInfo, chunk: Chunk) -> torch.Tensor:
         piece = self._load_item(info, chunk)
         if not isinstance(piece, torch.Tensor):
-            raise CheckpointError(f"{self.path / chunk.file}: item {info.name}@{list(chunk.offsets)} "
-                                  f"holds {type(piece).__name__}, not a tensor")
+            raise CheckpointError(f"{self._where(info, chunk)}: holds {type(piece).__name__}, not a tensor")
         if tuple(piece.shape) != chunk.sizes or piece.dtype != info.dtype:
-            raise CheckpointError(
-                f"{self.path / chunk.file}: item {info.name}@{list(chunk.offsets)} is "
-                f"{piece.dtype} {list(piece.shape)}, the metadata says {info.dtype} {list(chunk.sizes)}"
-            )
+            raise CheckpointError(f"{self._where(info, chunk)}: is {piece.dtype} {list(piece.shape)}, "
+                                  f"the metadata says {info.dtype} {list(chunk.sizes)}")
         return piece
 
     def read_object(self, name: str) -> Any:
@@ -205,6 +249,60 @@ class DCPCheckpoint:
         for name, info in self._entries.items():
             if info.is_tensor and name.startswith(prefix + "."):
                 yield name, self.read_tensor(name)
+
+
+# ---------------------------------------------------------------------------------- items
+def _label(info: TensorInfo, chunk: Chunk) -> str:
+    return f"item {info.name}@{list(chunk.offsets)} [{chunk.offset}, +{chunk.length})"
+
+
+def _readable(descriptor: str) -> bool:
+    """A DCP extension descriptor ("name/version") this reader undoes: torch's zstd, version 1.x."""
+    name, _, version = descriptor.partition("/")
+    return name == _ZSTD and version.partition(".")[0] == "1"
+
+
+def _item_stream(f: io.BufferedReader, chunk: Chunk, where: str) -> io.RawIOBase | io.BytesIO:
+    """The item as a seekable stream: a view of its byte range or, for an item that DCP's zstd
+    extension compressed, its decompressed bytes in memory (torch.load needs to seek)."""
+    stream: io.RawIOBase | io.BytesIO = _ByteRange(f, chunk.offset, chunk.length)
+    for descriptor in chunk.transforms:
+        if not _readable(descriptor):
+            raise _UnsupportedItem(f"{where}: saved with DCP extension {descriptor!r}, which bolmo does not read")
+        stream = io.BytesIO(zstandard.ZstdDecompressor().stream_reader(stream).read())
+    return stream
+
+
+def _open_archive(stream: io.RawIOBase | io.BytesIO, where: str) -> zipfile.ZipFile:
+    """The item's zip directory (only the directory is read), once the item is known to be an archive."""
+    head = stream.read(9)
+    if head[:4] != _ZIP_MAGIC:
+        if head[8:9] == b"{":  # an 8-byte header length, then JSON: a safetensors blob
+            raise _UnsupportedItem(f"{where}: holds safetensors data, not a torch.save archive: the checkpoint "
+                                   "was saved with serialization_format=SAFETENSORS, which bolmo does not read "
+                                   "(save with the default torch.save format)")
+        raise CheckpointError(f"{where}: corrupt item: not a torch.save archive")
+    stream.seek(0)
+    return zipfile.ZipFile(stream)
+
+
+def _check_records(archive: zipfile.ZipFile, tensor: bool) -> zipfile.ZipInfo | None:
+    """Check the CRC-32 of every record except a tensor's one storage, and return that record: its
+    CRC is checked on the bytes torch loads, so the data is read once. The other records are small.
+    A storage written on a machine of the other byte order is swapped by torch, so it is checked here."""
+    records = archive.infolist()
+    storages = [r for r in records if _STORAGE_RECORD.fullmatch(r.filename)]
+    order = next((archive.read(r) for r in records if r.filename.endswith("/byteorder")), sys.byteorder.encode())
+    deferred = storages[0] if tensor and len(storages) == 1 and order == sys.byteorder.encode() else None
+    for record in records:
+        if record is not deferred:
+            archive.read(record)  # zipfile raises BadZipFile on a CRC-32 mismatch
+    return deferred
+
+
+def _storage_bytes(tensor: torch.Tensor) -> memoryview:
+    """The bytes of the tensor's whole storage (what torch.save wrote as its data record), not copied."""
+    return memoryview(torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage()).numpy())
 
 
 # ---------------------------------------------------------------------------------- helpers

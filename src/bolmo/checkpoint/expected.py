@@ -15,9 +15,9 @@ from bolmo.config import BolmoConfig
 from bolmo.errors import ConfigError
 
 
-def expected_hf_shapes(hf_config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
-    """HF name -> shape for a Bolmo, Olmo2 or Olmo3 config.json (the project's own models, whose
-    state-dict names are the HF ones)."""
+def expected_hf_tensors(hf_config: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
+    """HF name -> meta tensor (shape and dtype, no data) for a Bolmo, Olmo2 or Olmo3 config.json (the
+    project's own models, whose state-dict names are the HF ones)."""
     model_type = hf_config.get("model_type")
     if model_type == "bolmo":
         from bolmo.model.bolmo import BolmoForCausalLM
@@ -34,4 +34,4 @@ def expected_hf_shapes(hf_config: dict[str, Any], where: str) -> dict[str, tuple
             model = OlmoForCausalLM(olmo_config)
     else:
         raise ConfigError(f"{where}: model_type {model_type!r} has no model to check the checkpoint against")
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return model.state_dict()

@@ -29,10 +29,15 @@ DTYPES: dict[str, torch.dtype] = {
     "float8_e4m3fn": torch.float8_e4m3fn,
     "float8_e5m2": torch.float8_e5m2,
 }
+# Every code safetensors 0.8 loads into torch (its `safetensors.torch._TYPES`). Other dtypes
+# (complex128, float8_e8m0fnu, ...) are refused when a conversion to safetensors is planned.
 SAFETENSORS_CODES: dict[torch.dtype, str] = {
     torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint64: "U64", torch.uint32: "U32", torch.uint16: "U16", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fnuz: "F8_E4M3FNUZ", torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
 }
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {code: dtype for dtype, code in SAFETENSORS_CODES.items()}
 
@@ -58,6 +63,7 @@ class Chunk:
     file: str
     offset: int
     length: int
+    transforms: tuple[str, ...] = ()  # DCP stream extensions applied on save, e.g. ("stream.zstd/1",)
 
 
 @dataclass(frozen=True)
@@ -118,14 +124,25 @@ def human_bytes(n: float) -> str:
 
 
 def differences(found: dict[str, tuple], expected: dict[str, tuple], found_label: str,
-                expected_label: str) -> list[str]:
-    """Every name missing, extra or described differently (values: (shape,) or (shape, dtype))."""
+                expected_label: str, stored_as: dict[str, str] | None = None) -> list[str]:
+    """Every name missing, extra or described differently (values: (shape,) or (shape, dtype)).
+
+    `stored_as`: found name -> the name the source stores it under (e.g. an OLMo-core key for an HF
+    name), added to the messages so the user can find the tensor in the source."""
     out = [f"missing {name} (in {expected_label}, not in {found_label})" for name in sorted(set(expected) - set(found))]
-    out += [f"extra {name} (in {found_label}, not in {expected_label})" for name in sorted(set(found) - set(expected))]
+    out += [f"extra {name} (in {found_label}, not in {expected_label}){stored_suffix(name, stored_as)}"
+            for name in sorted(set(found) - set(expected))]
     for name in sorted(set(found) & set(expected)):
         if found[name] != expected[name]:
-            out.append(f"{name}: {found_label} has {_describe(found[name])}, {expected_label} has {_describe(expected[name])}")
+            out.append(f"{name}: {found_label} has {_describe(found[name])}, {expected_label} has "
+                       f"{_describe(expected[name])}{stored_suffix(name, stored_as)}")
     return out
+
+
+def stored_suffix(name: str, stored_as: dict[str, str] | None) -> str:
+    """' (stored as X)' when the source stores `name` under another name X, else ''."""
+    stored = (stored_as or {}).get(name, name)
+    return "" if stored == name else f" (stored as {stored})"
 
 
 def _describe(value: tuple) -> str:

@@ -98,6 +98,7 @@ class HFWeights:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._problems: list[str] = []
+        self.notes: list[str] = []  # oddities that do not stop reading, e.g. shard files the index ignores
         self._files: dict[str, SafetensorsFile] = {}
         self._weight_map: dict[str, str] = {}
         self._open: dict[str, Any] = {}
@@ -148,10 +149,21 @@ class HFWeights:
                 if weight_map.get(tensor) != file:
                     self._problems.append(f"{self.path / file}: holds {tensor}, which the index maps to "
                                           f"{weight_map.get(tensor, 'nothing')}")
-        total = (index.get("metadata") or {}).get("total_size")
+        named_files = set(weight_map.values())
+        stray = sorted(p.name for p in self.path.glob("model*.safetensors") if p.name not in named_files)
+        if stray:
+            self.notes.append(f"{self.path}: {len(stray)} weight file(s) not named by {INDEX_NAME}, ignored "
+                              f"(left over from another save?): {', '.join(stray)}")
+        metadata = index.get("metadata")
+        recorded = metadata.get("total_size") if isinstance(metadata, dict) else None
+        # Without a recorded total, the tensors the index names must still account for every shard byte.
+        total, what = (recorded, "metadata.total_size is") if recorded is not None else (
+            sum(self._files[f].tensors[t].nbytes for t, f in weight_map.items()
+                if f in self._files and t in self._files[f].tensors),
+            "has no metadata.total_size; the tensors it names need")
         actual = sum(st.data_bytes for st in self._files.values())
-        if total is not None and not self._problems and total != actual:
-            self._problems.append(f"{index_file}: metadata.total_size is {total}, the shards hold {actual} bytes of tensors")
+        if not self._problems and total != actual:
+            self._problems.append(f"{index_file}: {what} {total}, the shards hold {actual} bytes of tensors")
         self._weight_map = {t: f for t, f in weight_map.items() if f in self._files and t in self._files[f].tensors}
 
     def problems(self) -> list[str]:

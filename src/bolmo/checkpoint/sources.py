@@ -3,12 +3,12 @@ safetensors) and open it with the right reader, so every command accepts any sup
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from bolmo.checkpoint.config_maps import model_family
+from bolmo.checkpoint.config_maps import model_family, olmo_core_to_hf
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.config import read_json
@@ -35,6 +35,7 @@ class Source:
     reader: DCPCheckpoint | HFWeights
     config: dict[str, Any] | None = None
     config_path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # things the user should know that do not stop reading
 
     @property
     def family(self) -> str | None:
@@ -59,29 +60,107 @@ def _dcp_dir(path: Path) -> Path:
 
 
 def open_checkpoint(path: str | Path) -> Source:
-    """Open any supported checkpoint; raise CheckpointError / ConfigError saying what is wrong."""
+    """Open any supported checkpoint; raise CheckpointError / ConfigError saying what is wrong.
+
+    DCP files decide the layout before config.json does: a config.json that is unrelated, of
+    another architecture or unreadable leaves a readable DCP directory readable (generically, with
+    a note), instead of hiding it."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():
         if path.suffix != ".safetensors":
             raise CheckpointError(f"{path}: not a checkpoint (expected a directory or a .safetensors file)")
-        return Source(path, SourceKind.SAFETENSORS, HFWeights(path))
+        return _hf_source(path, SourceKind.SAFETENSORS)
+    if path.name == DCP_SUBDIR and (path.parent / "config.json").is_file():
+        return _open_dcp_subdir(path)
+    if _has_dcp_files(path):
+        return _open_dcp(path)
     config_path = path / "config.json"
     if config_path.is_file():
         config = read_json(config_path)
         if "model" in config:
-            family = model_family(config, str(config_path))
-            kind = SourceKind.OLMO_CORE_BOLMO if family == "bolmo" else SourceKind.OLMO_CORE_OLMO
-            return Source(path, kind, DCPCheckpoint(_dcp_dir(path)), config, config_path)
+            raise CheckpointError(f"{config_path}: an OLMo-core experiment config, but {path} has no {DCP_SUBDIR}/ "
+                                  "and no .metadata or .distcp files (incomplete download or copy?)")
         if "model_type" in config:
             kind = {"bolmo": SourceKind.HF_BOLMO, "olmo2": SourceKind.HF_OLMO,
                     "olmo3": SourceKind.HF_OLMO}.get(config["model_type"], SourceKind.SAFETENSORS)
-            return Source(path, kind, HFWeights(path), config, config_path)
+            return _hf_source(path, kind, config, config_path)
         raise ConfigError(f"{config_path}: neither an OLMo-core experiment config (no 'model' key) "
                           "nor an HF config (no 'model_type' key)")
-    if (path / DCP_SUBDIR).is_dir() or (path / ".metadata").is_file() or any(path.glob("__*.distcp")):
-        return Source(path, SourceKind.DCP, DCPCheckpoint(_dcp_dir(path)))
     if any(path.glob("*.safetensors")):
-        return Source(path, SourceKind.SAFETENSORS, HFWeights(path))
+        return _hf_source(path, SourceKind.SAFETENSORS)
     raise CheckpointError(f"{path}: not a checkpoint (no config.json, .metadata, .distcp or .safetensors files)")
+
+
+def _has_dcp_files(path: Path) -> bool:
+    return ((path / DCP_SUBDIR).is_dir() or (path / ".metadata").is_file()
+            or any(path.glob("__*.distcp")) or any(path.glob("__*.metadata")))
+
+
+def _hf_source(path: Path, kind: SourceKind, config: dict[str, Any] | None = None,
+               config_path: Path | None = None) -> Source:
+    weights = HFWeights(path)
+    return Source(path, kind, weights, config, config_path, list(weights.notes))
+
+
+def _supported_family(config_path: Path) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """(family, config, None) when config.json is an OLMo-core experiment config of a model family this
+    toolkit converts; else (None, None, why it is not used). No config.json: (None, None, None)."""
+    if not config_path.is_file():
+        return None, None, None
+    try:
+        config = read_json(config_path)
+        if "model" not in config:
+            what = (f"an HF config (model_type {config['model_type']!r})" if "model_type" in config
+                    else "not an OLMo-core experiment config (no 'model' key)")
+            return None, None, f"{config_path}: {what}"
+        return model_family(config, str(config_path)), config, None
+    except ConfigError as exc:
+        return None, None, str(exc)
+
+
+def _open_dcp(path: Path) -> Source:
+    """A DCP directory (model-only, or an OLMo-core step directory with model_and_optim/)."""
+    reader = DCPCheckpoint(_dcp_dir(path))
+    config_path = path / "config.json"
+    family, config, why_not = _supported_family(config_path)
+    notes = _interrupted_save_notes(path.parent if path.name == DCP_SUBDIR else path)
+    if family is None:
+        if why_not:
+            notes.insert(0, f"{why_not}; reading {path} as a generic DCP checkpoint (pick the tensors with --prefix)")
+        return Source(path, SourceKind.DCP, reader, notes=notes)
+    kind = SourceKind.OLMO_CORE_BOLMO if family == "bolmo" else SourceKind.OLMO_CORE_OLMO
+    return Source(path, kind, reader, config, config_path, notes)
+
+
+def _open_dcp_subdir(path: Path) -> Source:
+    """`step/model_and_optim` itself: the step directory's config.json gives HF names, the tokenizer's
+    vocabulary and an HF config.json, so read the step directory when its config can be used."""
+    family, config, why_not = _supported_family(path.parent / "config.json")
+    if family is not None:
+        try:
+            olmo_core_to_hf(config, str(path.parent / "config.json"))
+        except ConfigError as exc:
+            why_not = str(exc)
+        else:
+            step = _open_dcp(path.parent)
+            step.notes.insert(0, f"{path} is the DCP directory of the OLMo-core checkpoint {path.parent}: "
+                                 "reading that, with its config.json")
+            return step
+    source = _open_dcp(path)
+    if why_not:
+        source.notes.insert(0, f"{why_not}; reading {path} as a generic DCP checkpoint")
+    return source
+
+
+def _interrupted_save_notes(step: Path) -> list[str]:
+    """OLMo-core saves into `stepN-tmp/` and writes `.metadata.json` last, then renames to `stepN/`:
+    either sign means the save may not have finished."""
+    if step.name.endswith("-tmp"):
+        return [f"{step}: a '*-tmp' directory is a save that was interrupted before its final rename; "
+                "the checkpoint may be incomplete"]
+    if (step / "train").is_dir() and not (step / ".metadata.json").is_file():
+        return [f"{step}: trainer checkpoint without .metadata.json (written last by OLMo-core): "
+                "the save may have been interrupted; the checkpoint may be incomplete"]
+    return []

@@ -38,6 +38,7 @@ def verify_directory(path: str | Path) -> VerifyReport:
         report.problems.append(str(exc))
         return report
     report.kind = source.kind.value
+    report.notes += source.notes
     reader = source.reader
     report.problems += reader.problems(check_items=True) if isinstance(reader, DCPCheckpoint) else reader.problems()
     inventory = reader.inventory()

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 _CONVERT_DESCRIPTION = """\
 Convert a checkpoint, tensor by tensor (peak memory ~ the largest tensor, not the model).
 Sources are recognised automatically: OLMo-core Bolmo or OLMo 2/3 directories (config.json +
-model_and_optim/), any torch.distributed.checkpoint directory (e.g. FSDP, with --prefix/--ema),
-and HF Bolmo / Olmo2 / Olmo3 directories. The output appears atomically: on any error (or Ctrl-C)
+model_and_optim/; naming model_and_optim/ itself reads its step directory), any
+torch.distributed.checkpoint directory (e.g. FSDP, with --prefix/--ema; a config.json of another
+model beside it is ignored, with a note), and HF Bolmo / Olmo2 / Olmo3 directories. Everything is
+checked before anything is written; the output appears atomically: on any error (or Ctrl-C)
 nothing is left at DST."""
 
 
@@ -28,10 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("dst", type=Path, help="directory to create")
     convert.add_argument("--to", required=True, choices=["hf", "olmo-core"], help="output format")
     which = convert.add_mutually_exclusive_group()
-    which.add_argument("--prefix", default="model",
-                       help="top-level DCP key holding the weights (default: model)")
+    which.add_argument("--prefix",
+                       help="top-level DCP key holding the weights (default: model); '' takes every tensor "
+                       "with its name unchanged (a DCP saved without a top-level key, e.g. a separate EMA "
+                       "directory). DCP sources only")
     which.add_argument("--ema", dest="prefix", action="store_const", const="ema",
                        help="convert the EMA weights (same as --prefix ema)")
+    convert.add_argument("--allow-missing", action="store_true",
+                         help="with --prefix/--ema on a DCP without a model config: write the output even though "
+                         "the prefix lacks tensors that 'model' has (e.g. buffers), naming them (default: fail)")
     convert.add_argument("--key-map", type=Path, metavar="FILE",
                          help="JSON object renaming output tensors: {\"old name\": \"new name\", ...}")
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -40,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="largest safetensors file, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
     convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     convert.add_argument("--verify-against", type=Path, metavar="REF",
-                         help="fail unless the output has the same tensors (names, shapes, dtypes) as HF directory REF")
+                         help="fail before writing unless the output would have the same tensors (names, shapes, "
+                         "dtypes) as REF, an HF directory or .safetensors file")
     convert.set_defaults(handler=run_convert)
 
     inspect = subparsers.add_parser("inspect", help="list the tensors of any checkpoint",
@@ -53,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     verify = subparsers.add_parser("verify", help="structural check of a checkpoint directory",
                                    description="Check that every file the metadata/index names exists and is "
-                                   "long enough, headers and byte ranges are valid, and the config's model has "
-                                   "exactly the stored tensors. Exit 0 if so, 1 with the list of problems.")
+                                   "long enough, headers and byte ranges are valid, every DCP item loads and "
+                                   "matches its CRC-32s (this reads the whole checkpoint), and the config's model "
+                                   "has exactly the stored tensors. Exit 0 if so, 1 with the list of problems.")
     verify.add_argument("dir", type=Path, help="HF or OLMo-core (or any DCP) directory")
     verify.set_defaults(handler=run_verify)
 
@@ -70,15 +79,16 @@ def run_convert(args: argparse.Namespace) -> int:
 
     shard_size = parse_size(args.shard_size)
     key_map = _read_key_map(args.key_map) if args.key_map else None
-    check_destination(args.dst.absolute(), args.overwrite)
+    check_destination(args.dst, args.overwrite, sources=[args.src])
     plan = plan_conversion(args.src, args.to, prefix=args.prefix, key_map=key_map,
-                           dtype=parse_dtype(args.dtype, "--dtype") if args.dtype else None)
+                           dtype=parse_dtype(args.dtype, "--dtype") if args.dtype else None,
+                           allow_missing=args.allow_missing, verify_against=args.verify_against)
     console = Console(stderr=True)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(f"{plan.source.kind.value} -> {args.to}", total=plan.total_bytes)
         result = execute(plan, args.dst, overwrite=args.overwrite, shard_size=shard_size,
-                         verify_against=args.verify_against, progress=lambda _, n: bar.advance(task, n))
+                         progress=lambda _, n: bar.advance(task, n))
     _print_summary(result, args)
     return 0
 
@@ -100,7 +110,8 @@ def _print_summary(result: ConversionResult, args: argparse.Namespace) -> None:
     weights = [f for f in result.files if f.endswith((".safetensors", ".distcp"))]
     rate = plan.total_bytes / result.seconds if result.seconds else 0.0
     print(f"Converted {plan.source.path} ({plan.source.kind.value}) -> {result.destination} ({plan.target})")
-    print(f"  tensors:  {len(plan.tensors)} from '{args.prefix}', {human_bytes(plan.total_bytes)}")
+    origin = {None: "", "": " (every DCP tensor)"}.get(plan.prefix, f" from '{plan.prefix}'")
+    print(f"  tensors:  {len(plan.tensors)}{origin}, {human_bytes(plan.total_bytes)}")
     print(f"  files:    {len(result.files)} ({len(weights)} weight file(s)); config.json: "
           f"{'yes' if 'config.json' in result.files else 'no (source has no model config)'}")
     if plan.tokenizer_dir is not None:
@@ -108,7 +119,7 @@ def _print_summary(result: ConversionResult, args: argparse.Namespace) -> None:
     print(f"  time:     {result.seconds:.1f} s ({human_bytes(rate)}/s)")
     if args.verify_against:
         print(f"  verified against {args.verify_against}: same tensor names, shapes and dtypes")
-    for warning in plan.warnings:
+    for warning in [*plan.source.notes, *plan.warnings]:
         print(f"  warning:  {warning}")
 
 
@@ -125,6 +136,7 @@ def run_inspect(args: argparse.Namespace) -> int:
             "tensors": [{"name": i.name, "shape": list(i.shape), "dtype": dtype_name(i.dtype), "files": list(i.files)}
                         for i in infos],
             "totals": {level: {k: vars(t) for k, t in totals.items()} for level, totals in groups.items()},
+            "notes": source.notes,
         }, indent=2))
         return 0
     from rich.console import Console
@@ -147,6 +159,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     objects = sum(not i.is_tensor for i in infos)
     if objects:
         console.print(f"{objects} non-tensor item(s) (dtype 'object'), not counted above")
+    for note in source.notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     return 0
 
 
