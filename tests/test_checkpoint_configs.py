@@ -175,3 +175,22 @@ def test_malformed_config_fields_are_named():
     config["dataset"] = "bytes"
     with pytest.raises(ConfigError, match=r"config.json: dataset: expected an object, got 'bytes'"):
         olmo_core_to_hf(config, "config.json")
+
+
+@pytest.mark.parametrize("extra, expressible", [
+    ({}, True),  # betas and attention factor left to their defaults
+    ({"attention_factor": 0.1 * math.log(4.0) + 1.0}, True),  # the default, spelled out
+    ({"attention_factor": 1.5}, False),
+    ({"mscale": 1.0, "mscale_all_dim": 1.0}, False),  # resolves to attention factor 1.0
+])
+def test_yarn_spelled_out_or_defaulted_is_the_same_rope(extra, expressible):
+    import transformers
+    from olmo_helpers import OLMO3
+
+    scaling = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, **extra}
+    hf = transformers.Olmo3Config(**{**OLMO3, "rope_scaling": scaling}).to_diff_dict()
+    if expressible:
+        assert olmo_core_to_hf(hf_to_olmo_core(hf, "config.json"), "config.json")["rope_scaling"]["factor"] == 4.0
+    else:
+        with pytest.raises(ConfigError, match="rope_scaling"):
+            hf_to_olmo_core(hf, "config.json")

@@ -77,6 +77,19 @@ class RopeSpec:
     mscale: float | None = None  # YaRN's DeepSeek variant: used only with mscale_all_dim, without attention_factor
     mscale_all_dim: float | None = None
 
+    def yarn_attention_factor(self) -> float:
+        """The attention scaling YaRN applies to cos and sin, resolved as transformers does."""
+        if self.attention_factor is not None:
+            return self.attention_factor
+        if self.mscale and self.mscale_all_dim:  # both set and non-zero
+            return yarn_mscale(self.factor, self.mscale) / yarn_mscale(self.factor, self.mscale_all_dim)
+        return yarn_mscale(self.factor)
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention scaling for a context extension by `factor`."""
+    return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
+
 
 @dataclass(frozen=True)
 class TransformerSpec:

@@ -15,12 +15,11 @@ and that OLMo-core cannot express are refused.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from bolmo.checkpoint.keymaps import padded_vocab_size
-from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, parse_rope_scaling
+from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, parse_rope_scaling, yarn_mscale
 from bolmo.errors import ConfigError
 from bolmo.olmo_config import legacy_rope_fields
 
@@ -190,7 +189,7 @@ def _scaling_to_hf(scaling: _Obj) -> dict[str, Any] | None:
     return {"rope_type": "yarn", "factor": factor,
             "original_max_position_embeddings": scaling.get("old_context_len", int, 8192),
             "beta_fast": scaling.get("beta_fast", _NUMBER, 32), "beta_slow": scaling.get("beta_slow", _NUMBER, 1),
-            "attention_factor": 0.1 * math.log(factor) + 1.0}
+            "attention_factor": yarn_mscale(factor)}
 
 
 def _tokenizer(config: dict[str, Any], where: str) -> dict[str, Any]:
@@ -310,9 +309,15 @@ def _same_rope(a: dict[str, Any] | None, b: dict[str, Any] | None, hf: dict[str,
 
 
 def _rope_spec(scaling: dict[str, Any] | None, theta: float, max_pos: int, where: str) -> RopeSpec:
-    """The RoPE an HF `rope_scaling` describes; `{"rope_type": "default"}` is plain RoPE, the same as null."""
+    """The RoPE an HF `rope_scaling` describes, in one canonical form: `{"rope_type": "default"}`
+    is plain RoPE (the same as null), and YaRN's attention factor is resolved (absent means the
+    computed default, so a config that spells it out describes the same RoPE)."""
     spec = parse_rope_scaling(scaling, theta, max_pos, where)
-    return RopeSpec(theta=theta) if spec.rope_type == "default" else spec
+    if spec.rope_type == "default":
+        return RopeSpec(theta=theta)
+    if spec.rope_type == "yarn":
+        return dataclasses.replace(spec, attention_factor=spec.yarn_attention_factor(), mscale=None, mscale_all_dim=None)
+    return spec
 
 
 def _global_from_hf(hf: dict[str, Any], vocab_size: int, where: str) -> GlobalSpec:

@@ -14,11 +14,6 @@ import torch
 from bolmo.config import RopeSpec
 
 
-def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
-    """YaRN's attention scaling for a context extension by `factor`."""
-    return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
-
-
 def inverse_frequencies(spec: RopeSpec, head_dim: int) -> tuple[torch.Tensor, float]:
     """(inv_freq [head_dim/2] float32 on CPU, attention scaling applied to cos and sin)."""
     # Explicitly on the CPU: models are built under `torch.device("meta")`.
@@ -29,11 +24,7 @@ def inverse_frequencies(spec: RopeSpec, head_dim: int) -> tuple[torch.Tensor, fl
         return (1.0 / pos_freqs) / spec.factor, 1.0
     # YaRN
     factor = spec.factor
-    scaling = spec.attention_factor
-    if scaling is None and spec.mscale and spec.mscale_all_dim:  # as transformers: both set and non-zero
-        scaling = yarn_mscale(factor, spec.mscale) / yarn_mscale(factor, spec.mscale_all_dim)
-    elif scaling is None:
-        scaling = yarn_mscale(factor)
+    scaling = spec.yarn_attention_factor()
     original = spec.original_max_position_embeddings
 
     def correction_dim(rotations: float) -> float:
