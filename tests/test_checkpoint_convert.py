@@ -60,6 +60,8 @@ def test_olmo_config_and_logits_match_olmo_core_export(name, out_dir):
     reference.pop("transformers_version")
     assert config == reference
     transformers = pytest.importorskip("transformers")
+    generation = transformers.GenerationConfig.from_pretrained(result.destination)
+    assert (generation.eos_token_id, generation.pad_token_id) == (config["eos_token_id"], config["pad_token_id"])
     model = transformers.AutoModelForCausalLM.from_pretrained(result.destination).eval()
     expected = load_file(CKPT_FIXTURES / name / "hf" / "expected_logits.safetensors")
     with torch.no_grad():
@@ -81,6 +83,8 @@ def test_bolmo_native_to_hf_trims_the_padded_vocabulary(out_dir):
     assert config["model_type"] == "bolmo" and config["vocab_size"] == 520
     assert config["tokenizer_config"]["original_identifier"] == "allenai/dolma2-tokenizer"
     assert config["hidden_size"] == 32 and config["num_local_decoder_layers"] == 2 and not config["add_expanded_embeddings"]
+    generation = json.loads((result.destination / "generation_config.json").read_text())
+    assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (1, 1, 0)
 
 
 def test_bolmo_native_loads_directly_and_matches_the_converted_copy(out_dir):

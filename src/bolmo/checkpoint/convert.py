@@ -326,6 +326,15 @@ def _find_tokenizer(source: Source, hf_config: dict[str, Any] | None) -> Path | 
 
 
 # ---------------------------------------------------------------------------------- execution
+def write_hf_config(directory: Path, config: dict[str, Any]) -> None:
+    """config.json plus the generation_config.json transformers' `generate` reads, with the
+    config's own special ids (the released Bolmo repos carry stale ones there: eos 50279)."""
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    generation = {"_from_model_config": True} | {
+        key: config[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(key) is not None}
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
 def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = 5 * 10**9,
             progress: Progress | None = None) -> ConversionResult:
     """Write the planned checkpoint to `dst` (atomically) and check what was written."""
@@ -337,7 +346,9 @@ def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shar
             _write_hf(plan, tmp, shard_size, progress)
         else:
             _write_olmo_core(plan, tmp, progress)
-        if config is not None:
+        if config is not None and plan.target == "hf":
+            write_hf_config(tmp, config)
+        elif config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         _check_written(plan, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

@@ -49,6 +49,7 @@ from torch.distributed.checkpoint.state_dict import (
 from bolmo.checkpoint import keymaps
 from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core
+from bolmo.checkpoint.convert import write_hf_config
 from bolmo.errors import CheckpointError
 from bolmo.olmo_config import OlmoConfig
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
@@ -256,7 +257,7 @@ def export_hf(root: nn.Module, desc: ModelDescription, out: str | Path, dist: Di
         tensors = {k[len(MODEL_PREFIX):]: v.contiguous() for k, v in full.items() if k.startswith(MODEL_PREFIX)}
         with atomic_directory(out, overwrite=True) as tmp:
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(desc.hf_config, indent=2, sort_keys=True) + "\n")
+            write_hf_config(tmp, desc.hf_config)
             desc.write_side_files(tmp)
     dist.barrier()
     return out if dist.is_main else None
