@@ -1,5 +1,5 @@
 # python benchmarks/generate.py [--models fixture 1b-local] [--lengths 128 512 2048] [--batches 1 8] [--threads N] [--temperature T] [--name generate]
-"""Generation throughput of the cached engine (bolmo.generate): new bytes per second at batch 1
+"""Generation throughput of the cached engine (bolmo.generation.bolmo_decode): new bytes per second at batch 1
 and 8, for the fixture model and for a random model with Bolmo-1B's local sizes (d 2048, 1
 encoder + 4 decoder mLSTM layers, local FF 2816, expanded embeddings through the fixture's subword
 tokenizer) and 2 global layers.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bolmo.generate import GenerateOptions, decode
+from bolmo.generation.bolmo_decode import GenerateOptions, decode
 from common import bolmo_1b_local_config, fixture_model, random_model, report
 
 PROMPTS = [
@@ -128,7 +128,7 @@ def main() -> None:
                              "global_vs_first"],
            {"device": "cpu", "dtype": "float32", "temperature": args.temperature, "prompts": "PROMPTS[:batch]",
             "threads": torch.get_num_threads(), "lengths": sorted(args.lengths),
-            "note": "the engine decodes models narrower than 1024 on one CPU thread (bolmo.engine.cpu_threads)"})
+            "note": "the engine decodes models narrower than 1024 on one CPU thread (bolmo.generation.bolmo_engine.cpu_threads)"})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from common import ROOT, report
 from bolmo.byteify import ByteifyOptions, byteify_init
 from bolmo.model.olmo import OlmoForCausalLM
-from bolmo.olmo_config import OlmoConfig
+from bolmo.olmo.config import OlmoConfig
 from bolmo.train.bpe import EOS_TOKEN, PAD_TOKEN, train_bpe
 from bolmo.train.checkpointing import olmo_hf_config
 from bolmo.train.config import TrainConfig, from_dict

@@ -14,7 +14,7 @@ from bolmo.cli import main
 from bolmo.config import BolmoConfig
 from bolmo.errors import ConfigError, TokenizerError
 from bolmo.model.local import LocalEncoder
-from bolmo.olmo_config import OlmoConfig
+from bolmo.olmo.config import OlmoConfig
 from conftest import CKPT_FIXTURES
 from olmo_helpers import VOCAB, build_hf_model, save_hf_model, train_tokenizer
 

@@ -1,4 +1,4 @@
-"""The cached generation engine (bolmo.generate) against a slow oracle and the reference's records.
+"""The cached generation engine (bolmo.generation.bolmo_decode) against a slow oracle and the reference's records.
 
 The oracle (architecture.md §6) recomputes everything with full forward passes over the whole
 sequence, with the boundary mask *given*: the predictor's decisions for the prompt minus its last
@@ -18,12 +18,12 @@ import torch
 from bolmo.cli import main
 from bolmo.cli.generate_commands import patch_characters
 from bolmo.config import PLAIN_VOCAB, BolmoConfig
-from bolmo.engine import cpu_threads
+from bolmo.generation.bolmo_engine import cpu_threads
 from bolmo.errors import GenerationError
-from bolmo.generate import generate_ids
+from bolmo.generation.bolmo_decode import generate_ids
 from bolmo.loading import build_tokenizer
 from bolmo.model.bolmo import BolmoForCausalLM
-from bolmo.sampling import RowSampler, SamplingParams, banned_special_ids
+from bolmo.generation.sampling import RowSampler, SamplingParams, banned_special_ids
 from conftest import load_fixture_model, read_cases
 
 SPECIAL_IDS = [0, 2, 3, 260, 262, 263]

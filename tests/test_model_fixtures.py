@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import load_fixture_model, read_cases
-from bolmo.score import folded_logprobs
+from bolmo.scoring import folded_logprobs
 
 ATOL = 1e-4
 

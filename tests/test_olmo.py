@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import bolmo
 from bolmo.errors import ConfigError, GenerationError, TokenizerError
 from bolmo.model.olmo import OlmoForCausalLM
-from bolmo.olmo_config import OlmoConfig
+from bolmo.olmo.config import OlmoConfig
 from bolmo.subword import decode_steps
 from conftest import CKPT_FIXTURES
 from olmo_helpers import build_hf_model, save_hf_model

@@ -42,7 +42,7 @@ def tokenizer(args: argparse.Namespace) -> None:
 def teacher_init(args: argparse.Namespace) -> None:
     """config.json of a fresh OLMo 2 model (post-norm, QK-norm, RoPE) plus its tokenizer: the
     starting point of `bolmo train` with `stage: subword` and `model.random_init: true`."""
-    from bolmo.olmo_config import OlmoConfig
+    from bolmo.olmo.config import OlmoConfig
     from bolmo.train.bpe import EOS_TOKEN, PAD_TOKEN
     from bolmo.train.checkpointing import olmo_hf_config
 

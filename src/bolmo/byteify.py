@@ -42,8 +42,8 @@ from bolmo.config import BolmoConfig, ByteTokenizerConfig
 from bolmo.errors import CheckpointError, ConfigError, TokenizerError
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.local import LocalDecoder, LocalEncoder
-from bolmo.olmo_config import OlmoConfig
-from bolmo.subword_tokenizer import SubwordTokenizer
+from bolmo.olmo.config import OlmoConfig
+from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES, resolve_subword_tokenizer
 
 SUBWORD_TOKENIZER_DIR = "subword_tokenizer"  # the teacher's tokenizer, inside the output directory

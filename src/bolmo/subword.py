@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 
 from bolmo.checkpoint.safetensors_io import HFWeights
-from bolmo.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
+from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
 from bolmo.errors import CheckpointError, TokenizerError
-from bolmo.kv_cache import KVCache, prefill
+from bolmo.generation.kv_cache import KVCache, prefill
 from bolmo.loading import materialize
 from bolmo.model.olmo import OlmoForCausalLM
-from bolmo.olmo_config import OlmoConfig
-from bolmo.sampling import RowSampler
-from bolmo.score import ScoreResult
-from bolmo.subword_tokenizer import SubwordTokenizer
+from bolmo.olmo.config import OlmoConfig
+from bolmo.generation.sampling import RowSampler
+from bolmo.scoring import ScoreResult
+from bolmo.olmo.tokenizer import SubwordTokenizer
 
 
 def load_olmo(path: Path, olmo_core: bool, device: str | torch.device, dtype: torch.dtype) -> OlmoForCausalLM:

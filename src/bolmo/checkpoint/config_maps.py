@@ -21,7 +21,7 @@ from typing import Any
 from bolmo.checkpoint.keymaps import padded_vocab_size
 from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, parse_rope_scaling, yarn_mscale
 from bolmo.errors import ConfigError
-from bolmo.olmo_config import legacy_rope_fields
+from bolmo.olmo.config import legacy_rope_fields
 
 _OC = "olmo_core.nn."
 # Fields that OLMo-core keeps elsewhere or not at all and that do not change the weights' meaning.

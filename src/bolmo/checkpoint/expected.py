@@ -27,7 +27,7 @@ def expected_hf_tensors(hf_config: dict[str, Any], where: str) -> dict[str, torc
             model = BolmoForCausalLM(config)
     elif model_type in ("olmo2", "olmo3"):
         from bolmo.model.olmo import OlmoForCausalLM
-        from bolmo.olmo_config import OlmoConfig
+        from bolmo.olmo.config import OlmoConfig
 
         olmo_config = OlmoConfig.from_dict(hf_config, where)
         with torch.device("meta"):

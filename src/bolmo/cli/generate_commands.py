@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from bolmo.generate import GenerateOptions, generate_ids
+    from bolmo.generation.bolmo_decode import GenerateOptions, generate_ids
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     arguments = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k,

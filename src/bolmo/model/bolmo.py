@@ -144,15 +144,15 @@ class BolmoForCausalLM(nn.Module):
 
     # Convenience methods delegate to the modules that own the logic.
     def score(self, texts: list[str], batch_size: int = 8) -> list:
-        from bolmo.score import score_texts
+        from bolmo.scoring import score_texts
 
         return score_texts(self, texts, batch_size=batch_size)
 
     def generate(self, prompts: list[str], max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: str | list[str] | None = None) -> list[str]:
-        """Continuations of `prompts` (cached byte-level decoding, see bolmo.generate)."""
-        from bolmo.generate import generate
+        """Continuations of `prompts` (cached byte-level decoding, see bolmo.generation.bolmo_decode)."""
+        from bolmo.generation.bolmo_decode import generate
 
         return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
 
@@ -160,7 +160,7 @@ class BolmoForCausalLM(nn.Module):
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: str | list[str] | None = None) -> Iterator[str]:
         """Yield the continuation of `prompt` in text pieces as it is decoded."""
-        from bolmo.generate import stream
+        from bolmo.generation.bolmo_decode import stream
 
         return stream(self, prompt, max_new_bytes, temperature, top_k, top_p, seed, stop)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
-from bolmo.olmo_config import OlmoConfig
+from bolmo.olmo.config import OlmoConfig
 
 
 @dataclass

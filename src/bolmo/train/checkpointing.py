@@ -51,7 +51,7 @@ from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core
 from bolmo.checkpoint.convert import write_hf_config
 from bolmo.errors import CheckpointError
-from bolmo.olmo_config import OlmoConfig
+from bolmo.olmo.config import OlmoConfig
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
 from bolmo.train.distributed import Dist
 

@@ -28,7 +28,7 @@ import bolmo
 from bolmo.errors import ConfigError
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.olmo import OlmoForCausalLM
-from bolmo.olmo_config import OlmoConfig
+from bolmo.olmo.config import OlmoConfig
 from bolmo.tokenizer import resolve_subword_tokenizer
 from bolmo.train.checkpointing import Checkpointer, ModelDescription, export_hf
 from bolmo.train.compression import compress_batch, compression_ratio

@@ -1,5 +1,5 @@
 """The key/value cache of an `OlmoBlockStack` for incremental decoding, shared by Bolmo's global
-model (`bolmo.engine`, one position per patch) and subword OLMo generation (`bolmo.subword`,
+model (`bolmo.generation.bolmo_engine`, one position per patch) and subword OLMo generation (`bolmo.subword`,
 one position per token).
 
 `prefill` runs whole prompts and hands back every layer's keys/values; `KVCache.from_rows` stores

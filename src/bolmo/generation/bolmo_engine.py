@@ -1,5 +1,5 @@
 """The device side of Bolmo generation: per-row prefill, the batched decode step, and the state
-they share (global KV cache, mLSTM states, latest patch values). `bolmo.generate` drives it.
+they share (global KV cache, mLSTM states, latest patch values). `bolmo.generation.bolmo_decode` drives it.
 
 Prefill runs one row at a time (exactly what the row gives alone, at the cost of one small
 forward per prompt); decode steps run the whole batch, each row at its own patch position.
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bolmo.kv_cache import KVCache
-from bolmo.kv_cache import prefill as global_prefill
+from bolmo.generation.kv_cache import KVCache
+from bolmo.generation.kv_cache import prefill as global_prefill
 from bolmo.model.local import pool
 from bolmo.nn.mlstm import MLSTMState
 

@@ -1,6 +1,6 @@
 """Choosing the next id from a model's logits: greedy, temperature, top-k, top-p.
 
-Shared by Bolmo's byte engine (`bolmo.generate`) and subword generation (`bolmo.subword`).
+Shared by Bolmo's byte engine (`bolmo.generation.bolmo_decode`) and subword generation (`bolmo.subword`).
 `RowSampler` gives every row of a batch its own random stream and draws one uniform number per
 row and step; `inverse_cdf` turns it into an id after temperature, top-k and top-p.
 """

@@ -15,10 +15,10 @@ How a row is decoded (architecture.md §6):
 
 Rows never wait for each other and never share positions (the reference does both, and its
 padded rows come out different from the same prompts alone): every row of a batch gives exactly
-what its prompt gives alone. The device side lives in `bolmo.engine`; this module keeps the host
+what its prompt gives alone. The device side lives in `bolmo.generation.bolmo_engine`; this module keeps the host
 side, O(1) per row and step: one copy of the sampled ids to the host (needed anyway for the
 subword expansion, EOS and stop strings), a trie walk of at most the longest vocabulary entry,
-and a stop-string check of the last few bytes (`bolmo.continuation`, shared with subword models).
+and a stop-string check of the last few bytes (`bolmo.generation.continuation`, shared with subword models).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 
 from bolmo.config import BYTE_OFFSET, FUSED_VOCAB, PLAIN_VOCAB
-from bolmo.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
-from bolmo.engine import cpu_threads, decode_step, initial_state, prefill
+from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
+from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state, prefill
 from bolmo.errors import GenerationError
-from bolmo.sampling import RowSampler, banned_special_ids
+from bolmo.generation.sampling import RowSampler, banned_special_ids
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Generation:
 
 class RowProgress:
     """Host-side bookkeeping of one row: its result, its continuation bytes (EOS, stop strings,
-    max_new_bytes; see bolmo.continuation), and the id history the subword expansion walks back
+    max_new_bytes; see bolmo.generation.continuation), and the id history the subword expansion walks back
     over (never more than the longest vocabulary entry)."""
 
     def __init__(self, prompt_ids: list[int], options: GenerateOptions, eos_ids: tuple[int, ...]) -> None:
@@ -159,7 +159,7 @@ def generate_ids(model, prompts: Sequence[str], max_new_bytes: int = 256, temper
     """Generate a continuation for every prompt: new byte ids, patch boundaries, finish reason.
 
     `max_new_bytes` is exact unless EOS or a stop string comes first. With a seed, row r samples
-    from its own generator seeded with `seed + r` (see bolmo.sampling)."""
+    from its own generator seeded with `seed + r` (see bolmo.generation.sampling)."""
     options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed, stop)
     for rows in decode(model, prompts, options):
         pass  # every step updates the same row objects

@@ -1,4 +1,4 @@
-"""The host side that Bolmo's byte engine (`bolmo.generate`) and subword generation
+"""The host side that Bolmo's byte engine (`bolmo.generation.bolmo_decode`) and subword generation
 (`bolmo.subword`) share: argument checks, and each row's continuation as it grows.
 
 Both count `max_new_bytes` in bytes and treat stop strings alike, so one `Continuation` serves
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from bolmo.errors import GenerationError
-from bolmo.sampling import SamplingParams
+from bolmo.generation.sampling import SamplingParams
 
 MAX_NEW_BYTES = 1_000_000  # anything larger is a mistake, not a request
 

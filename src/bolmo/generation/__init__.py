@@ -1,0 +1,1 @@
+"""Generation for every model: sampling, stop strings, streaming, KV cache and the decoding engines."""
