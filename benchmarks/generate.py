@@ -1,5 +1,5 @@
 # python benchmarks/generate.py [--models fixture 1b-local] [--lengths 128 512 2048] [--batches 1 8] [--threads N] [--temperature T] [--name generate]
-"""Generation throughput of the cached engine (bolmo.generation.bolmo_decode): new bytes per second at batch 1
+"""Generation throughput of the cached engine (bolmo.generation): new bytes per second at batch 1
 and 8, for the fixture model and for a random model with Bolmo-1B's local sizes (d 2048, 1
 encoder + 4 decoder mLSTM layers, local FF 2816, expanded embeddings through the fixture's subword
 tokenizer) and 2 global layers.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bolmo.generation.bolmo_decode import GenerateOptions, decode
+from bolmo.generation import GenerateOptions, decode
 from common import bolmo_1b_local_config, fixture_model, random_model, report
 
 PROMPTS = [
@@ -70,17 +70,17 @@ def timed_run(model, prompts: list[str], options: GenerateOptions) -> Timing:
     """Time the prefill and every decode step of one generation."""
     start = time.perf_counter()
     steps = decode(model, prompts, options)
-    rows = next(steps)  # after the prefill and the forced first choice
+    rows = next(steps)  # after the prefill and the first new byte
     timing = Timing(prefill_s=time.perf_counter() - start)
     while not all(r.done for r in rows):
         # A step feeds each running row's latest id; the global model runs if any of them closed a patch.
-        timing.global_step.append(any((r.result.boundaries or r.result.prompt_boundaries)[-1]
+        timing.global_step.append(any((r.boundaries or r.prompt_boundaries or [True])[-1]
                                       for r in rows if not r.done))
         start = time.perf_counter()
         rows = next(steps)
         timing.step_s.append(time.perf_counter() - start)
-    timing.new_bytes = sum(len(r.result.ids) for r in rows)
-    timing.new_patches = sum(sum(r.result.boundaries) for r in rows)
+    timing.new_bytes = sum(len(r.continuation.data) for r in rows)
+    timing.new_patches = sum(sum(r.boundaries) for r in rows)
     return timing
 
 

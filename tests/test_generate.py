@@ -1,4 +1,4 @@
-"""The cached generation engine (bolmo.generation.bolmo_decode) against a slow oracle and the reference's records.
+"""The cached generation engine (bolmo.generation with BolmoEngine) against a slow oracle and the reference's records.
 
 The oracle (architecture.md §6) recomputes everything with full forward passes over the whole
 sequence, with the boundary mask *given*: the predictor's decisions for the prompt minus its last
@@ -17,13 +17,13 @@ import torch
 
 from bolmo.cli import main
 from bolmo.cli.generate_commands import patch_characters
-from bolmo.config import PLAIN_VOCAB, BolmoConfig
-from bolmo.generation.bolmo_engine import cpu_threads
+from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, BolmoConfig
 from bolmo.errors import GenerationError
-from bolmo.generation.bolmo_decode import generate_ids
+from bolmo.generation import generate_ids
+from bolmo.generation.bolmo_engine import banned_special_ids, cpu_threads
 from bolmo.loading import build_tokenizer
 from bolmo.model.bolmo import BolmoForCausalLM
-from bolmo.generation.sampling import RowSampler, SamplingParams, banned_special_ids
+from bolmo.generation.sampling import RowSampler, SamplingParams
 from conftest import load_fixture_model, read_cases
 
 SPECIAL_IDS = [0, 2, 3, 260, 262, 263]
@@ -46,7 +46,7 @@ def oracle(model, prompt: str, n_new: int, params: SamplingParams = SamplingPara
             allowed = torch.zeros(520, dtype=torch.bool)
             allowed[[ids[-1], ids[-1] + PLAIN_VOCAB]] = True
             mask.append(int(sampler(logits, banned | ~allowed)) >= PLAIN_VOCAB)
-        new_ids, new_flags = [], []
+        out_ids, new_flags = [], []
         for _ in range(n_new):
             logits = model(torch.tensor([ids]), boundary_mask=torch.tensor([mask])).logits[:, -1]
             token = int(sampler(logits, banned))
@@ -54,9 +54,14 @@ def oracle(model, prompt: str, n_new: int, params: SamplingParams = SamplingPara
                 break
             ids.append(token % PLAIN_VOCAB)
             mask.append(token >= PLAIN_VOCAB)
-            new_ids.append(ids[-1])
+            out_ids.append(ids[-1])
             new_flags.append(mask[-1])
-    return new_ids, new_flags
+    return out_ids, new_flags
+
+
+def new_ids(result) -> list[int]:
+    """A generation's new bytes as Bolmo byte ids."""
+    return [b + BYTE_OFFSET for b in result.data]
 
 
 def recorded(model, continuation: list[int]) -> tuple[list[int], str]:
@@ -77,7 +82,7 @@ def test_greedy_matches_reference_records(fixture_model_dir):
             continue
         assert cases[f"gen/{case['index']}/input_ids"][0].tolist() == model.tokenizer.encode(case["prompt"])
         result = generate_ids(model, [case["prompt"]], max_new_bytes=case["n_new_bytes"])[0]
-        assert (result.ids, result.finish_reason) == recorded(model, case["continuation_ids"]), f"gen/{case['index']}"
+        assert (new_ids(result), result.finish_reason) == recorded(model, case["continuation_ids"]), f"gen/{case['index']}"
         checked += 1
     assert checked >= 1
 
@@ -94,18 +99,18 @@ def test_batch_rows_equal_their_prompts_alone(fixture_model_dir):
     together = generate_ids(model, prompts, max_new_bytes=n_new)
     for prompt, result in zip(prompts, together):
         alone = generate_ids(model, [prompt], max_new_bytes=n_new)[0]
-        assert (result.ids, result.boundaries, result.prompt_boundaries) == (alone.ids, alone.boundaries,
+        assert (new_ids(result), result.boundaries, result.prompt_boundaries) == (new_ids(alone), alone.boundaries,
                                                                           alone.prompt_boundaries)
-    assert (together[longest].ids, together[longest].finish_reason) == recorded(model, record["continuation_ids"][longest])
+    assert (new_ids(together[longest]), together[longest].finish_reason) == recorded(model, record["continuation_ids"][longest])
 
 
 @pytest.mark.parametrize("prompt", ORACLE_PROMPTS, ids=["hello", "one-byte", "bos-only", "utf8", "long"])
 def test_greedy_matches_slow_oracle(fixture_model_dir, prompt):
     model = load_fixture_model(fixture_model_dir)
     result = generate_ids(model, [prompt], max_new_bytes=24)[0]
-    assert (result.ids, result.boundaries) == oracle(model, prompt, 24)
-    assert len(result.ids) == 24 and result.finish_reason == "length"
-    assert len(result.prompt_boundaries) == len(result.prompt_ids) and result.prompt_boundaries[0]
+    assert (new_ids(result), result.boundaries) == oracle(model, prompt, 24)
+    assert len(new_ids(result)) == 24 and result.finish_reason == "length"
+    assert len(result.prompt_boundaries) == len(prompt.encode())
 
 
 @pytest.mark.parametrize("params", [SamplingParams(1.0, seed=5), SamplingParams(0.7, top_k=20, top_p=0.9, seed=11)],
@@ -115,7 +120,7 @@ def test_sampling_matches_slow_oracle(tiny_model_dir, params):
     for prompt in ("Hello", ""):
         result = generate_ids(model, [prompt], max_new_bytes=20, temperature=params.temperature,
                               top_k=params.top_k, top_p=params.top_p, seed=params.seed)[0]
-        assert (result.ids, result.boundaries) == oracle(model, prompt, 20, params)
+        assert (new_ids(result), result.boundaries) == oracle(model, prompt, 20, params)
 
 
 def test_batch_of_mixed_lengths_incl_bos_only_equals_alone(tiny_model_dir):
@@ -123,7 +128,7 @@ def test_batch_of_mixed_lengths_incl_bos_only_equals_alone(tiny_model_dir):
     prompts = ["", "a", "Once upon a time, there was a byte-level model that " * 2, "xyz"]
     together = generate_ids(model, prompts, max_new_bytes=40)
     for prompt, result in zip(prompts, together):
-        assert result.ids == generate_ids(model, [prompt], max_new_bytes=40)[0].ids
+        assert new_ids(result) == new_ids(generate_ids(model, [prompt], max_new_bytes=40)[0])
 
 
 # Architecture options the fixture may not cover, built from its weights by changing config.json.
@@ -152,7 +157,7 @@ def test_architecture_variants_match_oracle_and_batch(tiny_model_dir, changes):
     prompts = ["Hello world, hello bytes and patches", ""]
     together = generate_ids(model, prompts, max_new_bytes=16)
     for prompt, result in zip(prompts, together):
-        assert (result.ids, result.boundaries) == oracle(model, prompt, 16)
+        assert (new_ids(result), result.boundaries) == oracle(model, prompt, 16)
 
 
 # ------------------------------------------------------------------------ sampling
@@ -168,14 +173,14 @@ def test_sampled_batch_row_r_uses_seed_plus_r(tiny_model_dir):
     prompts = ["Hello", "Hello", "def f(x):"]
     together = generate_ids(model, prompts, max_new_bytes=30, temperature=0.9, top_k=100, seed=7)
     for r, (prompt, result) in enumerate(zip(prompts, together)):
-        assert result.ids == generate_ids(model, [prompt], max_new_bytes=30, temperature=0.9, top_k=100, seed=7 + r)[0].ids
-    assert together[0].ids != together[1].ids  # same prompt, different streams
+        assert new_ids(result) == new_ids(generate_ids(model, [prompt], max_new_bytes=30, temperature=0.9, top_k=100, seed=7 + r)[0])
+    assert new_ids(together[0]) != new_ids(together[1])  # same prompt, different streams
 
 
 def test_top_k_one_is_greedy(tiny_model_dir):
     model = load_fixture_model(tiny_model_dir)
     sampled = generate_ids(model, ["Hello"], max_new_bytes=20, temperature=1.3, top_k=1, seed=0)[0]
-    assert sampled.ids == generate_ids(model, ["Hello"], max_new_bytes=20)[0].ids
+    assert new_ids(sampled) == new_ids(generate_ids(model, ["Hello"], max_new_bytes=20)[0])
 
 
 def test_banned_ids_are_the_specials_but_eos():
@@ -189,8 +194,8 @@ def test_special_ids_are_never_produced(tiny_model_dir):
         model.lm_head.weight[SPECIAL_IDS] = 50.0 * model.lm_head.weight[4:260].mean(0)
     for kwargs in ({}, {"temperature": 1.5, "seed": 0}, {"temperature": 1.0, "top_p": 0.5, "seed": 1}):
         for result in generate_ids(model, ["Hello", ""], max_new_bytes=40, **kwargs):
-            assert all(4 <= i < PLAIN_VOCAB for i in result.ids)
-            assert len(result.ids) == 40
+            assert all(4 <= i < PLAIN_VOCAB for i in new_ids(result))
+            assert len(new_ids(result)) == 40
 
 
 def test_eos_stops_only_its_row(tiny_model_dir):
@@ -198,15 +203,15 @@ def test_eos_stops_only_its_row(tiny_model_dir):
     would have: the row ends early, without the EOS, and other rows are unaffected."""
     base = load_fixture_model(tiny_model_dir)
     first = generate_ids(base, ["Hello"], max_new_bytes=30)[0]
-    trigger = first.ids[5] + PLAIN_VOCAB * first.boundaries[5]
+    trigger = new_ids(first)[5] + PLAIN_VOCAB * first.boundaries[5]
     model = copy.deepcopy(base)
     with torch.no_grad():
         model.lm_head.weight[261] = 1.01 * model.lm_head.weight[trigger]
     ended, other = generate_ids(model, ["Hello", "A longer prompt that keeps going"], max_new_bytes=30)
-    assert ended.finish_reason == "eos" and len(ended.ids) <= 5
-    assert ended.ids == first.ids[: len(ended.ids)]
+    assert ended.finish_reason == "eos" and len(new_ids(ended)) <= 5
+    assert new_ids(ended) == new_ids(first)[: len(new_ids(ended))]
     alone = generate_ids(model, ["A longer prompt that keeps going"], max_new_bytes=30)[0]
-    assert (other.ids, other.finish_reason) == (alone.ids, alone.finish_reason)
+    assert (new_ids(other), other.finish_reason) == (new_ids(alone), alone.finish_reason)
 
 
 # ------------------------------------------------------------------------ stop strings, streaming, text
@@ -224,7 +229,7 @@ def test_stop_strings_cut_exactly_before_the_match(tiny_model_dir):
     first = full.data.find(stop.encode())
     result = generate_ids(model, ["Language modeling is "], max_new_bytes=64, stop=["\x00never", stop])[0]
     assert result.finish_reason == "stop"
-    assert result.data == full.data[:first] and result.ids == full.ids[:first]
+    assert result.data == full.data[:first] and new_ids(result) == new_ids(full)[:first]
     assert model.generate(["Language modeling is "], max_new_bytes=64, stop=stop) == [full.data[:first].decode("utf-8", "replace")]
     # A stop string that only completes after max_new_bytes does not cut anything.
     assert generate_ids(model, ["Language modeling is "], max_new_bytes=first + 1, stop=stop)[0].finish_reason == "length"
@@ -253,7 +258,7 @@ def test_text_is_utf8_with_replacement(tiny_model_dir):
 
 def test_max_new_bytes_is_exact_and_zero_is_empty(tiny_model_dir):
     model = load_fixture_model(tiny_model_dir)
-    assert [len(r.ids) for r in generate_ids(model, ["Hi", "", "x" * 50], max_new_bytes=17)] == [17, 17, 17]
+    assert [len(new_ids(r)) for r in generate_ids(model, ["Hi", "", "x" * 50], max_new_bytes=17)] == [17, 17, 17]
     assert model.generate(["Hi", ""], max_new_bytes=0) == ["", ""]
     assert list(model.stream("Hi", max_new_bytes=0)) == []
 
@@ -293,7 +298,7 @@ def test_cli_show_patches_marks_boundaries_when_not_a_terminal(tiny_model_dir, c
                  "--temperature", "0.5", "--seed", "1", "--show-patches"]) == 0
     captured = capsys.readouterr()
     result = generate_ids(model, ["Hello world"], max_new_bytes=12, temperature=0.5, seed=1)[0]
-    patches = patch_characters(result.prompt_ids[1:] + result.ids, result.prompt_boundaries[1:] + result.boundaries)
+    patches = patch_characters(result.prompt + result.data, result.prompt_boundaries + result.boundaries)
     assert captured.out == "|".join("".join(char for char, _ in patch) for patch in patches) + "\n"
     assert len(patches) >= 2 and captured.out.startswith("".join(char for char, _ in patches[0]) + "|")
     assert f"in {len(patches)} patches" in captured.err
@@ -301,9 +306,9 @@ def test_cli_show_patches_marks_boundaries_when_not_a_terminal(tiny_model_dir, c
 
 def test_patch_characters_never_split_a_character():
     # "é" is two bytes; a boundary after its first byte moves to the end of the character.
-    ids = [b + 4 for b in "aé b".encode()]
-    assert [[c for c, _ in p] for p in patch_characters(ids, [False, True, False, True, False])] == [["a", "é"], [" "], ["b"]]
-    assert [[c for c, _ in p] for p in patch_characters([0xFF + 4, 0x61 + 4], [True, False])] == [["\ufffd"], ["a"]]
+    data = "aé b".encode()
+    assert [[c for c, _ in p] for p in patch_characters(data, [False, True, False, True, False])] == [["a", "é"], [" "], ["b"]]
+    assert [[c for c, _ in p] for p in patch_characters(b"\xffa", [True, False])] == [["\ufffd"], ["a"]]
 
 
 def test_cli_rejects_bad_arguments(tiny_model_dir, capsys):

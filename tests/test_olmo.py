@@ -14,7 +14,10 @@ import bolmo
 from bolmo.errors import ConfigError, GenerationError, TokenizerError
 from bolmo.model.olmo import OlmoForCausalLM
 from bolmo.olmo.config import OlmoConfig
-from bolmo.subword import decode_steps
+from bolmo.generation.continuation import Continuation, GenerateOptions
+from bolmo.generation.engine import Row
+from bolmo.generation.olmo_engine import OlmoEngine
+from bolmo.generation.sampling import RowSampler, SamplingParams
 from conftest import CKPT_FIXTURES
 from olmo_helpers import build_hf_model, save_hf_model
 
@@ -71,10 +74,17 @@ def test_logits_match_transformers(pair):
 def test_greedy_decoding_matches_transformers(pair):
     """Batched, left-padded, KV-cached decoding gives every row transformers' greedy tokens."""
     _, model, greedy = pair
-    ids, mask = model.tokenizer.batch(PROMPTS, padding_side="left")
-    steps = torch.stack(list(decode_steps(model, ids, mask, N_GREEDY, lambda logits: logits.argmax(-1))), dim=1)
+    engine = OlmoEngine(model)
+    rows = [Row(engine.encode(p), Continuation(GenerateOptions.build(10**6)), p.encode()) for p in PROMPTS]
+    steps = []
+    with torch.inference_mode():
+        logits = engine.prefill(rows, RowSampler(SamplingParams(), len(rows)))  # left-padded prefill
+        for _ in range(N_GREEDY):
+            tokens = logits.argmax(-1)  # never stopping at EOS, like the transformers run
+            steps.append(tokens)
+            logits = engine.step(tokens, tokens.tolist(), rows)
     for row, prompt in enumerate(PROMPTS):
-        assert steps[row].tolist() == greedy[prompt]
+        assert torch.stack(steps, 1)[row].tolist() == greedy[prompt]
 
 
 def test_generate_counts_bytes_and_stops_at_eos(pair):

@@ -12,7 +12,10 @@ from torch import nn
 
 from bolmo.config import BolmoConfig, read_json
 from bolmo.errors import CheckpointError, ConfigError, TokenizerError
+from bolmo.inference import Bolmo, Olmo
 from bolmo.model.bolmo import BolmoForCausalLM
+from bolmo.olmo.config import OlmoConfig
+from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
@@ -76,15 +79,14 @@ def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig, dict
 
 
 def load(source: str | Path | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32) -> nn.Module:
+         dtype: torch.dtype = torch.float32) -> Bolmo | Olmo:
     """Load a Bolmo model (HF or OLMo-core directory, downloaded Hub repo id, or the bundled
-    default) in eval mode, with its tokenizer attached as `model.tokenizer`. Subword OLMo 2 /
-    Olmo 3 directories (HF or OLMo-core) load as `bolmo.model.olmo.OlmoForCausalLM`."""
+    default) in eval mode as a `bolmo.inference.Bolmo`, with its tokenizer attached as
+    `model.tokenizer`. Subword OLMo 2 / Olmo 3 directories (HF or OLMo-core) load as
+    `bolmo.inference.Olmo`."""
     path = resolve_source(source)
     kind = checkpoint_kind(path)
     if kind in ("olmo2", "olmo3", "olmo-core"):  # a subword OLMo model: same surface, its own tokenizer
-        from bolmo.subword import load_olmo
-
         return load_olmo(path, olmo_core=kind == "olmo-core", device=device, dtype=dtype)
     if kind == "bolmo":
         from bolmo.checkpoint.safetensors_io import HFWeights
@@ -98,8 +100,30 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
         tensors = ((name, path / "model_and_optim", tensor) for name, tensor in state.items())
     else:
         raise ConfigError(f"{path / 'config.json'}: model_type {kind!r} is not a Bolmo model")
-    model = materialize(BolmoForCausalLM, config, tensors, device, dtype)
+    model = materialize(Bolmo, config, tensors, device, dtype)
     model.tokenizer = build_tokenizer(config, path)
+    return model.eval()
+
+
+def load_olmo(path: Path, olmo_core: bool, device: str | torch.device, dtype: torch.dtype) -> Olmo:
+    """An OLMo 2 / Olmo 3 directory (HF Olmo2ForCausalLM / Olmo3ForCausalLM layout, or OLMo-core
+    with `model_and_optim/`) in eval mode, with its tokenizer attached when the directory has a
+    tokenizer.json."""
+    if olmo_core:  # renamed to HF names, tensor by tensor, by the converter's own plan
+        from bolmo.checkpoint.convert import plan_conversion
+
+        plan = plan_conversion(path, "hf")
+        if plan.source.family != "olmo":
+            raise CheckpointError(f"{path}: a {plan.source.kind.value} checkpoint, not an OLMo 2 / Olmo 3 model")
+        config = OlmoConfig.from_dict(plan.config, str(plan.source.config_path))
+        tensors = ((t.name, plan.source.path, plan.produce(t)) for t in plan.tensors)
+    else:
+        from bolmo.checkpoint.safetensors_io import HFWeights
+
+        config = OlmoConfig.from_file(path / "config.json")
+        tensors = HFWeights(path).tensors()
+    model = materialize(Olmo, config, tensors, device, dtype)
+    model.tokenizer = SubwordTokenizer(path) if (path / "tokenizer.json").is_file() else None
     return model.eval()
 
 

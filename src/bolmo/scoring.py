@@ -1,6 +1,6 @@
-"""Scoring: per-byte log-probabilities with the boundary decision folded in, and bits per byte.
+"""Scoring: per-byte log-probabilities and bits per byte, for Bolmo and subword OLMo models.
 
-The 520-way output splits each next id x into "x" and "x, then a patch ends"; the probability of
+Bolmo: the 520-way output splits each next id x into "x" and "x, then a patch ends"; the probability of
 the byte itself is the sum of the two: log p(x) = logsumexp(logits[x], logits[x + 260]) -
 logsumexp(logits). (The same value as the reference's softmax-then-add, computed stably.)
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from bolmo.config import PLAIN_VOCAB
+from bolmo.errors import TokenizerError
+from bolmo.model.bolmo import BolmoForCausalLM
 
 
 @dataclass
@@ -39,10 +41,18 @@ def folded_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return torch.logaddexp(plain, fused) - norm
 
 
-@torch.inference_mode()
 def score_texts(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
-    """Score each text (BOS + its UTF-8 bytes); batches are right-padded, each row scored exactly
-    as it would be alone."""
+    """Score each text after the start id, with a Bolmo or a subword OLMo model; batches are
+    right-padded and each row is scored exactly as it would be alone."""
+    if isinstance(model, BolmoForCausalLM):
+        return score_bolmo(model, texts, batch_size)
+    return score_subword(model, texts, batch_size)
+
+
+@torch.inference_mode()
+def score_bolmo(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
+    """BOS + each text's UTF-8 bytes through the model; each byte's probability folds the
+    boundary decision in."""
     results: list[ScoreResult] = []
     for start in range(0, len(texts), batch_size):
         chunk = texts[start : start + batch_size]
@@ -54,4 +64,38 @@ def score_texts(model, texts: list[str], batch_size: int = 8) -> list[ScoreResul
             n_bytes = int(mask[row].sum()) - 1
             lp = logprobs[row, :n_bytes].cpu()
             results.append(ScoreResult(text=text, byte_logprobs=lp, nats=float(-lp.double().sum()), n_bytes=n_bytes))
+    return results
+
+
+@torch.inference_mode()
+def score_subword(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
+    """Score each text with a subword OLMo model.
+
+    `byte_logprobs` has one entry per UTF-8 byte like Bolmo's, but a subword model only gives
+    whole-token probabilities: each token's log-probability sits at the token's last byte and the
+    other bytes hold 0, so sums over any span of whole tokens (and `nats`) are exact.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise TokenizerError("this model was loaded without a tokenizer (its directory has no tokenizer.json)")
+    results: list[ScoreResult] = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        ids, mask = tokenizer.batch(chunk, padding_side="right")
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        hidden = model.model(ids, mask if not bool(mask.all()) else None)
+        for row, text in enumerate(chunk):
+            n = int(mask[row].sum())
+            targets = ids[row, 1:n]
+            # One row's logits at a time: [T, vocab] can be large for a 100k vocabulary.
+            logprobs = torch.log_softmax(model.lm_head(hidden[row, : n - 1]).float(), dim=-1)
+            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+            n_bytes = len(text.encode("utf-8"))
+            lengths = torch.tensor([len(tokenizer.decode_bytes([t])) for t in targets.tolist()], dtype=torch.long)
+            ends = (lengths.cumsum(0) - 1).clamp(0, max(n_bytes - 1, 0))
+            byte_lp = torch.zeros(n_bytes, dtype=torch.float32)
+            if n_bytes:
+                byte_lp.index_add_(0, ends, token_lp)
+            results.append(ScoreResult(text=text, byte_logprobs=byte_lp, nats=float(-token_lp.double().sum()),
+                                       n_bytes=n_bytes))
     return results

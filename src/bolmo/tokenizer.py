@@ -211,6 +211,18 @@ def resolve_subword_tokenizer(identifier: str, model_dir: str | Path | None) -> 
     )
 
 
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Id lists -> (input_ids [B, L] padded with `pad_id`, attention_mask [B, L] bool, True on real ids)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
+        ids[b, span] = torch.tensor(row, dtype=torch.long)
+        mask[b, span] = True
+    return ids, mask
+
+
 class ByteTokenizer:
     """Text <-> Bolmo ids. `encode` gives BOS followed by byte ids; `decode` drops specials."""
 
@@ -243,15 +255,7 @@ class ByteTokenizer:
 
     def batch(self, texts: Sequence[str], padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
         """Encode and pad: (input_ids [B, L], attention_mask [B, L] bool, True on real ids)."""
-        rows = [self.encode(t) for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)
-        for b, row in enumerate(rows):
-            span = slice(0, len(row)) if padding_side == "right" else slice(width - len(row), width)
-            ids[b, span] = torch.tensor(row)
-            mask[b, span] = True
-        return ids, mask
+        return pad_rows([self.encode(t) for t in texts], self.pad_id, padding_side)
 
     def expand(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.expander is None:

@@ -1,4 +1,5 @@
-"""`bolmo generate`: stream a continuation to the terminal, or show where the patches fall."""
+"""`bolmo generate`: stream a continuation to the terminal, or show where the patches (Bolmo) or
+tokens (subword OLMo models) fall."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import codecs
 import sys
 
 from bolmo.cli.model_commands import add_model_arguments, load_from_args
-from bolmo.config import BYTE_OFFSET
 
 PATCH_SEPARATOR = "|"
 _PATCH_STYLES = ("black on cyan", "black on yellow")  # alternate per patch
@@ -25,15 +25,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--stop", nargs="+", action="extend", default=None, metavar="STR",
                      help="stop before the first occurrence of any STR (not included in the output)")
     gen.add_argument("--show-patches", action="store_true",
-                     help="print prompt and continuation with patch boundaries marked (colours in a "
-                          f"terminal, '{PATCH_SEPARATOR}' otherwise)")
+                     help="print prompt and continuation with patch boundaries (subword models: token "
+                          f"boundaries) marked: colours in a terminal, '{PATCH_SEPARATOR}' otherwise")
     gen.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from bolmo.generation.bolmo_decode import GenerateOptions, generate_ids
+    from bolmo.generation import GenerateOptions, generate_ids
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     arguments = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k,
@@ -47,9 +47,8 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     result = generate_ids(model, [prompt], **arguments)[0]
-    # BOS (always patch 0 on its own) has no text; the rest of the prompt, then the new bytes.
-    n_prompt = len(result.prompt_ids) - 1
-    patches = patch_characters(result.prompt_ids[1:] + result.ids, result.prompt_boundaries[1:] + result.boundaries)
+    n_prompt = len(result.prompt)
+    patches = patch_characters(result.prompt + result.data, result.prompt_boundaries + result.boundaries)
     console = Console(highlight=False)
     if console.is_terminal:
         from rich.text import Text
@@ -61,21 +60,28 @@ def run_generate(args: argparse.Namespace) -> int:
         console.print(text)
     else:
         print(PATCH_SEPARATOR.join("".join(char for char, _ in patch) for patch in patches))
-    n_bytes = n_prompt + len(result.ids)
-    print(f"{n_bytes} bytes in {len(patches)} patches ({n_bytes / max(len(patches), 1):.2f} bytes per patch), "
+    n_bytes = n_prompt + len(result.data)
+    unit, units = ("patch", "patches") if model_is_bolmo(model) else ("token", "tokens")
+    print(f"{n_bytes} bytes in {len(patches)} {units} ({n_bytes / max(len(patches), 1):.2f} bytes per {unit}), "
           f"finished by {result.finish_reason}", file=sys.stderr)
     return 0
 
 
-def patch_characters(ids: list[int], boundaries: list[bool]) -> list[list[tuple[str, int]]]:
-    """Split byte ids into patches (a patch ends after each True), each a list of (character,
+def model_is_bolmo(model) -> bool:
+    from bolmo.model.bolmo import BolmoForCausalLM
+
+    return isinstance(model, BolmoForCausalLM)
+
+
+def patch_characters(data: bytes, boundaries: list[bool]) -> list[list[tuple[str, int]]]:
+    """Split bytes into patches or tokens (one ends after each True), each a list of (character,
     index of its first byte). A boundary inside a multi-byte character moves to the end of that
     character, so no character is split; invalid UTF-8 shows as U+FFFD."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     patches: list[list[tuple[str, int]]] = [[]]
     char_start, pending_end = 0, False
-    for i, (byte_id, closes) in enumerate(zip(ids, boundaries)):
-        for char in decoder.decode(bytes([byte_id - BYTE_OFFSET]), final=i == len(ids) - 1):
+    for i, (byte, closes) in enumerate(zip(data, boundaries)):
+        for char in decoder.decode(bytes((byte,)), final=i == len(data) - 1):
             patches[-1].append((char, char_start))
         pending_end |= closes
         if decoder.getstate()[0] == b"":  # at a character boundary

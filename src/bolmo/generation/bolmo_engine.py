@@ -1,5 +1,16 @@
-"""The device side of Bolmo generation: per-row prefill, the batched decode step, and the state
-they share (global KV cache, mLSTM states, latest patch values). `bolmo.generation.bolmo_decode` drives it.
+"""Bolmo's decoding engine (`BolmoEngine`, driven by `bolmo.generation.driver`): per-row prefill,
+the batched decode step, and the state they share (global KV cache, mLSTM states, latest patch
+values).
+
+How a row is decoded (docs/generation.md):
+
+1. Prefill: predict boundaries over the whole prompt, then roll back one byte (with lookahead the
+   predictor cannot decide whether the last prompt byte ends a patch). Encoder, pooling, global
+   model and decoder run over the prompt minus that byte, filling the caches.
+2. The first choice is forced: "last prompt byte" or "last prompt byte, and a patch ends".
+3. Every step feeds the row's last byte through one encoder step; if that byte closed a patch the
+   global model steps once, at the row's own next patch position; the decoder steps with the
+   latest patch value; the 520-way output is split into a byte and a boundary flag.
 
 Prefill runs one row at a time (exactly what the row gives alone, at the cost of one small
 forward per prompt); decode steps run the whole batch, each row at its own patch position.
@@ -13,6 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
+from bolmo.config import BYTE_OFFSET, FUSED_VOCAB, PLAIN_VOCAB
+from bolmo.errors import GenerationError
+from bolmo.generation.engine import Engine, Piece, Row
+from bolmo.generation.sampling import RowSampler
 from bolmo.generation.kv_cache import KVCache
 from bolmo.generation.kv_cache import prefill as global_prefill
 from bolmo.model.local import pool
@@ -120,3 +135,76 @@ def initial_state(model, prefills: list[Prefill]) -> DecodeState:
         patch_value=torch.cat([p.patch_value for p in prefills]),
         cache=cache,
     )
+
+
+def banned_special_ids(eos_id: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Bool [520]: the special ids (pad, bos, <eos>, <bpe_token_end>) and their fused twins,
+    except EOS, which stays allowed and ends a row. The model must never emit the others as
+    text, and the reference treats some of them as internal markers."""
+    banned = torch.zeros(FUSED_VOCAB, dtype=torch.bool, device=device)
+    banned[:BYTE_OFFSET] = True
+    banned[PLAIN_VOCAB : PLAIN_VOCAB + BYTE_OFFSET] = True
+    banned[eos_id] = banned[eos_id + PLAIN_VOCAB] = False
+    return banned
+
+
+class BolmoEngine(Engine):
+    """`Engine` for a Bolmo model: sampled ids are fused ids (byte id, + 260 when a patch ends
+    after the byte); EOS (the tokenizer's eos id, plain or fused) ends a row.
+
+    Host work per row and step is O(1): the subword expansion walks back at most the longest
+    vocabulary entry over the row's ids."""
+
+    def __init__(self, model) -> None:
+        if model.tokenizer is None:
+            raise GenerationError("the model has no tokenizer: load it with bolmo.load")
+        self.model = model
+        self.device = model.device
+        self.tokenizer = model.tokenizer
+        self.end_ids = (self.tokenizer.eos_id, self.tokenizer.eos_id + PLAIN_VOCAB)
+        self.expander = self.tokenizer.expander if model.config.add_expanded_embeddings else None
+        self.state: DecodeState | None = None
+
+    def encode(self, prompt: str | bytes) -> list[int]:
+        data = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8")
+        return [self.tokenizer.bos_id] + [b + BYTE_OFFSET for b in data]
+
+    def banned_ids(self) -> torch.Tensor:
+        return banned_special_ids(self.tokenizer.eos_id, self.device)
+
+    def prefill(self, rows: list[Row], sampler: RowSampler) -> torch.Tensor:
+        model, device = self.model, self.device
+        with cpu_threads(model):
+            prefills = [prefill(model, row.ids, g) for row, g in zip(rows, sampler.generators)]
+            self.state = initial_state(model, prefills)
+            # The forced first choice: does the held-back last prompt id end a patch? A lone BOS
+            # always ends patch 0 (its logits leave only that choice).
+            last = torch.tensor([row.ids[-1] for row in rows], device=device)
+            allowed = torch.zeros(len(rows), FUSED_VOCAB, dtype=torch.bool, device=device)
+            allowed.scatter_(1, torch.stack([last, last + PLAIN_VOCAB], 1), True)
+            only_boundary = torch.full((1, FUSED_VOCAB), -torch.inf, device=device)
+            logits = torch.cat([p.logits if p.logits is not None else only_boundary.index_fill(1, last[i : i + 1] + PLAIN_VOCAB, 0.0)
+                                for i, p in enumerate(prefills)])
+            tokens = sampler(logits, self.banned_ids() | ~allowed)
+        host_tokens = tokens.tolist()
+        for row, p, token in zip(rows, prefills, host_tokens):
+            row.prompt_boundaries = (p.boundaries + [token >= PLAIN_VOCAB])[1:]  # BOS has no byte
+        return self.step(tokens, host_tokens, rows)
+
+    def piece(self, token: int) -> Piece | None:
+        if token in self.end_ids:
+            return None
+        plain = token - PLAIN_VOCAB if token >= PLAIN_VOCAB else token
+        return Piece(plain, bytes((plain - BYTE_OFFSET,)), token >= PLAIN_VOCAB)
+
+    def step(self, tokens: torch.Tensor, host_tokens: list[int], rows: list[Row]) -> torch.Tensor:
+        expanded = None
+        if self.expander is not None:
+            expanded = torch.tensor([self.expander.expand_at(row.ids, len(row.ids) - 1) for row in rows],
+                                    device=self.device)
+        closing = [i for i, t in enumerate(host_tokens) if t >= PLAIN_VOCAB]
+        with cpu_threads(self.model):
+            return decode_step(self.model, self.state, tokens % PLAIN_VOCAB, expanded, closing)
+
+    def keep_rows(self, keep: list[int]) -> None:
+        self.state.keep_rows(torch.tensor(keep, device=self.device), keep)

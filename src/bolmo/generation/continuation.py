@@ -1,7 +1,7 @@
-"""The host side that Bolmo's byte engine (`bolmo.generation.bolmo_decode`) and subword generation
-(`bolmo.subword`) share: argument checks, and each row's continuation as it grows.
+"""The host side of decoding that every model shares: argument checks, and each row's
+continuation as it grows.
 
-Both count `max_new_bytes` in bytes and treat stop strings alike, so one `Continuation` serves
+Byte and subword models both count `max_new_bytes` in bytes and treat stop strings alike, so one `Continuation` serves
 both: a byte model adds one byte per step, a subword model one token's bytes. The stop-string
 search is incremental: only the bytes that could start a match ending in the newest piece are
 read again, so a step costs O(piece + longest stop string), not O(output so far).
@@ -39,13 +39,13 @@ class GenerateOptions:
                    tuple(s.encode("utf-8") for s in stops))
 
 
-def check_prompts(prompts: Sequence[str]) -> None:
-    """A non-empty list of strings, or GenerationError saying what is wrong."""
-    if isinstance(prompts, str):
+def check_prompts(prompts: Sequence[str | bytes]) -> None:
+    """A non-empty list of strings (or raw bytes), or GenerationError saying what is wrong."""
+    if isinstance(prompts, (str, bytes)):
         raise GenerationError("prompts must be a list of strings (wrap a single prompt in a list)")
     if not prompts:
         raise GenerationError("prompts is empty: give at least one prompt (an empty string is a valid prompt)")
-    bad = [type(p).__name__ for p in prompts if not isinstance(p, str)]
+    bad = [type(p).__name__ for p in prompts if not isinstance(p, (str, bytes))]
     if bad:
         raise GenerationError(f"prompts must be strings, got {', '.join(sorted(set(bad)))}")
 

@@ -1,6 +1,6 @@
 """The key/value cache of an `OlmoBlockStack` for incremental decoding, shared by Bolmo's global
-model (`bolmo.generation.bolmo_engine`, one position per patch) and subword OLMo generation (`bolmo.subword`,
-one position per token).
+model (`bolmo.generation.bolmo_engine`, one position per patch) and subword OLMo models
+(`bolmo.generation.olmo_engine`, one position per token).
 
 `prefill` runs whole prompts and hands back every layer's keys/values; `KVCache.from_rows` stores
 them row by row, and `KVCache.step` then adds one position to each row, at that row's own next

@@ -1,8 +1,8 @@
 """Choosing the next id from a model's logits: greedy, temperature, top-k, top-p.
 
-Shared by Bolmo's byte engine (`bolmo.generation.bolmo_decode`) and subword generation (`bolmo.subword`).
-`RowSampler` gives every row of a batch its own random stream and draws one uniform number per
-row and step; `inverse_cdf` turns it into an id after temperature, top-k and top-p.
+Used by the one decoding loop (`bolmo.generation.driver`) for every model. `RowSampler` gives
+every row of a batch its own parameters and random stream and draws one uniform number per
+sampled row and step; `inverse_cdf` turns it into an id after temperature, top-k and top-p.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 
-from bolmo.config import BYTE_OFFSET, FUSED_VOCAB, PLAIN_VOCAB
 from bolmo.errors import GenerationError
 
 
@@ -45,33 +44,36 @@ class SamplingParams:
         return self.temperature == 0
 
 
-def banned_special_ids(eos_id: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Bool [520] for Bolmo: the special ids (pad, bos, <eos>, <bpe_token_end>) and their fused
-    twins, except EOS, which stays allowed and ends a row. The model must never emit the others
-    as text, and the reference treats some of them as internal markers."""
-    banned = torch.zeros(FUSED_VOCAB, dtype=torch.bool, device=device)
-    banned[:BYTE_OFFSET] = True
-    banned[PLAIN_VOCAB : PLAIN_VOCAB + BYTE_OFFSET] = True
-    banned[eos_id] = banned[eos_id + PLAIN_VOCAB] = False
-    return banned
-
-
 class RowSampler:
-    """One random stream per row: row r of a batch draws from a generator seeded with
-    `seed + r`, one uniform per sampled id. A row's sample then depends only on its own prompt
-    and seed, never on the other rows or on when they stop:
+    """One random stream and one set of sampling parameters per row: row r draws from its own
+    generator, one uniform per sampled id. A row's sample then depends only on its own prompt,
+    parameters and seed, never on the other rows or on when they stop: with
+    `RowSampler(params, n, device)` row r is seeded with `seed + r`, so
     `generate(prompts, seed=s)[r] == generate([prompts[r]], seed=s + r)[0]`, and identical prompts
-    in one batch still get different samples. Rows are dropped with `keep_rows` as they finish."""
+    in one batch still get different samples. Rows join with `add_row` (a server's new requests)
+    and leave with `keep_rows`."""
 
-    def __init__(self, params: SamplingParams, n_rows: int, device: torch.device) -> None:
-        self.params = params
-        self.generators: list[torch.Generator] = []
+    def __init__(self, params: SamplingParams | None = None, n_rows: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.params: list[SamplingParams] = []
+        self.generators: list[torch.Generator | None] = []  # None for greedy rows
+        if params is not None and n_rows:
+            base = params.seed if params.seed is not None else random_seed()
+            for row in range(n_rows):
+                self.add_row(params, base + row)
+
+    def add_row(self, params: SamplingParams, seed: int | None = None) -> None:
+        """Append a row; a sampled row without a seed gets a random one."""
+        self.params.append(params)
+        generator = None
         if not params.greedy:
-            base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-            self.generators = [torch.Generator(device).manual_seed(base + row) for row in range(n_rows)]
+            generator = torch.Generator(self.device).manual_seed(seed if seed is not None else random_seed())
+        self.generators.append(generator)
 
     def keep_rows(self, rows: list[int]) -> None:
-        self.generators = [self.generators[r] for r in rows] if self.generators else []
+        self.params = [self.params[r] for r in rows]
+        self.generators = [self.generators[r] for r in rows]
 
     def __call__(self, logits: torch.Tensor, banned: torch.Tensor | None = None) -> torch.Tensor:
         """logits [B, V] -> ids [B]. `banned` (bool [V] or [B, V], True = never choose) masks ids
@@ -79,10 +81,24 @@ class RowSampler:
         scores = logits.float()
         if banned is not None:
             scores = scores.masked_fill(banned, -math.inf)
-        if self.params.greedy:
-            return scores.argmax(-1)
-        uniforms = torch.cat([torch.rand(1, generator=g, device=scores.device) for g in self.generators])
-        return inverse_cdf(scores, self.params, uniforms)
+        ids = scores.argmax(-1)
+        # Rows that share their parameters are sampled together (in a plain batch: all of them).
+        groups: dict[SamplingParams, list[int]] = {}
+        for row, params in enumerate(self.params):
+            if not params.greedy:
+                groups.setdefault(params, []).append(row)
+        for params, rows in groups.items():
+            uniforms = torch.cat([torch.rand(1, generator=self.generators[r], device=scores.device) for r in rows])
+            if len(rows) == len(self.params):
+                return inverse_cdf(scores, params, uniforms)
+            index = torch.tensor(rows, device=scores.device)
+            ids = ids.index_copy(0, index, inverse_cdf(scores[index], params, uniforms))
+        return ids
+
+
+def random_seed() -> int:
+    """A fresh seed for rows sampled without one (drawn from torch's global generator)."""
+    return int(torch.randint(0, 2**62, ()).item())
 
 
 def inverse_cdf(scores: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:

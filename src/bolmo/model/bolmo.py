@@ -16,7 +16,6 @@ filler patches without masking them, so short rows attend to that filler. Pass a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +44,8 @@ class BolmoModel(nn.Module):
 
 
 class BolmoForCausalLM(nn.Module):
-    """Bolmo with its tokenizer attached by the loader (`model.tokenizer`)."""
+    """Bolmo with its tokenizer attached by the loader (`model.tokenizer`). Pure model code: what
+    `bolmo.load` returns is `bolmo.inference.Bolmo`, this class plus score/generate/stream."""
 
     def __init__(self, config: BolmoConfig) -> None:
         super().__init__()
@@ -141,28 +141,6 @@ class BolmoForCausalLM(nn.Module):
         return BolmoOutput(logits=rotate(out.logits, back),
                            boundary_mask=rotate(out.boundary_mask, back) & attention_mask,
                            boundary_logprobs=rotate(out.boundary_logprobs, back).masked_fill(~attention_mask, FORCE_OFF))
-
-    # Convenience methods delegate to the modules that own the logic.
-    def score(self, texts: list[str], batch_size: int = 8) -> list:
-        from bolmo.scoring import score_texts
-
-        return score_texts(self, texts, batch_size=batch_size)
-
-    def generate(self, prompts: list[str], max_new_bytes: int = 256, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: str | list[str] | None = None) -> list[str]:
-        """Continuations of `prompts` (cached byte-level decoding, see bolmo.generation.bolmo_decode)."""
-        from bolmo.generation.bolmo_decode import generate
-
-        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
-
-    def stream(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0,
-               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-               stop: str | list[str] | None = None) -> Iterator[str]:
-        """Yield the continuation of `prompt` in text pieces as it is decoded."""
-        from bolmo.generation.bolmo_decode import stream
-
-        return stream(self, prompt, max_new_bytes, temperature, top_k, top_p, seed, stop)
 
     def num_parameters_by_component(self) -> dict[str, int]:
         return parameter_counts(self)

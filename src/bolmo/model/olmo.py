@@ -8,7 +8,6 @@ final norm and a vocabulary-sized head follow it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,8 @@ class OlmoModel(nn.Module):
 
 class OlmoForCausalLM(nn.Module):
     """The subword model with its tokenizer attached by the loader (`model.tokenizer`, a
-    `SubwordTokenizer`, or None when the checkpoint directory has no tokenizer.json)."""
+    `SubwordTokenizer`, or None when the checkpoint directory has no tokenizer.json). What
+    `bolmo.load` returns is `bolmo.inference.Olmo`, this class plus score/generate/stream."""
 
     def __init__(self, config: OlmoConfig) -> None:
         super().__init__()
@@ -60,23 +60,3 @@ class OlmoForCausalLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         return OlmoOutput(logits=self.lm_head(self.model(input_ids, attention_mask)))
-
-    # Convenience methods delegate to bolmo.subword, which owns scoring and decoding.
-    def score(self, texts: list[str], batch_size: int = 8) -> list:
-        from bolmo.subword import score_texts
-
-        return score_texts(self, texts, batch_size=batch_size)
-
-    def generate(self, prompts: list[str], max_new_bytes: int = 256, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: str | list[str] | None = None) -> list[str]:
-        from bolmo.subword import generate
-
-        return generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
-
-    def stream(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None,
-               stop: str | list[str] | None = None) -> Iterator[str]:
-        from bolmo.subword import stream
-
-        return stream(self, prompt, max_new_bytes, temperature, top_k, top_p, seed, stop)

@@ -1,0 +1,112 @@
+"""The one decoding loop, for Bolmo and subword OLMo models alike: `generate_ids`, `generate`,
+`stream`, and `decode`, the step-by-step iterator under them.
+
+Per step: sample every running row's next id (`RowSampler`, banned ids masked), copy the ids to
+the host once, turn each into bytes (`Engine.piece`), apply the row's stop strings and byte
+budget (`Continuation`), drop the rows that finished from every device state, and feed the rest
+back (`Engine.step`). Rows never wait for each other and never share positions, so every row of
+a batch gives exactly what its prompt gives alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bolmo.generation.bolmo_engine import BolmoEngine
+from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
+from bolmo.generation.engine import Engine, Row
+from bolmo.generation.olmo_engine import OlmoEngine
+from bolmo.generation.sampling import RowSampler
+from bolmo.model.bolmo import BolmoForCausalLM
+
+
+@dataclass
+class Generation:
+    """One prompt's result, in bytes. `boundaries` say, per byte, whether a patch (Bolmo) or a
+    token (subword model) ends after it: for the prompt as the model cut it, and for the new bytes
+    as they were generated."""
+
+    prompt: bytes
+    prompt_boundaries: list[bool]
+    data: bytes  # the new bytes, without end of text and without a stop string
+    boundaries: list[bool]
+    finish_reason: str  # "length", "eos" or "stop"
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+def engine_for(model) -> Engine:
+    """The decoding engine of a loaded model (Bolmo or subword OLMo)."""
+    return BolmoEngine(model) if isinstance(model, BolmoForCausalLM) else OlmoEngine(model)
+
+
+@torch.inference_mode()
+def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> Iterator[list[Row]]:
+    """Decode all prompts together, yielding every row after each step (finished rows stay in the
+    list, marked `done`). `generate_ids` and `stream` are this loop run to the end or read as it
+    goes."""
+    check_prompts(prompts)
+    engine = engine_for(model)
+    rows = [Row(engine.encode(p), Continuation(options), p if isinstance(p, bytes) else p.encode("utf-8"))
+            for p in prompts]
+    if options.max_new_bytes == 0:
+        yield rows
+        return
+    sampler = RowSampler(options.sampling, len(rows), engine.device)
+    banned = engine.banned_ids()
+    logits = engine.prefill(rows, sampler)
+    active = list(range(len(rows)))  # rows[active[i]] is batch row i of the engine
+    while True:
+        tokens = sampler(logits, banned)
+        host_tokens = tokens.tolist()  # the one host synchronisation per step
+        for r, token in zip(active, host_tokens):
+            rows[r].add(engine.piece(token))
+        yield rows
+        keep = [i for i, r in enumerate(active) if not rows[r].done]
+        if not keep:
+            return
+        if len(keep) < len(active):  # drop finished rows from every state
+            engine.keep_rows(keep)
+            sampler.keep_rows(keep)
+            tokens = tokens[torch.tensor(keep, device=tokens.device)]
+            host_tokens = [host_tokens[i] for i in keep]
+            active = [active[i] for i in keep]
+        logits = engine.step(tokens, host_tokens, [rows[r] for r in active])
+
+
+def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stop: str | Sequence[str] | None = None) -> list[Generation]:
+    """Generate a continuation for every prompt (text, or raw bytes for a byte model): new bytes,
+    patch or token boundaries, finish reason.
+
+    `max_new_bytes` is exact unless end of text or a stop string comes first. With a seed, row r
+    samples from its own generator seeded with `seed + r` (see `RowSampler`)."""
+    options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed, stop)
+    for rows in decode(model, prompts, options):
+        pass  # every step updates the same row objects
+    return [Generation(row.prompt, row.prompt_boundaries, bytes(row.continuation.data), row.boundaries,
+                       row.continuation.finish_reason or "length") for row in rows]
+
+
+def generate(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stop: str | Sequence[str] | None = None) -> list[str]:
+    """The continuations (not the prompts) as text; invalid UTF-8 becomes U+FFFD."""
+    results = generate_ids(model, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
+    return [r.text for r in results]
+
+
+def stream(model, prompt: str | bytes, max_new_bytes: int = 256, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+           stop: str | Sequence[str] | None = None) -> Iterator[str]:
+    """One prompt's continuation in pieces as it is decoded. Pieces never split a UTF-8
+    character, and bytes that could still turn out to start a stop string are held back, so the
+    pieces concatenate to exactly what `generate` returns."""
+    options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed, stop)
+    yield from text_pieces(row.continuation for (row,) in decode(model, [prompt], options))
