@@ -14,6 +14,7 @@ from bolmo.config import BolmoConfig, read_json
 from bolmo.errors import CheckpointError, ConfigError, TokenizerError
 from bolmo.inference import Bolmo, Olmo
 from bolmo.model.bolmo import BolmoForCausalLM
+from bolmo.model.olmo import OlmoForCausalLM
 from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
@@ -58,6 +59,9 @@ def checkpoint_kind(path: Path) -> str:
     return str(config.get("model_type", "bolmo"))
 
 
+OLMO_KINDS = ("olmo2", "olmo3", "olmo-core")  # subword OLMo 2 / Olmo 3 models (HF or OLMo-core)
+
+
 def load_config(path: Path, kind: str) -> BolmoConfig:
     if kind == "bolmo":
         return BolmoConfig.from_file(path / "config.json")
@@ -68,13 +72,32 @@ def load_config(path: Path, kind: str) -> BolmoConfig:
     raise ConfigError(f"{path / 'config.json'}: model_type {kind!r} is not a Bolmo model")
 
 
-def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig, dict[str, int], str]:
-    """Config, parameters per component and checkpoint kind, without reading any weights."""
+def load_olmo_config(path: Path, kind: str):
+    """The OlmoConfig of a subword directory, and for OLMo-core ones the conversion plan that
+    renames its tensors to HF names (None for HF directories)."""
+    if kind == "olmo-core":
+        from bolmo.checkpoint.convert import plan_conversion
+
+        plan = plan_conversion(path, "hf")
+        if plan.source.family != "olmo":
+            raise CheckpointError(f"{path}: a {plan.source.kind.value} checkpoint, not an OLMo 2 / Olmo 3 model")
+        return OlmoConfig.from_dict(plan.config, str(plan.source.config_path)), plan
+    return OlmoConfig.from_file(path / "config.json"), None
+
+
+def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig | OlmoConfig, dict[str, int], str]:
+    """Config, parameters per component and checkpoint kind of anything `load` accepts, without
+    reading any weights."""
     path = resolve_source(source)
     kind = checkpoint_kind(path)
-    config = load_config(path, kind)
+    if kind in OLMO_KINDS:
+        config, _ = load_olmo_config(path, kind)
+        model_class = OlmoForCausalLM
+    else:
+        config = load_config(path, kind)
+        model_class = BolmoForCausalLM
     with torch.device("meta"):
-        model = BolmoForCausalLM(config)
+        model = model_class(config)
     return config, model.num_parameters_by_component(), kind
 
 
@@ -86,8 +109,8 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     `bolmo.inference.Olmo`."""
     path = resolve_source(source)
     kind = checkpoint_kind(path)
-    if kind in ("olmo2", "olmo3", "olmo-core"):  # a subword OLMo model: same surface, its own tokenizer
-        return load_olmo(path, olmo_core=kind == "olmo-core", device=device, dtype=dtype)
+    if kind in OLMO_KINDS:  # a subword OLMo model: same surface, its own tokenizer
+        return load_olmo(path, kind, device=device, dtype=dtype)
     if kind == "bolmo":
         from bolmo.checkpoint.safetensors_io import HFWeights
 
@@ -105,22 +128,16 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     return model.eval()
 
 
-def load_olmo(path: Path, olmo_core: bool, device: str | torch.device, dtype: torch.dtype) -> Olmo:
+def load_olmo(path: Path, kind: str, device: str | torch.device, dtype: torch.dtype) -> Olmo:
     """An OLMo 2 / Olmo 3 directory (HF Olmo2ForCausalLM / Olmo3ForCausalLM layout, or OLMo-core
     with `model_and_optim/`) in eval mode, with its tokenizer attached when the directory has a
     tokenizer.json."""
-    if olmo_core:  # renamed to HF names, tensor by tensor, by the converter's own plan
-        from bolmo.checkpoint.convert import plan_conversion
-
-        plan = plan_conversion(path, "hf")
-        if plan.source.family != "olmo":
-            raise CheckpointError(f"{path}: a {plan.source.kind.value} checkpoint, not an OLMo 2 / Olmo 3 model")
-        config = OlmoConfig.from_dict(plan.config, str(plan.source.config_path))
+    config, plan = load_olmo_config(path, kind)
+    if plan is not None:  # renamed to HF names, tensor by tensor, by the converter's own plan
         tensors = ((t.name, plan.source.path, plan.produce(t)) for t in plan.tensors)
     else:
         from bolmo.checkpoint.safetensors_io import HFWeights
 
-        config = OlmoConfig.from_file(path / "config.json")
         tensors = HFWeights(path).tensors()
     model = materialize(Olmo, config, tensors, device, dtype)
     model.tokenizer = SubwordTokenizer(path) if (path / "tokenizer.json").is_file() else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,8 +28,17 @@ def load_from_args(args: argparse.Namespace):
     return bolmo.load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
 
 
+# Shown by `bolmo info`, in this order, where the config has them.
+INFO_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "intermediate_size", "vocab_size", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
+               "num_local_encoder_layers", "num_local_decoder_layers", "num_local_heads", "local_intermediate_size",
+               "add_expanded_embeddings", "subword_vocab_size", "boundary_predictor_lookahead", "boundary_threshold",
+               "rms_norm_eps", "local_rms_norm_eps")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    info = subparsers.add_parser("info", help="print a model's config and parameter counts per component")
+    info = subparsers.add_parser("info", help="print a model's config and parameter counts per component "
+                                              "(Bolmo or subword OLMo, HF or OLMo-core)")
     info.add_argument("source", nargs="?", default=None,
                       help="checkpoint directory or downloaded Hub repo id (default: the bundled model)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -49,18 +59,17 @@ def run_info(args: argparse.Namespace) -> int:
     from bolmo.loading import load_config_and_counts
 
     config, counts, kind = load_config_and_counts(args.source)
+    config_dict = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
     if args.json:
-        print(json.dumps({"format": kind, "config": config.to_dict(), "parameters": counts}, indent=2))
+        print(json.dumps({"format": kind, "config": config_dict, "parameters": counts}, indent=2))
         return 0
     console = Console()
     table = Table(title=f"{args.source or 'bundled default model'} ({kind})", show_header=False)
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "intermediate_size", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
-                "num_local_encoder_layers", "num_local_decoder_layers", "num_local_heads",
-                "local_intermediate_size", "add_expanded_embeddings", "subword_vocab_size",
-                "boundary_predictor_lookahead", "boundary_threshold", "rms_norm_eps", "local_rms_norm_eps"):
-        value = getattr(config, key)
-        if key == "layer_types":
+    for key in INFO_FIELDS:
+        if key not in config_dict:  # a subword model has no local fields
+            continue
+        value = config_dict[key]
+        if key == "layer_types" and value:
             value = ", ".join(f"{t} x{value.count(t)}" for t in dict.fromkeys(value))
         table.add_row(key, str(value))
     console.print(table)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bolmo.config import BolmoConfig
+from bolmo.model.counts import Components, parameter_counts
 from bolmo.model.local import FORCE_OFF, LocalDecoder, LocalEncoder, pool
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
@@ -143,7 +144,7 @@ class BolmoForCausalLM(nn.Module):
                            boundary_logprobs=rotate(out.boundary_logprobs, back).masked_fill(~attention_mask, FORCE_OFF))
 
     def num_parameters_by_component(self) -> dict[str, int]:
-        return parameter_counts(self)
+        return parameter_counts(self, _COMPONENTS)
 
 
 def padding_starts(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -174,7 +175,7 @@ def reference_patch_layout(layers: nn.Module, patches: torch.Tensor, valid: torc
 
 
 # Components in forward order, as (label, state-dict name prefixes).
-_COMPONENTS = [
+_COMPONENTS: Components = [
     ("byte embedding", ("model.local_encoder.byte_embedding.",)),
     ("subword embedding", ("model.local_encoder.subword_embedding.",)),
     ("encoder mLSTM layers", ("model.local_encoder.layers.",)),
@@ -186,14 +187,3 @@ _COMPONENTS = [
     ("final norm", ("model.norm.",)),
     ("lm_head", ("lm_head.",)),
 ]
-
-
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """Parameters per component (works on the meta device), plus "total"."""
-    counts = {label: 0 for label, _ in _COMPONENTS}
-    for name, param in model.named_parameters():
-        label = next((lbl for lbl, prefixes in _COMPONENTS if name.startswith(prefixes)), "other")
-        counts[label] = counts.get(label, 0) + param.numel()
-    counts = {k: v for k, v in counts.items() if v or k != "subword embedding"}
-    counts["total"] = sum(counts.values())
-    return counts

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bolmo.model.counts import Components, parameter_counts
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
 from bolmo.olmo.config import OlmoConfig
@@ -60,3 +61,14 @@ class OlmoForCausalLM(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         return OlmoOutput(logits=self.lm_head(self.model(input_ids, attention_mask)))
+
+    def num_parameters_by_component(self) -> dict[str, int]:
+        return parameter_counts(self, _COMPONENTS)
+
+
+_COMPONENTS: Components = [
+    ("token embedding", ("model.embed_tokens.",)),
+    ("transformer", ("model.layers.",)),
+    ("final norm", ("model.norm.",)),
+    ("lm_head", ("lm_head.",)),
+]
