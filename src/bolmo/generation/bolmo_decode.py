@@ -1,7 +1,7 @@
 """Fast byte-level generation for Bolmo: `generate_ids`, `generate`, `stream`, and `decode`, the
 step-by-step iterator under them.
 
-How a row is decoded (architecture.md §6):
+How a row is decoded (docs/architecture.md §6.2):
 
 1. Prefill: predict boundaries over the whole prompt, then roll back one byte (with lookahead the
    predictor cannot decide whether the last prompt byte ends a patch). Encoder, pooling, global
