@@ -18,7 +18,7 @@ def test_presets_have_the_released_parameter_counts(preset, total):
     with torch.device("meta"):
         model = BolmoForCausalLM(BolmoConfig.preset(preset))
     counts = model.num_parameters_by_component()
-    assert counts["total"] == total  # architecture-detail.md section 10.3
+    assert counts["total"] == total  # docs/architecture.md §8
     assert counts["lm_head"] == 520 * model.config.hidden_size
 
 

@@ -1,6 +1,6 @@
 """The cached generation engine (bolmo.generation with BolmoEngine) against a slow oracle and the reference's records.
 
-The oracle (architecture.md §6) recomputes everything with full forward passes over the whole
+The oracle (docs/architecture.md §6.3) recomputes everything with full forward passes over the whole
 sequence, with the boundary mask *given*: the predictor's decisions for the prompt minus its last
 byte, a forced two-way choice for that byte, then one argmax (or one draw) per step whose boundary
 flag extends the mask. It shares nothing with the engine except the model's forward pass and the

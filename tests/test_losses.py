@@ -1,5 +1,5 @@
 """Every loss and metric against arithmetic written out by hand on tiny tensors, plus the
-compression schedule and patch rewriting (training-detail.md §3, §4.2, §6)."""
+compression schedule and patch rewriting (docs/training-reference.md §3, §4.2, §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mLSTM layer (bolmo.nn.mlstm) against a plain float64 recurrence written from the spec (§5.2, §5.3).
+"""mLSTM layer (bolmo.nn.mlstm) against a plain float64 recurrence written from docs/architecture.md §5.2, §5.3.
 
 Run: .venv/bin/python -m pytest -q tests/test_mlstm.py
 """

@@ -1,5 +1,5 @@
 """`bolmo prepare` and ByteDataset: formats, bad records, resumability, the hand-worked instance
-of training-detail.md §1.9, shuffling, ranks and state_dict resume."""
+of docs/training-reference.md §1.9, shuffling, ranks and state_dict resume."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def test_cli_prepare(tokenizer: Path, tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.fixture(scope="module")
 def worked(tokenizer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Token stream: "abcdefg" (7 tokens) EOS | Hi Ġthere . EOS | Next Ġup EOS -> with S = 7,
-    instance 1 is the window [EOS, Hi, Ġthere, ., EOS, Next, Ġup] of training-detail.md §1.9."""
+    instance 1 is the window [EOS, Hi, Ġthere, ., EOS, Next, Ġup] of docs/training-reference.md §1.9."""
     d = tmp_path_factory.mktemp("worked")
     (d / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ("abcdefg", "Hi there.", "Next up")))
     run_prepare([d / "in.jsonl"], tokenizer, d / "out", docs_per_shard=2)  # the window spans 2 shards

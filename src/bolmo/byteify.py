@@ -1,10 +1,10 @@
 """`bolmo byteify-init`: build the stage-1 starting point of a Bolmo model from a subword OLMo 2 /
-Olmo 3 teacher (training-detail.md section 2).
+Olmo 3 teacher (docs/training-reference.md §2).
 
 Where every weight comes from:
 - global blocks `model.layers.*`: the teacher's, copied exactly (same names and shapes);
-- `model.norm`: 1, as the reference code does (training-detail.md section 2.2, which wins over
-  training.md's "starts from the teacher's"); only a later merge changes it. `final_norm="teacher"`
+- `model.norm`: 1, as the reference code does (docs/training-reference.md §2.2; an older
+  summary said "starts from the teacher's"); only a later merge changes it. `final_norm="teacher"`
   copies the teacher's final norm instead;
 - subword (expanded) embedding: the first `subword_vocab_size` rows of the teacher's input
   embeddings, so at step 0 a byte position sees the subword that ends there;

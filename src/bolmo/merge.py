@@ -1,4 +1,4 @@
-"""`bolmo merge`: post-training without training ("instructify", training-detail.md section 7).
+"""`bolmo merge`: post-training without training ("instructify", docs/training-reference.md §7).
 
 Given a Bolmo model M, the subword model B it was byteified from, and a post-trained descendant I
 of B (same architecture and tokenizer, e.g. an Instruct model), every Bolmo tensor that I also has

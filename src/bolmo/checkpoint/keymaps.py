@@ -58,7 +58,7 @@ def _local_layers(side: str) -> dict[str, str]:
     return table
 
 
-# Bolmo (architecture.md section 7): a pure rename, plus the vocabulary padding below.
+# Bolmo (docs/checkpoint-formats.md §4.2): a pure rename, plus the vocabulary padding below.
 BOLMO_OLMO_CORE_TO_HF: dict[str, str] = {
     "local_encoder.embedding.weight": "model.local_encoder.byte_embedding.weight",
     "local_encoder.expanded_embeddings.weight": "model.local_encoder.subword_embedding.weight",

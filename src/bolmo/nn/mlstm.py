@@ -1,6 +1,6 @@
 """The mLSTM layer of Bolmo's local encoder/decoder (xlstm's `mLSTMLayer` as Bolmo configures it).
 
-Two forms of one recurrence (architecture-detail.md §5):
+Two forms of one recurrence (docs/architecture.md §5):
 
 * `MLSTMLayer.forward` — whole sequences, chunkwise-parallel (§5.4). It reproduces the reference's
   CPU "native" chunkwise kernel operation by operation: pad to a multiple of the chunk size with

@@ -1,4 +1,4 @@
-"""Compression control for stage 2 (training-detail.md §4.2): raise bytes per patch above the
+"""Compression control for stage 2 (docs/training-reference.md §4.2): raise bytes per patch above the
 subword ratio by rewriting each instance's *target* patches before the forward pass.
 
 The target ratio grows linearly from `start_ratio` to `target_ratio`; each instance merges

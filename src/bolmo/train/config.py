@@ -5,8 +5,8 @@ overrides use dotted keys (`optim.lr=3e-4`, `losses.weights.boundary=2`); values
 YAML and checked against the field's type, and unknown keys anywhere are refused by name, so a
 typo never silently trains with a default.
 
-Fields left unset take the released recipe's value for the run's stage (training-detail.md §5,
-Appendix A: `STAGE_DEFAULTS` for the optimizer, schedule, batch and data seed, `STAGE_LOSSES` for
+Fields left unset take the released recipe's value for the run's stage (docs/training-reference.md §5,
+§8: `STAGE_DEFAULTS` for the optimizer, schedule, batch and data seed, `STAGE_LOSSES` for
 the loss weights), so `stage: stage2` alone never trains at stage 1's learning rate. The 1B values
 are used; the 7B recipe differs only in the peak LRs (stage 1 5e-4, stage 2 3.66e-5).
 """
@@ -25,7 +25,7 @@ import yaml
 from bolmo.errors import ConfigError
 
 STAGES = ("subword", "stage1", "stage2")
-# Losses each stage can use, and the released weights (training-detail.md Appendix A.1).
+# Losses each stage can use, and the released weights (docs/training-reference.md §8.1).
 STAGE_LOSSES: dict[str, dict[str, float]] = {
     "subword": {"ce": 1.0},
     "stage1": {"local_encoder": 1.0, "ce": 1.0, "local_decoder": 1.0, "boundary": 4.0},
@@ -92,7 +92,7 @@ class ScheduleConfig:
 
 @dataclass
 class LossConfig:
-    """Loss weights and the distillation settings of training-detail.md §3."""
+    """Loss weights and the distillation settings of docs/training-reference.md §3."""
 
     weights: dict[str, float] | None = None  # None: the stage's released weights
     schedules: dict[str, str] = field(default_factory=dict)  # loss -> "constant" | "linear_decrease:N"
@@ -110,7 +110,7 @@ class LossConfig:
 class CompressionConfig:
     """Stage 2: steer bytes per patch from `start_ratio` to `target_ratio` over `steps` by
     merging target patches (`kind` bpe or space). The ratio loss, when weighted, aims at
-    `target_ratio` (training-detail.md §3.7)."""
+    `target_ratio` (docs/training-reference.md §3.7)."""
 
     kind: str | None = None  # None | bpe | space
     start_ratio: float = 4.3

@@ -2,7 +2,7 @@
 
 The prepared token stream (every document followed by the teacher's EOS) is cut into windows of
 S = `tokens_per_instance` subword ids; each window becomes one instance of L = `seq_len` byte slots
-exactly as training-detail.md §1.4-1.7 describes: leading EOS stripped, BOS prepended as a 1-byte
+exactly as docs/training-reference.md §1.4-1.7 describes: leading EOS stripped, BOS prepended as a 1-byte
 patch, the window's last token skipped (so there are exactly S patches), patches overflowing L
 zeroed, bytes padded with 0. Teacher position k aligns with byte patch k.
 """

@@ -1,9 +1,9 @@
-"""Stage-1 and stage-2 losses and metrics as pure functions on tensors (training-detail.md §3, §4, §6).
+"""Stage-1 and stage-2 losses and metrics as pure functions on tensors (docs/training-reference.md §3, §4, §6).
 
 Shapes: B instances, L byte slots, P patch slots (= S teacher positions), V fused byte vocabulary
 (520, or 640 when padded), Vs subword vocabulary, d width. Everything is computed in float32.
 
-Each loss returns what training-detail.md calls its *raw* value (a sum, or for `ce` a mean);
+Each loss returns what docs/training-reference.md calls its *raw* value (a sum, or for `ce` a mean);
 `normalize_terms` applies the exact per-batch normalisers of §3.6 (including the reference's
 quirky ones) and `total_loss` weights and sums them. Keeping the normalisers in one place lets
 a trainer with gradient accumulation count bytes and patches over the whole rank batch first.

@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the learning-rate schedule (training-detail.md §5)."""
+"""AdamW parameter groups and the learning-rate schedule (docs/training-reference.md §5)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 `TrainModule` wraps the model being trained (and, in stage 1, the teacher's own tensors) in one
 module whose `forward` runs a micro-batch end to end, so FSDP sees a single root forward. The
-model files stay inference-shaped; stage 1 composes their pieces here (training-detail.md §3.1):
+model files stay inference-shaped; stage 1 composes their pieces here (docs/training-reference.md §3.1):
 
     stage 1: encoder -> predictor log-probs; pool at the *true* boundaries -> out_projection ->
              first K frozen global blocks (encoder loss only); teacher on its own tokens through
