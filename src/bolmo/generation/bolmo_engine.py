@@ -2,7 +2,7 @@
 the batched decode step, and the state they share (global KV cache, mLSTM states, latest patch
 values).
 
-How a row is decoded (docs/generation.md):
+How a row is decoded (docs/architecture.md §6.2, docs/generation.md):
 
 1. Prefill: predict boundaries over the whole prompt, then roll back one byte (with lookahead the
    predictor cannot decide whether the last prompt byte ends a patch). Encoder, pooling, global
