@@ -1,4 +1,5 @@
-"""Shared test helpers: where ../shared/fixtures is, and the Bolmo fixture models in it."""
+"""Shared test helpers: the in-repository fixtures (tests/fixtures, see its README) and the Bolmo
+fixture models in them."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BOLMO_FIXTURES = FIXTURES / "bolmo"
 CKPT_FIXTURES = FIXTURES / "ckpt"
-
-if not FIXTURES.is_dir():  # CI has ../shared beside the clone; without it the suite is meaningless
-    raise RuntimeError(f"test fixtures not found at {FIXTURES} (../shared must sit beside the repository)")
 
 BOLMO_MODEL_DIRS = sorted(p for p in BOLMO_FIXTURES.iterdir() if (p / "cases.json").is_file())
 
