@@ -242,11 +242,11 @@ def test_offline_mode_reuses_an_earlier_download(hub, tmp_path, capsys, monkeypa
 def test_unreachable_endpoint(hub, tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 
-    with socket.socket() as sock:  # a port that nothing listens on
+    with socket.socket() as sock:  # bound, never listening: refused, and no other process can take the port
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    monkeypatch.setattr(constants, "ENDPOINT", dead)
-    code, _, error = _cli(capsys, "download", "1b", "-o", str(tmp_path / "n"))
+        monkeypatch.setattr(constants, "ENDPOINT", dead)
+        code, _, error = _cli(capsys, "download", "1b", "-o", str(tmp_path / "n"))
     assert code == 2 and f"cannot reach {dead} (" in error and "Connection refused" in error
     assert "HF_HUB_OFFLINE=1" in error
 
