@@ -306,7 +306,7 @@ def test_environment_variables_are_honoured(hub, tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", "import sys; from bolmo.cli import main; sys.exit(main(sys.argv[1:]))",
          "download", "--model", "someone/private", "--output-dir", str(out), "--format", "olmo-core"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=600,  # a hang guard; torch imports slowly on a busy machine
     )
     assert result.returncode == 0, result.stderr
     shard = "model_and_optim/__0_0.distcp"
