@@ -17,7 +17,7 @@ from bolmo.loading import build_tokenizer
 from bolmo.model.bolmo import BolmoForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_MODEL = ROOT.parent / "shared" / "fixtures" / "bolmo" / "tiny-gqa"
+FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "bolmo" / "tiny-gqa"
 RESULTS = ROOT / "benchmarks" / "results"
 
 

@@ -1,19 +1,17 @@
-"""Shared test helpers: where ../shared/fixtures is, and the Bolmo fixture models in it."""
+"""Shared test helpers: the in-repository fixtures (tests/fixtures, see its README) and the Bolmo
+fixture models in them."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 BOLMO_FIXTURES = FIXTURES / "bolmo"
 CKPT_FIXTURES = FIXTURES / "ckpt"
-
-if not FIXTURES.is_dir():  # CI has ../shared beside the clone; without it the suite is meaningless
-    raise RuntimeError(f"test fixtures not found at {FIXTURES} (../shared must sit beside the repository)")
 
 BOLMO_MODEL_DIRS = sorted(p for p in BOLMO_FIXTURES.iterdir() if (p / "cases.json").is_file())
 
@@ -44,3 +42,17 @@ def read_cases(path: Path) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     return json.loads((path / "cases.json").read_text()), load_file(path / "cases.safetensors")
+
+
+def bits_per_byte_by_hand(model, text: str) -> float:
+    """What `model.score([text])[0].bits_per_byte` must be: one unbatched forward pass, the folded
+    log-probability of each next byte (`folded_logprobs`, pinned to the reference's records by
+    test_model_fixtures), summed, in bits per UTF-8 byte."""
+    import torch
+
+    from bolmo.scoring import folded_logprobs
+
+    ids = torch.tensor([model.tokenizer.encode(text)])
+    with torch.no_grad():
+        nats = -folded_logprobs(model(ids).logits[:, :-1], ids[:, 1:]).double().sum().item()
+    return nats / math.log(2) / len(text.encode("utf-8"))

@@ -9,7 +9,6 @@ from `fully_shard`ed modules; OUT_DIR/expected.pt: the full model and EMA state 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import warnings
 
@@ -41,10 +40,11 @@ class Tiny(nn.Module):
         return self.head(h) + self.pos.sum()
 
 
-def _worker(rank: int, world: int, out: str, port: int) -> None:
+def _worker(rank: int, world: int, out: str) -> None:
     warnings.filterwarnings("ignore")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # Rendezvous through a file, not a port: a port found free and then closed can be taken by any
+    # other process on a busy machine before rank 0 binds it.
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out, 'rendezvous')}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model, ema = Tiny(), Tiny()
     ema.load_state_dict(model.state_dict())
@@ -70,8 +70,5 @@ def _worker(rank: int, world: int, out: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free_port = s.getsockname()[1]
     # fork: the workers inherit the imported torch instead of importing it again (seconds per process)
-    mp.start_processes(_worker, args=(2, sys.argv[1], free_port), nprocs=2, start_method="fork")
+    mp.start_processes(_worker, args=(2, sys.argv[1]), nprocs=2, start_method="fork")

@@ -15,7 +15,7 @@ from bolmo.config import BolmoConfig
 from bolmo.errors import ConfigError, TokenizerError
 from bolmo.model.local import LocalEncoder
 from bolmo.olmo.config import OlmoConfig
-from conftest import CKPT_FIXTURES
+from conftest import CKPT_FIXTURES, bits_per_byte_by_hand
 from olmo_helpers import VOCAB, build_hf_model, save_hf_model, train_tokenizer
 
 OPTIONS = ByteifyOptions(encoder_layers=1, decoder_layers=2, local_heads=4, seed=3)
@@ -92,7 +92,8 @@ def test_output_loads_runs_and_is_reproducible(teacher, built, tmp_path):
     ids, mask = model.tokenizer.batch(["Hello world", "héllo"])
     with torch.no_grad():
         assert torch.isfinite(model(ids, attention_mask=mask).logits).all()
-    assert model.score(["def main():\n    pass\n"])[0].bits_per_byte > 0
+    text = "def main():\n    pass\n"
+    assert model.score([text])[0].bits_per_byte == pytest.approx(bits_per_byte_by_hand(model, text), rel=1e-5)
     again = byteify_init(teacher[0], tmp_path / "again", OPTIONS)
     assert all(torch.equal(t, state[k]) for k, t in load_file(again.destination / "model.safetensors").items())
     other = byteify_init(teacher[0], tmp_path / "other", ByteifyOptions(encoder_layers=1, decoder_layers=2,

@@ -15,7 +15,29 @@ from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.dcp_writer import DCPWriter
 from bolmo.cli import main
 
-BAD = CKPT_FIXTURES / "bad"
+FSDP_CHECKPOINT = CKPT_FIXTURES / "fsdp_sharded" / "checkpoint"
+
+
+def _break(name: str, root: Path) -> Path:
+    """A broken copy of a good fixture checkpoint, made here rather than stored (see tests/fixtures/README.md)."""
+    if name == "olmo2_corrupt_metadata":
+        dst = root / name
+        _copy(CKPT_FIXTURES / "olmo2" / "model_and_optim", dst / "model_and_optim")
+        shutil.copyfile(CKPT_FIXTURES / "olmo2" / "config.json", dst / "config.json")
+        metadata = dst / "model_and_optim" / ".metadata"
+        raw = bytearray(metadata.read_bytes())
+        raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(64)  # zero 64 bytes in the middle of the pickle
+        metadata.write_bytes(bytes(raw))
+        return dst
+    dst = _copy(FSDP_CHECKPOINT, root / name)
+    if name == "truncated_shard":
+        shard = dst / "__1_0.distcp"
+        shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])  # cut in half
+    elif name == "missing_shard":
+        (dst / "__0_0.distcp").unlink()
+    elif name == "missing_metadata":
+        (dst / ".metadata").unlink()
+    return dst
 
 
 def _convert(capsys, src: Path, dst: Path, *extra: str) -> tuple[int, str]:
@@ -29,7 +51,7 @@ def _verify(capsys, path: Path) -> tuple[int, str]:
 
 
 def _copy(src: Path, dst: Path) -> Path:
-    """A writable copy (fixtures are read-only)."""
+    """A writable copy (the fixtures themselves stay untouched, and may be read-only)."""
     shutil.copytree(src, dst, copy_function=shutil.copyfile)
     for path in [dst, *dst.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -43,10 +65,11 @@ def _copy(src: Path, dst: Path) -> Path:
     ("olmo2_corrupt_metadata", "model_and_optim/.metadata: corrupt DCP metadata (39107 bytes)"),
 ])
 def test_broken_fixture_is_refused(name, message, capsys, tmp_path):
-    code, err = _convert(capsys, BAD / name, tmp_path / "out")
+    broken = _break(name, tmp_path / "bad")
+    code, err = _convert(capsys, broken, tmp_path / "out")
     assert code == 2 and message in err
-    assert list(tmp_path.iterdir()) == []
-    code, out = _verify(capsys, BAD / name)
+    assert [p.name for p in tmp_path.iterdir()] == ["bad"]
+    code, out = _verify(capsys, broken)
     assert code == 1 and message in out
 
 
@@ -180,14 +203,14 @@ def test_bad_arguments(capsys, tmp_path):
     (tmp_path / "map.json").write_text("[1, 2]")
     code, err = _convert(capsys, CKPT_FIXTURES / "olmo2", tmp_path / "out", "--key-map", str(tmp_path / "map.json"))
     assert code == 2 and "key map must be a JSON object" in err
-    code = main(["convert", str(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint"), str(tmp_path / "out"), "--to", "olmo-core"])
+    code = main(["convert", str(FSDP_CHECKPOINT), str(tmp_path / "out"), "--to", "olmo-core"])
     assert code == 2 and "cannot be converted to olmo-core" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_flipped_bytes_in_a_sharded_item(capsys, tmp_path):
     """16 bytes flipped in the middle of an item: torch would load them; the CRC-32 check names the item."""
-    src = _copy(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint", tmp_path / "ckpt")
+    src = _copy(FSDP_CHECKPOINT, tmp_path / "ckpt")
     item = DCPCheckpoint(src).inventory()["model.embed.weight"].chunks[1]
     data = bytearray((src / item.file).read_bytes())
     middle = item.offset + item.length // 2

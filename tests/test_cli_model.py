@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from conftest import read_cases
+from conftest import load_fixture_model, read_cases
 from bolmo.cli import main
 
 
@@ -14,6 +14,7 @@ def test_info_reports_components_and_total(tiny_model_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     params = report["parameters"]
     assert params["total"] == sum(v for k, v in params.items() if k != "total")
+    assert params["total"] == sum(p.numel() for p in load_fixture_model(tiny_model_dir).parameters()) == 402_200
     assert params["lm_head"] == 520 * report["config"]["hidden_size"]
     assert report["config"]["num_hidden_layers"] == 4
 

@@ -42,7 +42,8 @@ def test_generate_with_the_default_model_is_deterministic_text():
 
 def test_cli_generate_and_info_default_to_the_bundled_model(capsys):
     assert main(["info", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["parameters"]["total"] > 0
+    total = json.loads(capsys.readouterr().out)["parameters"]["total"]
+    assert total == sum(p.numel() for p in bolmo.load().parameters()) == 2_446_888
     assert main(["generate", "Python is", "--max-new-bytes", "16", "--show-patches"]) == 0
     out = capsys.readouterr().out
     assert "|" in out  # patch separators when stdout is not a terminal

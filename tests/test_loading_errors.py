@@ -106,8 +106,12 @@ def test_bad_config_fields_are_named(model_copy, changes, field):
 
 
 def test_unavailable_subword_tokenizer_points_to_download(model_copy, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    from huggingface_hub import constants
+
+    # huggingface_hub reads these variables once, at import (an earlier test may have imported it):
+    # patch what it read, or the real cache is searched.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     tokenizer_config = json.loads((model_copy / "config.json").read_text())["tokenizer_config"]
     tokenizer_config["original_identifier"] = "allenai/dolma2-tokenizer"
     edit_config(model_copy, tokenizer_config=tokenizer_config)

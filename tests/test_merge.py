@@ -14,7 +14,7 @@ from bolmo.checkpoint.convert import convert
 from bolmo.cli import main
 from bolmo.errors import BolmoError
 from bolmo.merge import merge
-from conftest import CKPT_FIXTURES
+from conftest import CKPT_FIXTURES, bits_per_byte_by_hand
 from olmo_helpers import build_hf_model, save_hf_model, train_tokenizer
 
 SMALL = ByteifyOptions(encoder_layers=1, decoder_layers=1, local_heads=4)
@@ -59,7 +59,8 @@ def test_merged_tensors_follow_the_formula(dirs, which, tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == src_config
     assert (tmp_path / "out" / "subword_tokenizer" / "tokenizer.json").is_file()
     model = bolmo.load(tmp_path / "out")
-    assert model.score(["merged model"])[0].bits_per_byte > 0
+    expected = bits_per_byte_by_hand(model, "merged model")
+    assert model.score(["merged model"])[0].bits_per_byte == pytest.approx(expected, rel=1e-5)
 
 
 def test_identities(dirs, tmp_path):

@@ -100,7 +100,10 @@ def test_bos_only_input_runs_and_scores(tiny_model_dir):
     with torch.no_grad():
         out = model(ids)
     assert out.logits.shape == (1, 1, 520)
-    assert torch.isfinite(out.logits).all()
+    # Causal: BOS's logits are position 0 of every recorded prompt's logits.
+    _, cases = read_cases(tiny_model_dir)
+    for i in forward_case_indices(tiny_model_dir):
+        torch.testing.assert_close(out.logits[0, 0], cases[f"fwd/{i}/logits"][0, 0], atol=ATOL, rtol=0)
     assert out.boundary_mask.tolist() == [[True]]
     result = model.score([""])[0]
     assert result.n_bytes == 0 and result.nats == 0.0 and math.isnan(result.bits_per_byte)

@@ -16,6 +16,7 @@ from bolmo.train.data import boundary_targets
 from bolmo.train.distributed import Dist
 from bolmo.train.metrics import read_metrics
 from bolmo.train.trainer import Trainer, train
+from conftest import bits_per_byte_by_hand
 from trainer_helpers import TrainEnv, as_config, base_config, build_env
 from trainer_helpers import one_thread  # noqa: F401 (module-wide autouse fixture)
 
@@ -73,7 +74,8 @@ def test_stage1_learns_and_its_checkpoint_is_an_olmo_core_bolmo(env: TrainEnv, t
     exported, checkpointed = bolmo.load(result.export), bolmo.load(result.run_dir / "step12")
     assert exported.state_dict().keys() == checkpointed.state_dict().keys()
     assert all(torch.equal(v, checkpointed.state_dict()[k]) for k, v in exported.state_dict().items())
-    assert exported.score(["the model is a patch."])[0].bits_per_byte > 0
+    text = "the model is a patch."
+    assert exported.score([text])[0].bits_per_byte == pytest.approx(bits_per_byte_by_hand(exported, text), rel=1e-5)
 
 
 def test_stage1_trains_exactly_the_local_parts(env: TrainEnv, tmp_path: Path) -> None:
