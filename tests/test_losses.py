@@ -12,7 +12,7 @@ import torch
 from bolmo.errors import ConfigError
 from bolmo.train.compression import (apply_merges, bpe_merge_positions, compression_ratio,
                                      interpolate_space_boundaries, space_patch_lens)
-from bolmo.train.data import boundary_targets, fuse_labels
+from bolmo.train.labels import boundary_targets, fuse_labels
 from bolmo.train.losses import (BatchCounts, aligned_cosine, alm_divergence, bits_per_byte, boundary_bce,
                                 boundary_loss, boundary_metrics, byte_logprobs, fused_cross_entropy,
                                 local_decoder_loss, local_encoder_loss, log1mexp, loss_schedule_multiplier,

@@ -18,6 +18,8 @@ from typing import Any
 from bolmo.errors import ConfigError
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<bpe_token_end>")
+PAD_ID, BOS_ID, BPE_TOKEN_END_ID = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<bos>", "<bpe_token_end>"))  # 0, 1, 3
+EOS_ID = BOS_ID  # the released models end documents with <bos> (id 1), not <eos> (a deliberate upstream quirk)
 BYTE_OFFSET = len(SPECIAL_TOKENS)  # byte b has id b + 4
 PLAIN_VOCAB = BYTE_OFFSET + 256  # 260: ids >= 260 are the fused "patch ends here" twins
 FUSED_VOCAB = 2 * PLAIN_VOCAB  # 520
@@ -41,10 +43,10 @@ class ByteTokenizerConfig:
     """The byte tokenizer (`tokenizer_config` in config.json)."""
 
     vocab_size: int = FUSED_VOCAB
-    bos_token_id: int = 1
-    pad_token_id: int = 0
-    eos_token_id: int = 1  # = bos in the released models (deliberate upstream quirk)
-    bpe_token_end_id: int = 3
+    bos_token_id: int = BOS_ID
+    pad_token_id: int = PAD_ID
+    eos_token_id: int = EOS_ID
+    bpe_token_end_id: int = BPE_TOKEN_END_ID
     special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS))
     special_tokens_first: bool = True
     original_identifier: str | None = "allenai/dolma2-tokenizer"
@@ -203,9 +205,9 @@ class BolmoConfig:
     max_position_embeddings: int = 2048
     initializer_range: float = 0.02
     use_cache: bool = True
-    pad_token_id: int = 0
-    bos_token_id: int | None = 1
-    eos_token_id: int | None = 1
+    pad_token_id: int = PAD_ID
+    bos_token_id: int | None = BOS_ID
+    eos_token_id: int | None = EOS_ID
     tie_word_embeddings: bool = False
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None

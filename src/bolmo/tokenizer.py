@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOKENS, ByteTokenizerConfig
+from bolmo.config import BPE_TOKEN_END_ID, BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOKENS, ByteTokenizerConfig
 from bolmo.errors import TokenizerError
 
 SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -39,6 +39,21 @@ def gpt2_unicode_to_byte() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
+def token_bytes(token: str) -> bytes:
+    """The bytes a byte-level BPE vocabulary entry stands for, exactly as the `tokenizers`
+    ByteLevel decoder turns it into bytes: a token written entirely in the byte alphabet maps
+    character by character, any other token (a plain-text added token such as "a b") is its own
+    UTF-8. An added token spelled in alphabet characters ("é·") therefore means the bytes those
+    characters stand for (E9 B7), as `Tokenizer.decode` has it, not its UTF-8 spelling.
+
+    Hand-written because `tokenizers` only returns decoded *text*, which replaces the bytes of a
+    partial UTF-8 sequence (one token of a multi-byte character) with U+FFFD."""
+    table = gpt2_unicode_to_byte()
+    if all(ch in table for ch in token):
+        return bytes(table[ch] for ch in token)
+    return token.encode("utf-8")
+
+
 class SubwordExpander:
     """Longest-suffix match of byte ids against a subword vocabulary (a reversed trie).
 
@@ -48,7 +63,7 @@ class SubwordExpander:
 
     _STRIDE = 512
 
-    def __init__(self, sequences: Iterable[tuple[Sequence[int], int]], bpe_token_end_id: int = 3,
+    def __init__(self, sequences: Iterable[tuple[Sequence[int], int]], bpe_token_end_id: int = BPE_TOKEN_END_ID,
                  fallback_id: int = 0) -> None:
         self.children: dict[int, int] = {}
         self.terminal: list[int] = [-1]
@@ -129,7 +144,6 @@ class SubwordExpander:
         data preparation, training and inference always agree: the EOS id wins (the released
         models expand id 1 to EOS), then a regular vocabulary entry over an added token, then the
         lowest id."""
-        table = gpt2_unicode_to_byte()
         bolmo_names = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
         remap = [
             (special_ids.get("eos"), byte_config.eos_token_id),
@@ -143,13 +157,7 @@ class SubwordExpander:
             for source_id, bolmo_id in remap:
                 if source_id is not None and subword_id == source_id:
                     return [bolmo_id]
-            out: list[int] = []
-            for ch in token:
-                if ch in table:
-                    out.append(table[ch] + BYTE_OFFSET)
-                else:  # not a byte-level character (e.g. a plain-text added token): its UTF-8 bytes
-                    out.extend(b + BYTE_OFFSET for b in ch.encode("utf-8"))
-            return out
+            return [b + BYTE_OFFSET for b in token_bytes(token)]
 
         eos = special_ids.get("eos")
 

@@ -26,9 +26,10 @@ from bolmo.checkpoint.config_maps import hf_to_olmo_core, olmo_core_to_hf
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.dcp_writer import DCPWriter
 from bolmo.checkpoint.expected import expected_hf_tensors
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.inventory import SAFETENSORS_CODES, TensorInfo, differences, dtype_name, stored_suffix
 from bolmo.checkpoint.safetensors_io import SafetensorsWriter, plan_shards, shard_names, write_index
-from bolmo.checkpoint.sources import DCP_SUBDIR, Source, SourceKind, open_checkpoint
+from bolmo.checkpoint.sources import Source, SourceKind, open_checkpoint
 from bolmo.errors import CheckpointError, ConfigError
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes written) after each tensor

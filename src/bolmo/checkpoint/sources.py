@@ -10,11 +10,10 @@ from typing import Any
 
 from bolmo.checkpoint.config_maps import model_family, olmo_core_to_hf
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.config import read_json
 from bolmo.errors import CheckpointError, ConfigError
-
-DCP_SUBDIR = "model_and_optim"
 
 
 class SourceKind(str, Enum):

@@ -15,20 +15,7 @@ from pathlib import Path
 import torch
 
 from bolmo.errors import TokenizerError
-from bolmo.tokenizer import ByteTokenizer, _special_token_ids, gpt2_unicode_to_byte
-
-
-def token_bytes(token: str) -> bytes:
-    """The bytes a byte-level BPE token string stands for; characters outside the byte alphabet
-    (plain-text added tokens) stand for their UTF-8 encoding."""
-    table = gpt2_unicode_to_byte()
-    out = bytearray()
-    for ch in token:
-        if ch in table:
-            out.append(table[ch])
-        else:
-            out.extend(ch.encode("utf-8"))
-    return bytes(out)
+from bolmo.tokenizer import ByteTokenizer, _special_token_ids, token_bytes
 
 
 class SubwordTokenizer:

@@ -50,13 +50,13 @@ from bolmo.checkpoint import keymaps
 from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core
 from bolmo.checkpoint.convert import write_hf_config
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.errors import CheckpointError
 from bolmo.olmo.config import OlmoConfig
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
 from bolmo.train.distributed import Dist
 
 LATEST = "latest"
-DCP_DIR = "model_and_optim"
 MODEL_PREFIX = "model."  # TrainModule.model: what is saved (the teacher's parts are not)
 DEFAULT_TOKENIZER_DIR = "subword_tokenizer"  # as bolmo byteify-init names it
 _STEP_DIR = re.compile(r"^step(\d+)$")
@@ -186,7 +186,7 @@ class Checkpointer:
         if not marker.is_file():
             return None
         path = self.run_dir / marker.read_text().strip()
-        if not (path / DCP_DIR / ".metadata").is_file():
+        if not (path / DCP_SUBDIR / ".metadata").is_file():
             raise CheckpointError(f"{marker} names {path.name}, which is not a complete checkpoint")
         return path
 
@@ -205,7 +205,7 @@ class Checkpointer:
         self.dist.barrier()
         with _single_process_quiet():
             dcp.save({"model": _model_state(root, self.desc), "optim": _optim_state(root, optimizer, self.desc)},
-                     checkpoint_id=tmp / DCP_DIR, no_dist=not self.dist.active)
+                     checkpoint_id=tmp / DCP_SUBDIR, no_dist=not self.dist.active)
         (tmp / "train").mkdir(exist_ok=True)
         torch.save({"step": step, "data": data_state, "rng": _rng_state(), "world_size": self.dist.world_size},
                    tmp / "train" / f"rank{self.dist.rank}.pt")
@@ -232,7 +232,7 @@ class Checkpointer:
         model_state = _model_state(root, self.desc)
         optim_state = _optim_state(root, optimizer, self.desc)
         with _single_process_quiet():
-            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path / DCP_DIR,
+            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path / DCP_SUBDIR,
                      no_dist=not self.dist.active)
         set_model_state_dict(root, {MODEL_PREFIX + self.desc.hf(k): v for k, v in model_state.items()},
                              options=StateDictOptions(strict=False))

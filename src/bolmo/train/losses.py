@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
 from bolmo.errors import ConfigError
-from bolmo.train.data import IGNORE_INDEX
+from bolmo.train.labels import IGNORE_INDEX
 from bolmo.train.vocab import WHITESPACE_BYTES
 
 LN2 = math.log(2.0)

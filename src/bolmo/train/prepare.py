@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from bolmo.config import BYTE_OFFSET, ByteTokenizerConfig
+from bolmo.config import BYTE_OFFSET, EOS_ID, ByteTokenizerConfig
 from bolmo.errors import ConfigError
 from bolmo.tokenizer import SubwordExpander
-from bolmo.train.data import EOS_ID, FORMAT_NAME, FORMAT_VERSION, DataError
+from bolmo.train.data import FORMAT_NAME, FORMAT_VERSION, DataError
 from bolmo.train.vocab import TOKENIZER_FILES, SubwordVocab, load_tokenizer
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst")
