@@ -57,6 +57,7 @@ class ConversionPlan:
     tokenizer_dir: Path | None = None  # subword tokenizer directory to copy beside the weights
     warnings: list[str] = field(default_factory=list)
     prefix: str | None = None  # the DCP top-level key the weights come from ('' = every tensor); None for HF
+    from_model: list[str] = field(default_factory=list)  # output names taken from 'model' (what the EMA does not track)
 
     @property
     def total_bytes(self) -> int:
@@ -150,10 +151,14 @@ def _plan_dcp_to_hf(source: Source, prefix: str, allow_missing: bool) -> Convers
                               "(--prefix '' takes every tensor with its name unchanged)")
     warnings = [f"skipped non-tensor item {_join(prefix, name)}"
                 for name, info in selected.items() if not info.is_tensor]
+    stored = {name: _join(prefix, name) for name in tensors}
+    untracked, omitted = _untracked_from_model(inventory, prefix, set(tensors), allow_missing, where)
+    warnings += omitted
+    tensors |= untracked
+    stored |= {name: _join("model", name) for name in untracked}
     if source.family is None:
         names = {name: name for name in tensors}
         config = None
-        warnings += _missing_from_prefix(inventory, prefix, set(tensors), allow_missing, where)
     else:
         names = keymaps.rename_all(list(tensors), source.family, to_hf=True, where=where)
         subword = tensors.get("local_encoder.expanded_embeddings.weight")
@@ -170,8 +175,9 @@ def _plan_dcp_to_hf(source: Source, prefix: str, allow_missing: bool) -> Convers
         if padding and out in keymaps.BOLMO_VOCAB_ROWS_HF:
             _check_rows(info, padding.native_rows, where)
             shape, transform = padding.hf_shape(info.shape), padding.to_hf
-        planned.append(PlannedTensor(out, _join(prefix, name), shape, info.dtype, transform))
-    plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config), warnings, prefix)
+        planned.append(PlannedTensor(out, stored[name], shape, info.dtype, transform))
+    plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config), warnings, prefix,
+                          sorted(names[name] for name in untracked))
     if config is not None:
         _check_against_model({t.name: (t.shape, t.dtype) for t in planned}, config, where,
                              stored_as={t.name: t.source for t in planned})
@@ -190,21 +196,33 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _missing_from_prefix(inventory: dict[str, TensorInfo], prefix: str, found: set[str], allow_missing: bool,
-                         where: str) -> list[str]:
-    """An EMA copy (or any non-model prefix) often covers parameters only: its consolidated output would
-    silently lack the buffers, so fail listing what `model` has and `prefix` lacks, unless allowed;
-    then the warning says what was left out."""
+def _untracked_from_model(inventory: dict[str, TensorInfo], prefix: str, found: set[str], allow_missing: bool,
+                          where: str) -> tuple[dict[str, TensorInfo], list[str]]:
+    """What an EMA copy (or any non-model prefix) lacks of `model`: (taken from `model`, warnings).
+
+    EMA implementations average the trained parameters only and use the model's own value for
+    everything training does not update (buffers, frozen parameters); the conversion does the same.
+    The optimizer state says what is trained: an entry without `optim.state.<name>.*` comes from
+    `model`. A trained parameter the prefix lacks is really missing, and so is everything when the
+    checkpoint has no optimizer state to tell them apart: an error listing them, unless
+    `allow_missing`, when a warning names what was left out."""
     if prefix in ("model", ""):
-        return []
-    model = {rest for name, info in inventory.items() if info.is_tensor and (rest := _under(name, "model")) is not None}
-    missing = sorted(model - found)
-    if not missing:
-        return []
-    listing = f"{len(missing)} tensor(s) that 'model' has and '{prefix}' lacks (buffers?): {', '.join(missing)}"
+        return {}, []
+    model = {rest: info for name, info in inventory.items()
+             if info.is_tensor and (rest := _under(name, "model")) is not None}
+    missing = sorted(set(model) - found)
+    trained = {rest.rsplit(".", 1)[0] for name in inventory if (rest := _under(name, "optim.state")) is not None}
+    untracked = {name: model[name] for name in missing if trained and name not in trained}
+    really = [name for name in missing if name not in untracked]
+    if not really:
+        return untracked, []
+    what = "trained parameter(s)" if trained else "tensor(s)"
+    listing = f"{len(really)} {what} that 'model' has and '{prefix}' lacks{'' if trained else ' (buffers?)'}: " \
+              + ", ".join(really)
     if not allow_missing:
-        raise CheckpointError(f"{where}: {listing}; pass --allow-missing to write the output without them")
-    return [f"omitted {listing}"]
+        why = "" if trained else " (no optimizer state in the checkpoint tells buffers from parameters)"
+        raise CheckpointError(f"{where}: {listing}; pass --allow-missing to write the output without them{why}")
+    return untracked, [f"omitted {listing}"]
 
 
 def _plan_hf_to_hf(source: Source) -> ConversionPlan:
