@@ -28,7 +28,7 @@ from bolmo.checkpoint.dcp_writer import DCPWriter
 from bolmo.checkpoint.expected import expected_hf_tensors
 from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.inventory import SAFETENSORS_CODES, TensorInfo, differences, dtype_name, stored_suffix
-from bolmo.checkpoint.safetensors_io import SafetensorsWriter, plan_shards, shard_names, write_index
+from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
 from bolmo.checkpoint.sources import Source, SourceKind, open_checkpoint
 from bolmo.errors import CheckpointError, ConfigError
 
@@ -354,7 +354,7 @@ def write_hf_config(directory: Path, config: dict[str, Any]) -> None:
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
-def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = 5 * 10**9,
+def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
             progress: Progress | None = None) -> ConversionResult:
     """Write the planned checkpoint to `dst` (atomically) and check what was written."""
     start = time.perf_counter()
@@ -369,7 +369,7 @@ def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shar
             write_hf_config(tmp, config)
         elif config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _check_written(plan, tmp)
+        check_written(tmp, {t.name: (t.shape, t.dtype) for t in plan.tensors})
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return ConversionResult(dst, plan, files, time.perf_counter() - start)
 
@@ -391,18 +391,8 @@ def _relocate_tokenizer(plan: ConversionPlan, out: Path) -> dict[str, Any] | Non
 
 def _write_hf(plan: ConversionPlan, out: Path, shard_size: int, progress: Progress | None) -> None:
     by_name = {t.name: t for t in plan.tensors}
-    shards = plan_shards([(t.name, t.nbytes) for t in plan.tensors], shard_size)
-    weight_map = {}
-    for file, names in zip(shard_names(len(shards)), shards):
-        entries = [(n, by_name[n].dtype, by_name[n].shape) for n in names]
-        with SafetensorsWriter(out / file, entries) as writer:
-            for name in names:
-                writer.write(name, plan.produce_rows(by_name[name]))
-                weight_map[name] = file
-                if progress:
-                    progress(name, by_name[name].nbytes)
-    if len(shards) > 1:
-        write_index(out, weight_map, plan.total_bytes)
+    write_weights(out, [(t.name, t.dtype, t.shape) for t in plan.tensors],
+                  lambda name: plan.produce_rows(by_name[name]), shard_size, progress)
 
 
 def _write_olmo_core(plan: ConversionPlan, out: Path, progress: Progress | None) -> None:
@@ -413,18 +403,19 @@ def _write_olmo_core(plan: ConversionPlan, out: Path, progress: Progress | None)
                 progress(planned.name, planned.nbytes)
 
 
-def _check_written(plan: ConversionPlan, out: Path) -> None:
-    """Re-open the output from its headers/metadata: every planned tensor, nothing else, as planned."""
+def check_written(out: Path, planned: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+    """Re-open a written checkpoint from its headers/metadata: every planned tensor (name -> shape,
+    dtype), nothing else, as planned."""
     reader = open_checkpoint(out).reader
     reader.check()
     found = {n: (i.shape, i.dtype) for n, i in reader.inventory().items()}
-    problems = differences(found, {t.name: (t.shape, t.dtype) for t in plan.tensors}, "output", "plan")
+    problems = differences(found, planned, "output", "plan")
     if problems:
         raise CheckpointError(f"{out}: written checkpoint differs from the plan:\n  " + "\n  ".join(problems))
 
 
 def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str | None = None,
-            dtype: torch.dtype | None = None, key_map: dict[str, str] | None = None, shard_size: int = 5 * 10**9,
+            dtype: torch.dtype | None = None, key_map: dict[str, str] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
             overwrite: bool = False, allow_missing: bool = False, verify_against: str | Path | None = None,
             progress: Progress | None = None) -> ConversionResult:
     """Plan and execute in one call (see `bolmo convert --help`)."""

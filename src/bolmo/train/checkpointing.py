@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -49,8 +50,9 @@ from torch.distributed.checkpoint.state_dict import (
 from bolmo.checkpoint import keymaps
 from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core
-from bolmo.checkpoint.convert import write_hf_config
+from bolmo.checkpoint.convert import check_written, write_hf_config
 from bolmo.checkpoint.layout import DCP_SUBDIR
+from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
 from bolmo.errors import CheckpointError
 from bolmo.olmo.config import OlmoConfig
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
@@ -246,18 +248,28 @@ class Checkpointer:
 
 # ----------------------------------------------------------------------------- export
 
-def export_hf(root: nn.Module, desc: ModelDescription, out: str | Path, dist: Dist) -> Path | None:
-    """Write the trained model as an HF directory (config.json, model.safetensors, subword
-    tokenizer) that `bolmo.load` reads. All ranks call it; rank 0 writes."""
-    from safetensors.torch import save_file
+def export_hf(root: nn.Module, desc: ModelDescription, out: str | Path, dist: Dist,
+              shard_size: int = DEFAULT_SHARD_SIZE) -> Path | None:
+    """Write the trained model as an HF directory (config.json, safetensors weights, subword
+    tokenizer) that `bolmo.load` reads, with `bolmo convert`'s writer: sharded, checked after
+    writing, atomic. All ranks call it; rank 0 writes. Tensors are gathered one at a time (a
+    collective every rank joins, in the same order), so no process holds the whole model."""
+    state = {k[len(MODEL_PREFIX):]: v for k, v in get_model_state_dict(root).items() if k.startswith(MODEL_PREFIX)}
+    entries = [(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in sorted(state.items())]
 
-    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def gathered(name: str) -> list[torch.Tensor]:
+        tensor = state[name]
+        return [(tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu()]
+
     out = Path(out)
     if dist.is_main:
-        tensors = {k[len(MODEL_PREFIX):]: v.contiguous() for k, v in full.items() if k.startswith(MODEL_PREFIX)}
         with atomic_directory(out, overwrite=True) as tmp:
-            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            write_weights(tmp, entries, gathered, shard_size)
             write_hf_config(tmp, desc.hf_config)
             desc.write_side_files(tmp)
+            check_written(tmp, {name: (shape, dtype) for name, dtype, shape in entries})
+    else:
+        for name, _, _ in entries:  # join rank 0's gathers
+            gathered(name)
     dist.barrier()
     return out if dist.is_main else None
