@@ -71,3 +71,18 @@ def test_directories_without_a_model_config_are_refused_by_name(tmp_path):
     assert checkpoint_kind(other) == "llama"
     with pytest.raises(ConfigError, match=r"llama/config.json: model_type 'llama' is not a model bolmo implements"):
         read_model_config(other)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_key_value_heads", 0, "num_key_value_heads: must be a positive integer, got 0"),
+    ("hidden_act", "gelu", "hidden_act: only 'silu' is supported"),
+    ("rms_norm_eps", 0.0, "rms_norm_eps: must be positive"),
+])
+def test_bolmo_and_olmo_configs_check_the_transformer_alike(field, value, message):
+    """One set of checks for the fields both config classes share (a zero kv-head count used to
+    reach a division by zero in the Bolmo config)."""
+    bolmo_hf = BolmoConfig.preset("tiny").to_dict() | {field: value}
+    olmo_hf = OlmoConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4).to_dict() | {field: value}
+    for config_class, hf in ((BolmoConfig, bolmo_hf), (OlmoConfig, olmo_hf)):
+        with pytest.raises(ConfigError, match=f"x.json: {message}"):
+            config_class.from_dict(hf, "x.json")

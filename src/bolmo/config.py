@@ -175,6 +175,31 @@ def transformer_spec_from_hf(config: Any, layer_types: list[str], where: str = "
     )
 
 
+def require(cond: bool, where: str, fld: str, msg: str) -> None:
+    """Raise ConfigError naming the file and the field unless `cond`."""
+    if not cond:
+        raise ConfigError(f"{where}: {fld}: {msg}")
+
+
+def validate_transformer_fields(config: Any, where: str) -> None:
+    """The checks every HF config with OLMo field names (Bolmo, Olmo2, Olmo3) shares: what our
+    transformer implements (SwiGLU, bias-free attention, untied head, grouped-query heads)."""
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads"):
+        value = getattr(config, name)
+        require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+    require(config.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {config.hidden_act!r}")
+    require(not config.attention_bias, where, "attention_bias", "biased attention projections are not supported")
+    require(not config.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
+    require(config.num_attention_heads % config.num_key_value_heads == 0, where, "num_key_value_heads",
+            f"{config.num_attention_heads} heads are not a multiple of {config.num_key_value_heads} kv heads")
+    if config.head_dim is None:
+        require(config.hidden_size % config.num_attention_heads == 0, where, "num_attention_heads",
+                f"hidden_size {config.hidden_size} is not divisible by {config.num_attention_heads} heads")
+    require(config.rms_norm_eps > 0, where, "rms_norm_eps", "must be positive")
+    parse_rope_scaling(config.rope_scaling, config.rope_theta, config.max_position_embeddings, where)
+
+
 def default_layer_types(n_layers: int) -> list[str]:
     """HF default: three sliding layers then one full, repeating."""
     return ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n_layers)]
@@ -239,33 +264,19 @@ class BolmoConfig:
     # ------------------------------------------------------------------ validation
     def validate(self, where: str = "config.json") -> None:
         """Reject values the model cannot honour, naming the field."""
-
-        def need(cond: bool, fld: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"{where}: {fld}: {msg}")
-
-        need(self.vocab_size == FUSED_VOCAB, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_local_heads", "local_intermediate_size", "subword_vocab_size"):
+        require(self.vocab_size == FUSED_VOCAB, where, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
+        for name in ("num_local_heads", "local_intermediate_size", "subword_vocab_size"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
-        need(self.num_local_encoder_layers >= 0, "num_local_encoder_layers", "must be >= 0")
-        need(self.num_local_decoder_layers >= 0, "num_local_decoder_layers", "must be >= 0")
-        need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
-        need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
-        need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")
-        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-             f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
-        if self.head_dim is None:
-            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
-        need(self.hidden_size % (2 * self.num_local_heads) == 0, "num_local_heads",
-             f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
-        need(self.boundary_predictor_lookahead >= 0, "boundary_predictor_lookahead", "must be >= 0")
-        need(self.rms_norm_eps > 0 and self.local_rms_norm_eps > 0, "rms_norm_eps", "must be positive")
+            require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+        validate_transformer_fields(self, where)
+        require(self.num_local_encoder_layers >= 0, where, "num_local_encoder_layers", "must be >= 0")
+        require(self.num_local_decoder_layers >= 0, where, "num_local_decoder_layers", "must be >= 0")
+        require(self.hidden_size % (2 * self.num_local_heads) == 0, where, "num_local_heads",
+                f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
+        require(self.boundary_predictor_lookahead >= 0, where, "boundary_predictor_lookahead", "must be >= 0")
+        require(self.local_rms_norm_eps > 0, where, "local_rms_norm_eps", "must be positive")
         parse_boundary_threshold(self.boundary_threshold, where)
         validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
-        parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, where)
 
     # ------------------------------------------------------------------ derived
     @property

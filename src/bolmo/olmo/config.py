@@ -18,9 +18,11 @@ from bolmo.config import (
     _HF_BOOKKEEPING,
     TransformerSpec,
     default_layer_types,
-    transformer_spec_from_hf,
     read_json,
+    require,
+    transformer_spec_from_hf,
     validate_layer_types,
+    validate_transformer_fields,
 )
 from bolmo.errors import ConfigError
 
@@ -123,27 +125,11 @@ class OlmoConfig:
 
     def validate(self, where: str) -> None:
         """Reject values our transformer cannot honour, naming the field."""
-
-        def need(cond: bool, fld: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"{where}: {fld}: {msg}")
-
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
-        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-             f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
-        if self.head_dim is None:
-            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
-        need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
-        need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
-        need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")
-        need(self.rms_norm_eps > 0, "rms_norm_eps", "must be positive")
+        require(isinstance(self.vocab_size, int) and self.vocab_size > 0, where, "vocab_size",
+                f"must be a positive integer, got {self.vocab_size!r}")
+        validate_transformer_fields(self, where)
         if self.model_type == "olmo3":
             validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
-        self.transformer_spec(where)  # validates rope_scaling
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -179,3 +165,12 @@ class OlmoConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "OlmoConfig":
         return cls.from_dict(read_json(path), where=str(path))
+
+    def to_dict(self, dtype: str = "float32") -> dict[str, Any]:
+        """transformers' config.json (the one writer of OLMo HF configs: trainer exports and
+        OLMo-core -> HF conversion). Optional fields that are unset are left out, so transformers
+        applies its own defaults; the end-of-text and padding ids are written even when null."""
+        arch = "Olmo3ForCausalLM" if self.model_type == "olmo3" else "Olmo2ForCausalLM"
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if v is not None or k in ("eos_token_id", "pad_token_id", "rope_scaling")}
+        return dict(sorted({"architectures": [arch], **fields, "dtype": dtype}.items()))

@@ -67,14 +67,6 @@ _OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
 
 # ----------------------------------------------------------------------------- model description
 
-def olmo_hf_config(config: OlmoConfig) -> dict[str, Any]:
-    """transformers' config.json of a subword OLMo model."""
-    out = {k: v for k, v in dataclasses.asdict(config).items()
-           if v is not None or k in ("bos_token_id", "eos_token_id", "pad_token_id", "rope_scaling")}
-    arch = "Olmo3ForCausalLM" if config.model_type == "olmo3" else "Olmo2ForCausalLM"
-    return {"architectures": [arch], **out, "dtype": "float32"}
-
-
 @dataclasses.dataclass
 class ModelDescription:
     """What a checkpoint or export must say about the trained model besides its tensors."""
@@ -88,7 +80,7 @@ class ModelDescription:
     def of(cls, model: nn.Module, tokenizer_src: Path) -> "ModelDescription":
         config = model.config
         if isinstance(config, OlmoConfig):
-            return cls("olmo", olmo_hf_config(config), tokenizer_src, "")
+            return cls("olmo", config.to_dict(), tokenizer_src, "")
         identifier = config.tokenizer_config.original_identifier or ""
         if not identifier or Path(identifier).is_absolute() or ".." in Path(identifier).parts:
             identifier = DEFAULT_TOKENIZER_DIR  # bundle it under a relative name the loader finds
