@@ -55,3 +55,17 @@ def test_train_modules_import_one_way():
 
 def test_checkpoint_and_config_modules_import_one_way():
     assert _cycles(("bolmo.checkpoint", "bolmo.config", "bolmo.olmo", "bolmo.tokenizer")) == []
+
+
+def test_special_ids_are_defined_only_in_bolmo_config():
+    """pad/bos/eos/<bpe_token_end> ids, the byte offset and the vocabulary sizes have one home."""
+    names = {"PAD_ID", "BOS_ID", "EOS_ID", "BPE_TOKEN_END_ID", "BYTE_OFFSET", "PLAIN_VOCAB", "FUSED_VOCAB"}
+    defined = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets
+                           for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)]
+                defined |= {(_module_name(path), t.id) for t in targets if t.id in names}
+    assert {module for module, _ in defined} == {"bolmo.config"}
+    assert {name for _, name in defined} == names
