@@ -24,6 +24,21 @@ from bolmo.errors import TokenizerError
 SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
 
+def read_hf_tokenizer(directory: str | Path):
+    """The `tokenizers.Tokenizer` of an HF tokenizer directory; a TokenizerError naming the file
+    when its tokenizer.json is absent or cannot be read."""
+    directory = Path(directory)
+    file = directory / "tokenizer.json"
+    if not file.is_file():
+        raise TokenizerError(f"{directory}: no tokenizer.json (an HF tokenizers directory is required)")
+    try:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises its own exception type for malformed files
+        raise TokenizerError(f"{file}: cannot be read ({exc})") from None
+
+
 @lru_cache(maxsize=1)
 def gpt2_unicode_to_byte() -> dict[str, int]:
     """The standard byte-level BPE table (GPT-2): printable bytes map to themselves, the rest to
@@ -118,17 +133,9 @@ class SubwordExpander:
     def from_directory(cls, path: str | Path, byte_config: ByteTokenizerConfig) -> "SubwordExpander":
         """Build from an HF tokenizer directory (tokenizer.json + tokenizer_config.json)."""
         path = Path(path)
-        tokenizer_file = path / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise TokenizerError(f"{path}: no tokenizer.json (an HF tokenizers directory is required)")
-        try:
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            vocab = tokenizer.get_vocab(with_added_tokens=True)
-            added = set(tokenizer.get_added_tokens_decoder())
-        except Exception as exc:  # tokenizers raises its own exception type for malformed files
-            raise TokenizerError(f"{tokenizer_file}: cannot be read ({exc})") from None
+        tokenizer = read_hf_tokenizer(path)
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        added = set(tokenizer.get_added_tokens_decoder())
         special = _special_token_ids(path, vocab)
         return cls.from_vocab(vocab, special, byte_config, added)
 

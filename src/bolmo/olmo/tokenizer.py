@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bolmo.errors import TokenizerError
-from bolmo.tokenizer import ByteTokenizer, _special_token_ids, token_bytes
+from bolmo.tokenizer import ByteTokenizer, _special_token_ids, read_hf_tokenizer, token_bytes
 
 
 class SubwordTokenizer:
@@ -23,15 +23,7 @@ class SubwordTokenizer:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        file = self.directory / "tokenizer.json"
-        if not file.is_file():
-            raise TokenizerError(f"{self.directory}: no tokenizer.json (an HF tokenizers directory is required)")
-        try:
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_file(str(file))
-        except Exception as exc:  # tokenizers raises its own exception type for malformed files
-            raise TokenizerError(f"{file}: cannot be read ({exc})") from None
+        self._tokenizer = read_hf_tokenizer(self.directory)
         vocab = self._tokenizer.get_vocab(with_added_tokens=True)
         special = _special_token_ids(self.directory, vocab)
         self.eos_id: int | None = special["eos"]

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bolmo.errors import TokenizerError
-from bolmo.tokenizer import _special_token_ids, gpt2_unicode_to_byte, token_bytes
+from bolmo.tokenizer import _special_token_ids, gpt2_unicode_to_byte, read_hf_tokenizer, token_bytes
 
 # Raw bytes that make a token "whitespace-initial" for ALM debiasing: space, LF, tab (the dolma2
 # set of tokens starting with Ġ, Ċ or ĉ).
 WHITESPACE_BYTES = (0x20, 0x0A, 0x09)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass
@@ -39,8 +38,6 @@ class SubwordVocab:
     def load(cls, path: str | Path) -> "SubwordVocab":
         path = Path(path)
         file = path / "tokenizer.json"
-        if not file.is_file():
-            raise TokenizerError(f"{path}: no tokenizer.json (an HF tokenizers directory is required)")
         tokenizer = load_tokenizer(path)
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         added = {tok.content for tok in tokenizer.get_added_tokens_decoder().values()}
@@ -71,11 +68,6 @@ class SubwordVocab:
 def load_tokenizer(path: Path):
     """The fast tokenizer, set to encode special-token strings found in documents as plain text:
     a literal "<|endoftext|>" inside a web page must not become a document break."""
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    except Exception as exc:  # tokenizers raises its own exception type for malformed files
-        raise TokenizerError(f"{path / 'tokenizer.json'}: cannot be read ({exc})") from None
+    tokenizer = read_hf_tokenizer(path)
     tokenizer.encode_special_tokens = True
     return tokenizer
