@@ -181,25 +181,6 @@ def require(cond: bool, where: str, fld: str, msg: str) -> None:
         raise ConfigError(f"{where}: {fld}: {msg}")
 
 
-def validate_transformer_fields(config: Any, where: str) -> None:
-    """The checks every HF config with OLMo field names (Bolmo, Olmo2, Olmo3) shares: what our
-    transformer implements (SwiGLU, bias-free attention, untied head, grouped-query heads)."""
-    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads"):
-        value = getattr(config, name)
-        require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
-    require(config.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {config.hidden_act!r}")
-    require(not config.attention_bias, where, "attention_bias", "biased attention projections are not supported")
-    require(not config.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
-    require(config.num_attention_heads % config.num_key_value_heads == 0, where, "num_key_value_heads",
-            f"{config.num_attention_heads} heads are not a multiple of {config.num_key_value_heads} kv heads")
-    if config.head_dim is None:
-        require(config.hidden_size % config.num_attention_heads == 0, where, "num_attention_heads",
-                f"hidden_size {config.hidden_size} is not divisible by {config.num_attention_heads} heads")
-    require(config.rms_norm_eps > 0, where, "rms_norm_eps", "must be positive")
-    parse_rope_scaling(config.rope_scaling, config.rope_theta, config.max_position_embeddings, where)
-
-
 def default_layer_types(n_layers: int) -> list[str]:
     """HF default: three sliding layers then one full, repeating."""
     return ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n_layers)]
@@ -216,10 +197,11 @@ def validate_layer_types(layer_types: list[str], n_layers: int, sliding_window: 
 
 
 @dataclass
-class BolmoConfig:
-    """The released Bolmo `config.json` (model_type "bolmo"), every field by its HF name."""
+class TransformerConfig:
+    """The HF config.json fields of an OLMo 2 / Olmo 3 style transformer, named and defaulted as
+    transformers has them: declared, checked and turned into a TransformerSpec once, for
+    BolmoConfig (its global transformer) and OlmoConfig (the subword models) alike."""
 
-    vocab_size: int = FUSED_VOCAB
     hidden_size: int = 4096
     intermediate_size: int = 11008
     num_hidden_layers: int = 32
@@ -230,17 +212,53 @@ class BolmoConfig:
     max_position_embeddings: int = 2048
     initializer_range: float = 0.02
     use_cache: bool = True
-    pad_token_id: int = PAD_ID
-    bos_token_id: int | None = BOS_ID
-    eos_token_id: int | None = EOS_ID
     tie_word_embeddings: bool = False
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     attention_bias: bool = False
     attention_dropout: float = 0.0
     rms_norm_eps: float = 1e-5
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None  # None: every layer full attention (OLMo 2)
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+
+    def validate_transformer(self, where: str) -> None:
+        """What our transformer implements (SwiGLU, bias-free attention, untied head, grouped-query
+        heads); raises ConfigError naming the file and the field."""
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+        require(self.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
+        require(not self.attention_bias, where, "attention_bias", "biased attention projections are not supported")
+        require(not self.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
+        require(self.num_attention_heads % self.num_key_value_heads == 0, where, "num_key_value_heads",
+                f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
+        if self.head_dim is None:
+            require(self.hidden_size % self.num_attention_heads == 0, where, "num_attention_heads",
+                    f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        require(self.rms_norm_eps > 0, where, "rms_norm_eps", "must be positive")
+        if self.layer_types is not None:
+            validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
+        self.transformer_spec(where)  # validates rope_scaling
+
+    def transformer_spec(self, where: str = "config.json") -> TransformerSpec:
+        layer_types = self.layer_types or ["full_attention"] * self.num_hidden_layers
+        return transformer_spec_from_hf(self, layer_types, where)
+
+
+@dataclass
+class BolmoConfig(TransformerConfig):
+    """The released Bolmo `config.json` (model_type "bolmo"), every field by its HF name."""
+
+    vocab_size: int = FUSED_VOCAB
+    pad_token_id: int = PAD_ID
+    bos_token_id: int | None = BOS_ID
+    eos_token_id: int | None = EOS_ID
     sliding_window: int | None = 4096
-    layer_types: list[str] | None = None
     add_expanded_embeddings: bool = True
     boundary_predictor_lookahead: int = 1
     boundary_threshold: str = "sample:0"
@@ -255,8 +273,7 @@ class BolmoConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer_config, dict):
             self.tokenizer_config = ByteTokenizerConfig.from_dict(self.tokenizer_config)
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__()
         if self.layer_types is None:
             self.layer_types = default_layer_types(self.num_hidden_layers)
         self.validate(_CONFIG_SOURCE.get())
@@ -268,7 +285,7 @@ class BolmoConfig:
         for name in ("num_local_heads", "local_intermediate_size", "subword_vocab_size"):
             value = getattr(self, name)
             require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
-        validate_transformer_fields(self, where)
+        self.validate_transformer(where)
         require(self.num_local_encoder_layers >= 0, where, "num_local_encoder_layers", "must be >= 0")
         require(self.num_local_decoder_layers >= 0, where, "num_local_decoder_layers", "must be >= 0")
         require(self.hidden_size % (2 * self.num_local_heads) == 0, where, "num_local_heads",
@@ -276,15 +293,11 @@ class BolmoConfig:
         require(self.boundary_predictor_lookahead >= 0, where, "boundary_predictor_lookahead", "must be >= 0")
         require(self.local_rms_norm_eps > 0, where, "local_rms_norm_eps", "must be positive")
         parse_boundary_threshold(self.boundary_threshold, where)
-        validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
 
     # ------------------------------------------------------------------ derived
     @property
     def global_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
-
-    def transformer_spec(self) -> TransformerSpec:
-        return transformer_spec_from_hf(self, self.layer_types)
 
     # ------------------------------------------------------------------ I/O
     @classmethod
