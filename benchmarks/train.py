@@ -31,7 +31,6 @@ from bolmo.byteify import ByteifyOptions, byteify_init
 from bolmo.model.olmo import OlmoForCausalLM
 from bolmo.olmo.config import OlmoConfig
 from bolmo.train.bpe import EOS_TOKEN, PAD_TOKEN, train_bpe
-from bolmo.train.checkpointing import olmo_hf_config
 from bolmo.train.config import TrainConfig, from_dict
 from bolmo.train.distributed import Dist
 from bolmo.train.metrics import peak_flops
@@ -63,7 +62,7 @@ def make_inputs(work: Path, name: str, tokenizer: Path, data: Path) -> tuple[Pat
     init_olmo_weights(teacher, config.initializer_range)
     teacher_dir.mkdir(parents=True, exist_ok=True)
     save_file(teacher.state_dict(), str(teacher_dir / "model.safetensors"))
-    (teacher_dir / "config.json").write_text(json.dumps(olmo_hf_config(config)))
+    (teacher_dir / "config.json").write_text(json.dumps(config.to_dict()))
     for file in ("tokenizer.json", "tokenizer_config.json"):
         (teacher_dir / file).write_bytes((tokenizer / file).read_bytes())
     byteify_init(teacher_dir, student_dir, spec["local"], overwrite=True)

@@ -4,6 +4,7 @@
 
 OUT_DIR/checkpoint: DCP with `model.*`, `ema.*`, `optim.*`, `step`, written by torch.distributed.checkpoint
 from `fully_shard`ed modules; OUT_DIR/expected.pt: the full model and EMA state dicts, gathered by FSDP.
+Like EMA implementations, `ema.*` holds the averaged parameters only, not the model's buffer `pos`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def _worker(rank: int, world: int, out: str) -> None:
     with torch.no_grad():
         for p_ema, p in zip(ema.parameters(), model.parameters()):
             p_ema.mul_(0.5).add_(p, alpha=0.5)
-    state = {"model": get_model_state_dict(model), "ema": get_model_state_dict(ema),
+    params = {name for name, _ in ema.named_parameters()}
+    ema_params = {name: value for name, value in get_model_state_dict(ema).items() if name in params}
+    state = {"model": get_model_state_dict(model), "ema": ema_params,
              "optim": get_optimizer_state_dict(model, optimizer), "step": 1}
     dcp.save(state, checkpoint_id=os.path.join(out, "checkpoint"))
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)

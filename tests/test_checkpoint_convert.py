@@ -440,3 +440,37 @@ def _all_items(node):
     elif isinstance(node, list):
         for item in node:
             yield from _all_items(item)
+
+
+def _fsdp_fixture_without(path: Path, drop: set[str]) -> Path:
+    """The FSDP fixture's model, EMA and optimizer state, less the named entries."""
+    from bolmo.checkpoint.dcp_reader import DCPCheckpoint
+    from bolmo.checkpoint.dcp_writer import DCPWriter
+
+    ckpt = DCPCheckpoint(CKPT_FIXTURES / "fsdp_sharded" / "checkpoint")
+    with DCPWriter(path) as writer:
+        for prefix in ("model", "ema", "optim"):
+            for name, tensor in ckpt.iter_tensors(prefix):
+                if name not in drop:
+                    writer.add(name, tensor)
+    return path
+
+
+def test_ema_takes_what_training_does_not_update_from_the_model(tmp_path):
+    """A parameter without optimizer state (frozen, or a buffer) that the EMA lacks is the model's own
+    value; the plan names it. A trained parameter the EMA lacks is really missing."""
+    frozen = "blocks.0.norm.bias"
+    src = _fsdp_fixture_without(tmp_path / "ckpt", {f"ema.{frozen}"} | {f"optim.state.{frozen}.{field}"
+                                                                      for field in ("exp_avg", "exp_avg_sq", "step")})
+    result = convert(src, tmp_path / "hf", "hf", prefix="ema")
+    assert result.plan.from_model == [frozen] and result.plan.warnings == []
+    expected = _hf_tensors(CKPT_FIXTURES / "fsdp_sharded" / "expected_ema.safetensors")
+    model = _hf_tensors(CKPT_FIXTURES / "fsdp_sharded" / "expected_model.safetensors")
+    _assert_same_tensors(_hf_tensors(result.destination), expected | {frozen: model[frozen]})
+
+    src = _fsdp_fixture_without(tmp_path / "trained", {"ema.blocks.0.norm.weight"})
+    with pytest.raises(CheckpointError, match=r"1 trained parameter\(s\) that 'model' has and 'ema' lacks: "
+                                              r"blocks\.0\.norm\.weight; pass --allow-missing"):
+        convert(src, tmp_path / "refused", "hf", prefix="ema")
+    result = convert(src, tmp_path / "allowed", "hf", prefix="ema", allow_missing=True)
+    assert result.plan.from_model == [] and "omitted 1 trained parameter(s)" in result.plan.warnings[0]

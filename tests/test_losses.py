@@ -12,7 +12,7 @@ import torch
 from bolmo.errors import ConfigError
 from bolmo.train.compression import (apply_merges, bpe_merge_positions, compression_ratio,
                                      interpolate_space_boundaries, space_patch_lens)
-from bolmo.train.data import boundary_targets, fuse_labels
+from bolmo.train.labels import boundary_targets, fuse_labels
 from bolmo.train.losses import (BatchCounts, aligned_cosine, alm_divergence, bits_per_byte, boundary_bce,
                                 boundary_loss, boundary_metrics, byte_logprobs, fused_cross_entropy,
                                 local_decoder_loss, local_encoder_loss, log1mexp, loss_schedule_multiplier,
@@ -251,3 +251,24 @@ def test_space_interpolation_endpoints() -> None:
     rng = np.random.default_rng(0)
     assert interpolate_space_boundaries(sub, space, 7, ratio=1.0, rng=rng).tolist() == sub.tolist()
     assert interpolate_space_boundaries(sub, space, 7, ratio=100.0, rng=rng).tolist() == space.tolist()
+
+
+def test_training_bits_per_byte_fold_bytes_as_scoring_does(monkeypatch) -> None:
+    """One folded byte log-probability: training's metric calls scoring's function."""
+    import bolmo.scoring
+    import bolmo.train.losses
+
+    calls = []
+
+    def spy(logits, targets):
+        calls.append(targets.clone())
+        return folded(logits, targets)
+
+    folded = bolmo.scoring.folded_logprobs
+    monkeypatch.setattr(bolmo.train.losses, "folded_logprobs", spy)
+    logits = torch.randn(1, 3, 520)
+    labels = torch.tensor([[10, 270, -100]])
+    out = bolmo.train.losses.byte_logprobs(logits.log_softmax(-1), labels)
+    assert [t.tolist() for t in calls] == [[[10, 10, 0]]]
+    torch.testing.assert_close(out[0, :2], folded(logits[:, :2], torch.tensor([[10, 10]]))[0])
+    assert out[0, 2] == 0

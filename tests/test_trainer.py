@@ -12,8 +12,8 @@ import torch
 
 import bolmo
 from bolmo.model.olmo import OlmoForCausalLM
-from bolmo.train.data import boundary_targets
 from bolmo.train.distributed import Dist
+from bolmo.train.labels import boundary_targets
 from bolmo.train.metrics import read_metrics
 from bolmo.train.trainer import Trainer, train
 from conftest import bits_per_byte_by_hand

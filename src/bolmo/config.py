@@ -18,6 +18,8 @@ from typing import Any
 from bolmo.errors import ConfigError
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<bpe_token_end>")
+PAD_ID, BOS_ID, BPE_TOKEN_END_ID = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<bos>", "<bpe_token_end>"))  # 0, 1, 3
+EOS_ID = BOS_ID  # the released models end documents with <bos> (id 1), not <eos> (a deliberate upstream quirk)
 BYTE_OFFSET = len(SPECIAL_TOKENS)  # byte b has id b + 4
 PLAIN_VOCAB = BYTE_OFFSET + 256  # 260: ids >= 260 are the fused "patch ends here" twins
 FUSED_VOCAB = 2 * PLAIN_VOCAB  # 520
@@ -41,10 +43,10 @@ class ByteTokenizerConfig:
     """The byte tokenizer (`tokenizer_config` in config.json)."""
 
     vocab_size: int = FUSED_VOCAB
-    bos_token_id: int = 1
-    pad_token_id: int = 0
-    eos_token_id: int = 1  # = bos in the released models (deliberate upstream quirk)
-    bpe_token_end_id: int = 3
+    bos_token_id: int = BOS_ID
+    pad_token_id: int = PAD_ID
+    eos_token_id: int = EOS_ID
+    bpe_token_end_id: int = BPE_TOKEN_END_ID
     special_tokens: list[str] = field(default_factory=lambda: list(SPECIAL_TOKENS))
     special_tokens_first: bool = True
     original_identifier: str | None = "allenai/dolma2-tokenizer"
@@ -173,6 +175,12 @@ def transformer_spec_from_hf(config: Any, layer_types: list[str], where: str = "
     )
 
 
+def require(cond: bool, where: str, fld: str, msg: str) -> None:
+    """Raise ConfigError naming the file and the field unless `cond`."""
+    if not cond:
+        raise ConfigError(f"{where}: {fld}: {msg}")
+
+
 def default_layer_types(n_layers: int) -> list[str]:
     """HF default: three sliding layers then one full, repeating."""
     return ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(n_layers)]
@@ -189,10 +197,11 @@ def validate_layer_types(layer_types: list[str], n_layers: int, sliding_window: 
 
 
 @dataclass
-class BolmoConfig:
-    """The released Bolmo `config.json` (model_type "bolmo"), every field by its HF name."""
+class TransformerConfig:
+    """The HF config.json fields of an OLMo 2 / Olmo 3 style transformer, named and defaulted as
+    transformers has them: declared, checked and turned into a TransformerSpec once, for
+    BolmoConfig (its global transformer) and OlmoConfig (the subword models) alike."""
 
-    vocab_size: int = FUSED_VOCAB
     hidden_size: int = 4096
     intermediate_size: int = 11008
     num_hidden_layers: int = 32
@@ -203,17 +212,53 @@ class BolmoConfig:
     max_position_embeddings: int = 2048
     initializer_range: float = 0.02
     use_cache: bool = True
-    pad_token_id: int = 0
-    bos_token_id: int | None = 1
-    eos_token_id: int | None = 1
     tie_word_embeddings: bool = False
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None
     attention_bias: bool = False
     attention_dropout: float = 0.0
     rms_norm_eps: float = 1e-5
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None  # None: every layer full attention (OLMo 2)
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+
+    def validate_transformer(self, where: str) -> None:
+        """What our transformer implements (SwiGLU, bias-free attention, untied head, grouped-query
+        heads); raises ConfigError naming the file and the field."""
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+        require(self.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
+        require(not self.attention_bias, where, "attention_bias", "biased attention projections are not supported")
+        require(not self.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
+        require(self.num_attention_heads % self.num_key_value_heads == 0, where, "num_key_value_heads",
+                f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
+        if self.head_dim is None:
+            require(self.hidden_size % self.num_attention_heads == 0, where, "num_attention_heads",
+                    f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        require(self.rms_norm_eps > 0, where, "rms_norm_eps", "must be positive")
+        if self.layer_types is not None:
+            validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
+        self.transformer_spec(where)  # validates rope_scaling
+
+    def transformer_spec(self, where: str = "config.json") -> TransformerSpec:
+        layer_types = self.layer_types or ["full_attention"] * self.num_hidden_layers
+        return transformer_spec_from_hf(self, layer_types, where)
+
+
+@dataclass
+class BolmoConfig(TransformerConfig):
+    """The released Bolmo `config.json` (model_type "bolmo"), every field by its HF name."""
+
+    vocab_size: int = FUSED_VOCAB
+    pad_token_id: int = PAD_ID
+    bos_token_id: int | None = BOS_ID
+    eos_token_id: int | None = EOS_ID
     sliding_window: int | None = 4096
-    layer_types: list[str] | None = None
     add_expanded_embeddings: bool = True
     boundary_predictor_lookahead: int = 1
     boundary_threshold: str = "sample:0"
@@ -228,8 +273,7 @@ class BolmoConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer_config, dict):
             self.tokenizer_config = ByteTokenizerConfig.from_dict(self.tokenizer_config)
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__()
         if self.layer_types is None:
             self.layer_types = default_layer_types(self.num_hidden_layers)
         self.validate(_CONFIG_SOURCE.get())
@@ -237,41 +281,23 @@ class BolmoConfig:
     # ------------------------------------------------------------------ validation
     def validate(self, where: str = "config.json") -> None:
         """Reject values the model cannot honour, naming the field."""
-
-        def need(cond: bool, fld: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"{where}: {fld}: {msg}")
-
-        need(self.vocab_size == FUSED_VOCAB, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_local_heads", "local_intermediate_size", "subword_vocab_size"):
+        require(self.vocab_size == FUSED_VOCAB, where, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
+        for name in ("num_local_heads", "local_intermediate_size", "subword_vocab_size"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
-        need(self.num_local_encoder_layers >= 0, "num_local_encoder_layers", "must be >= 0")
-        need(self.num_local_decoder_layers >= 0, "num_local_decoder_layers", "must be >= 0")
-        need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
-        need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
-        need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")
-        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-             f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
-        if self.head_dim is None:
-            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
-        need(self.hidden_size % (2 * self.num_local_heads) == 0, "num_local_heads",
-             f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
-        need(self.boundary_predictor_lookahead >= 0, "boundary_predictor_lookahead", "must be >= 0")
-        need(self.rms_norm_eps > 0 and self.local_rms_norm_eps > 0, "rms_norm_eps", "must be positive")
+            require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+        self.validate_transformer(where)
+        require(self.num_local_encoder_layers >= 0, where, "num_local_encoder_layers", "must be >= 0")
+        require(self.num_local_decoder_layers >= 0, where, "num_local_decoder_layers", "must be >= 0")
+        require(self.hidden_size % (2 * self.num_local_heads) == 0, where, "num_local_heads",
+                f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
+        require(self.boundary_predictor_lookahead >= 0, where, "boundary_predictor_lookahead", "must be >= 0")
+        require(self.local_rms_norm_eps > 0, where, "local_rms_norm_eps", "must be positive")
         parse_boundary_threshold(self.boundary_threshold, where)
-        validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
-        parse_rope_scaling(self.rope_scaling, self.rope_theta, self.max_position_embeddings, where)
 
     # ------------------------------------------------------------------ derived
     @property
     def global_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
-
-    def transformer_spec(self) -> TransformerSpec:
-        return transformer_spec_from_hf(self, self.layer_types)
 
     # ------------------------------------------------------------------ I/O
     @classmethod

@@ -49,14 +49,11 @@ def resolve_source(source: str | Path | None) -> Path:
 
 
 def checkpoint_kind(path: Path) -> str:
-    """'bolmo' (HF), 'bolmo-olmo-core', or the HF model_type of a subword model."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path}: no config.json")
-    config = read_json(config_file)
-    if (path / "model_and_optim").is_dir() and "model" in config:
-        return "bolmo-olmo-core" if "local_encoder" in config["model"] else "olmo-core"
-    return str(config.get("model_type", "bolmo"))
+    """'bolmo' (HF), 'bolmo-olmo-core', 'olmo-core', or the HF model_type of a subword model
+    (decided by `bolmo.checkpoint.model_config.model_kind`, as for every other command)."""
+    from bolmo.checkpoint.model_config import model_kind
+
+    return model_kind(path)
 
 
 OLMO_KINDS = ("olmo2", "olmo3", "olmo-core")  # subword OLMo 2 / Olmo 3 models (HF or OLMo-core)

@@ -18,10 +18,25 @@ from pathlib import Path
 
 import torch
 
-from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOKENS, ByteTokenizerConfig
+from bolmo.config import BPE_TOKEN_END_ID, BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOKENS, ByteTokenizerConfig
 from bolmo.errors import TokenizerError
 
 SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def read_hf_tokenizer(directory: str | Path):
+    """The `tokenizers.Tokenizer` of an HF tokenizer directory; a TokenizerError naming the file
+    when its tokenizer.json is absent or cannot be read."""
+    directory = Path(directory)
+    file = directory / "tokenizer.json"
+    if not file.is_file():
+        raise TokenizerError(f"{directory}: no tokenizer.json (an HF tokenizers directory is required)")
+    try:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises its own exception type for malformed files
+        raise TokenizerError(f"{file}: cannot be read ({exc})") from None
 
 
 @lru_cache(maxsize=1)
@@ -39,6 +54,21 @@ def gpt2_unicode_to_byte() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
+def token_bytes(token: str) -> bytes:
+    """The bytes a byte-level BPE vocabulary entry stands for, exactly as the `tokenizers`
+    ByteLevel decoder turns it into bytes: a token written entirely in the byte alphabet maps
+    character by character, any other token (a plain-text added token such as "a b") is its own
+    UTF-8. An added token spelled in alphabet characters ("é·") therefore means the bytes those
+    characters stand for (E9 B7), as `Tokenizer.decode` has it, not its UTF-8 spelling.
+
+    Hand-written because `tokenizers` only returns decoded *text*, which replaces the bytes of a
+    partial UTF-8 sequence (one token of a multi-byte character) with U+FFFD."""
+    table = gpt2_unicode_to_byte()
+    if all(ch in table for ch in token):
+        return bytes(table[ch] for ch in token)
+    return token.encode("utf-8")
+
+
 class SubwordExpander:
     """Longest-suffix match of byte ids against a subword vocabulary (a reversed trie).
 
@@ -48,7 +78,7 @@ class SubwordExpander:
 
     _STRIDE = 512
 
-    def __init__(self, sequences: Iterable[tuple[Sequence[int], int]], bpe_token_end_id: int = 3,
+    def __init__(self, sequences: Iterable[tuple[Sequence[int], int]], bpe_token_end_id: int = BPE_TOKEN_END_ID,
                  fallback_id: int = 0) -> None:
         self.children: dict[int, int] = {}
         self.terminal: list[int] = [-1]
@@ -103,17 +133,9 @@ class SubwordExpander:
     def from_directory(cls, path: str | Path, byte_config: ByteTokenizerConfig) -> "SubwordExpander":
         """Build from an HF tokenizer directory (tokenizer.json + tokenizer_config.json)."""
         path = Path(path)
-        tokenizer_file = path / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise TokenizerError(f"{path}: no tokenizer.json (an HF tokenizers directory is required)")
-        try:
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            vocab = tokenizer.get_vocab(with_added_tokens=True)
-            added = set(tokenizer.get_added_tokens_decoder())
-        except Exception as exc:  # tokenizers raises its own exception type for malformed files
-            raise TokenizerError(f"{tokenizer_file}: cannot be read ({exc})") from None
+        tokenizer = read_hf_tokenizer(path)
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        added = set(tokenizer.get_added_tokens_decoder())
         special = _special_token_ids(path, vocab)
         return cls.from_vocab(vocab, special, byte_config, added)
 
@@ -129,7 +151,6 @@ class SubwordExpander:
         data preparation, training and inference always agree: the EOS id wins (the released
         models expand id 1 to EOS), then a regular vocabulary entry over an added token, then the
         lowest id."""
-        table = gpt2_unicode_to_byte()
         bolmo_names = {name: i for i, name in enumerate(SPECIAL_TOKENS)}
         remap = [
             (special_ids.get("eos"), byte_config.eos_token_id),
@@ -143,13 +164,7 @@ class SubwordExpander:
             for source_id, bolmo_id in remap:
                 if source_id is not None and subword_id == source_id:
                     return [bolmo_id]
-            out: list[int] = []
-            for ch in token:
-                if ch in table:
-                    out.append(table[ch] + BYTE_OFFSET)
-                else:  # not a byte-level character (e.g. a plain-text added token): its UTF-8 bytes
-                    out.extend(b + BYTE_OFFSET for b in ch.encode("utf-8"))
-            return out
+            return [b + BYTE_OFFSET for b in token_bytes(token)]
 
         eos = special_ids.get("eos")
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bolmo.checkpoint.keymaps import padded_vocab_size
-from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, parse_rope_scaling, yarn_mscale
+from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, TransformerSpec, parse_rope_scaling, yarn_mscale
 from bolmo.errors import ConfigError
-from bolmo.olmo.config import legacy_rope_fields
+from bolmo.olmo.config import PRETRAINED_CONFIG_KEYS, OlmoConfig, legacy_rope_fields
 
 _OC = "olmo_core.nn."
 # Fields that OLMo-core keeps elsewhere or not at all and that do not change the weights' meaning.
@@ -39,27 +39,6 @@ _DECODER_FIXED = {"sliding_window_size": 0, "cross_attn_n_heads": 0, "depooling"
                   "add_in_projection": True, "add_projected_patch_residuals": False, "hnet_smooth": False,
                   "hnet_modulate": False, "blt_compat": False, "fuse_boundaries": True, "no_boundaries": False}
 LOCAL_RMS_NORM_EPS = 1e-5  # bolmo-core builds post_last_block_norm / initial_norm with nn.RMSNorm's default
-
-
-@dataclass
-class GlobalSpec:
-    """The OLMo 2 / Olmo 3 style transformer both formats describe, in neutral terms."""
-
-    d_model: int
-    n_layers: int
-    vocab_size: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    ffn_hidden: int
-    eps: float
-    theta: float
-    rope_scaling: dict[str, Any] | None  # HF form
-    windows: list[int | None]  # per layer: keys visible (including the query), None = full attention
-    bias: bool
-    activation: str
-    dtype: str
-    init_std: float
 
 
 # ---------------------------------------------------------------------------------- OLMo-core side
@@ -121,8 +100,10 @@ def model_family(config: dict[str, Any], where: str) -> str:
     return "olmo"
 
 
-def read_global(model: _Obj) -> GlobalSpec:
-    """Parse the global transformer of an OLMo-core model config (either naming)."""
+def read_global(model: _Obj) -> tuple[dict[str, Any], str]:
+    """The global transformer of an OLMo-core model config (either naming) as the HF config fields
+    that describe it (`hidden_size`, `layer_types`, `rope_scaling`, ...), and the model's dtype. The
+    HF config classes then hold it, and their `transformer_spec()` is the one description of it."""
     where = model.where
     block = model.obj("block")
     if block.get("name", str, None) != "reordered_norm":
@@ -151,15 +132,26 @@ def read_global(model: _Obj) -> GlobalSpec:
     rope = attn.obj("rope", required=False)
     if rope.get("name", str, "default") not in ("default", "fused"):
         raise ConfigError(f"{where}: {rope.path}.name {rope.data.get('name')!r} is not supported")
-    return GlobalSpec(
-        d_model=d_model, n_layers=n_layers, vocab_size=model.size("vocab_size"), n_heads=n_heads,
-        n_kv_heads=attn.get("n_kv_heads", int, n_heads), head_dim=attn.get("head_dim", int, d_model // n_heads),
-        ffn_hidden=ff.size("hidden_size"), eps=eps_values.pop(),
-        theta=rope.get("theta", _NUMBER, 500_000), rope_scaling=_scaling_to_hf(rope.obj("scaling", required=False)),
-        windows=_windows(attn.obj("sliding_window", required=False), n_layers),
-        bias=attn.get("bias", bool, False), activation=ff.get("activation", str, ff.get("act_name", str, "silu")),
-        dtype=model.get("dtype", str, "float32"), init_std=model.get("init_std", _NUMBER, 0.02),
-    )
+    windows = _windows(attn.obj("sliding_window", required=False), n_layers)
+    sliding = sorted({w for w in windows if w is not None})
+    if len(sliding) > 1:
+        raise ConfigError(f"{where}: sliding windows of different sizes {sliding} have no HF equivalent")
+    head_dim = attn.get("head_dim", int, d_model // n_heads)
+    fields = {
+        "vocab_size": model.size("vocab_size"), "hidden_size": d_model, "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads, "num_key_value_heads": attn.get("n_kv_heads", int, n_heads),
+        "head_dim": None if head_dim == d_model // n_heads else head_dim,
+        "intermediate_size": ff.size("hidden_size"), "rms_norm_eps": eps_values.pop(),
+        "rope_theta": rope.get("theta", _NUMBER, 500_000),
+        "rope_scaling": _scaling_to_hf(rope.obj("scaling", required=False)),
+        "layer_types": ["full_attention" if w is None else "sliding_attention" for w in windows],
+        # OLMo-core's pattern value is the HF window (query included)
+        "sliding_window": sliding[0] if sliding else None,
+        "attention_bias": attn.get("bias", bool, False),
+        "hidden_act": ff.get("activation", str, ff.get("act_name", str, "silu")),
+        "initializer_range": model.get("init_std", _NUMBER, 0.02), "max_position_embeddings": -1,
+    }
+    return fields, model.get("dtype", str, "float32")
 
 
 def _windows(sliding: _Obj, n_layers: int) -> list[int | None]:
@@ -201,12 +193,12 @@ def olmo_core_to_hf(config: dict[str, Any], where: str, subword_vocab_size: int 
 
     `subword_vocab_size`: rows of the expanded-embedding table, for configs that do not record it."""
     model, tok = _model_obj(config, where), _tokenizer(config, where)
-    g = read_global(model)
+    fields, dtype = read_global(model)
     if model_family(config, where) == "bolmo":
-        out = _bolmo_hf(g, model, tok, subword_vocab_size).to_dict()
-        out["dtype"] = g.dtype
+        out = _bolmo_hf(fields, model, tok, subword_vocab_size).to_dict()
+        out["dtype"] = dtype
     else:
-        out = _olmo_hf(g, tok, where)
+        out = _olmo_hf(fields, tok).to_dict(dtype)
     out.update(_Obj(config, "", where).get("hf_overrides", dict, {}))
     if "torch_dtype" in out:  # a transformers < 4.56 config keeps its own spelling of the dtype field
         out.pop("dtype")
@@ -215,61 +207,36 @@ def olmo_core_to_hf(config: dict[str, Any], where: str, subword_vocab_size: int 
     return dict(sorted(out.items()))
 
 
-def _olmo_hf(g: GlobalSpec, tok: dict[str, Any], where: str) -> dict[str, Any]:
-    sliding = sorted({w for w in g.windows if w is not None})
-    if len(sliding) > 1:
-        raise ConfigError(f"{where}: sliding windows of different sizes {sliding} have no HF equivalent")
-    out: dict[str, Any] = {
-        "architectures": ["Olmo3ForCausalLM" if sliding else "Olmo2ForCausalLM"],
-        "model_type": "olmo3" if sliding else "olmo2",
-        "attention_bias": g.bias, "attention_dropout": 0.0, "dtype": g.dtype,
-        "eos_token_id": tok.get("eos_token_id"), "pad_token_id": tok.get("pad_token_id"),
-        "hidden_act": g.activation, "hidden_size": g.d_model, "initializer_range": g.init_std,
-        "intermediate_size": g.ffn_hidden, "max_position_embeddings": -1, "num_attention_heads": g.n_heads,
-        "num_hidden_layers": g.n_layers, "num_key_value_heads": g.n_kv_heads, "rms_norm_eps": g.eps,
-        "rope_scaling": g.rope_scaling, "rope_theta": g.theta, "tie_word_embeddings": False,
-        "use_cache": True, "vocab_size": g.vocab_size,
-    }
-    if tok.get("bos_token_id") is not None:
-        out["bos_token_id"] = tok["bos_token_id"]
-    if g.head_dim != g.d_model // g.n_heads:
-        out["head_dim"] = g.head_dim
-    if sliding:
-        out["layer_types"] = ["full_attention" if w is None else "sliding_attention" for w in g.windows]
-        out["sliding_window"] = sliding[0]  # OLMo-core's pattern value is the HF window (query included)
-    return out
+def _olmo_hf(fields: dict[str, Any], tok: dict[str, Any]) -> OlmoConfig:
+    sliding = fields["sliding_window"] is not None
+    if not sliding:  # OLMo 2: full attention everywhere, no Olmo 3 fields
+        fields = {k: v for k, v in fields.items() if k not in ("layer_types", "sliding_window")}
+    return OlmoConfig(model_type="olmo3" if sliding else "olmo2", **fields, eos_token_id=tok.get("eos_token_id"),
+                      pad_token_id=tok.get("pad_token_id"), bos_token_id=tok.get("bos_token_id"))
 
 
-def _bolmo_hf(g: GlobalSpec, model: _Obj, tok: dict[str, Any], subword_vocab_size: int | None) -> BolmoConfig:
-    where = model.where
+def _bolmo_hf(fields: dict[str, Any], model: _Obj, tok: dict[str, Any], subword_vocab_size: int | None
+              ) -> BolmoConfig:
+    where, d_model, eps = model.where, fields["hidden_size"], fields["rms_norm_eps"]
     enc, dec = model.obj("local_encoder"), model.obj("local_decoder")
     for part, fixed in ((enc, _ENCODER_FIXED), (dec, _DECODER_FIXED)):
         bad = {k: part.data[k] for k, v in fixed.items() if k in part.data and part.data[k] != v}
         if bad:
             raise ConfigError(f"{where}: {part.path}: settings {bad} are not supported by the HF Bolmo model")
-        if part.get("d_model", int, g.d_model) != g.d_model:
-            raise ConfigError(f"{where}: {part.path}.d_model {part.data['d_model']} differs from d_model {g.d_model}")
+        if part.get("d_model", int, d_model) != d_model:
+            raise ConfigError(f"{where}: {part.path}.d_model {part.data['d_model']} differs from d_model {d_model}")
     blocks = [part.obj("block_config") for part in (enc, dec)]
     heads = {b.obj("xlstm").size("num_heads") for b in blocks}
     ffn = {b.obj("feed_forward").size("hidden_size") for b in blocks}
     local_eps = {b.obj("layer_norm").get("eps", _NUMBER, 1e-5) for b in blocks}
-    if len(heads) != 1 or len(ffn) != 1 or local_eps != {g.eps}:
+    if len(heads) != 1 or len(ffn) != 1 or local_eps != {eps}:
         raise ConfigError(f"{where}: encoder and decoder blocks must share xlstm heads, feed-forward size and "
                           f"the global norm eps (got heads {heads}, sizes {ffn}, eps {local_eps})")
     known = {f.name for f in dataclasses.fields(ByteTokenizerConfig)}
     tokenizer = ByteTokenizerConfig.from_dict({k: v for k, v in tok.items() if k in known}, f"{where}: dataset.tokenizer")
-    sliding = sorted({w for w in g.windows if w is not None})
-    if len(sliding) > 1:
-        raise ConfigError(f"{where}: sliding windows of different sizes {sliding} have no HF equivalent")
     return BolmoConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=g.d_model, intermediate_size=g.ffn_hidden,
-        num_hidden_layers=g.n_layers, num_attention_heads=g.n_heads, num_key_value_heads=g.n_kv_heads,
-        head_dim=None if g.head_dim == g.d_model // g.n_heads else g.head_dim, hidden_act=g.activation,
-        max_position_embeddings=-1, initializer_range=g.init_std, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, rope_theta=g.theta,
-        rope_scaling=g.rope_scaling, attention_bias=g.bias, rms_norm_eps=g.eps,
-        sliding_window=sliding[0] if sliding else None,
-        layer_types=["full_attention" if w is None else "sliding_attention" for w in g.windows],
+        **{**fields, "vocab_size": tokenizer.vocab_size}, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         add_expanded_embeddings=enc.get("add_expanded_embeddings", bool, False),
         boundary_predictor_lookahead=enc.get("boundary_predictor_lookahead", int, 1),
         num_local_encoder_layers=enc.size("n_layers"), num_local_decoder_layers=dec.size("n_layers"),
@@ -285,7 +252,7 @@ def hf_to_olmo_core(hf: dict[str, Any], where: str) -> dict[str, Any]:
     """OLMo-core config.json ({"model", "dataset": {"tokenizer"}, "hf_overrides"}) for an HF config."""
     model_type = hf.get("model_type")
     if model_type == "bolmo":
-        config = _bolmo_olmo_core(BolmoConfig.from_dict(hf, where), hf.get("dtype") or hf.get("torch_dtype"), where)
+        config = _bolmo_olmo_core(BolmoConfig.from_dict(hf, where), _hf_dtype(hf), where)
     elif model_type in ("olmo2", "olmo3"):
         hf = legacy_rope_fields(hf, where)  # transformers 5 `rope_parameters` -> rope_theta + rope_scaling
         config = _olmo_olmo_core(hf, where)
@@ -320,107 +287,95 @@ def _rope_spec(scaling: dict[str, Any] | None, theta: float, max_pos: int, where
     return spec
 
 
-def _global_from_hf(hf: dict[str, Any], vocab_size: int, where: str) -> GlobalSpec:
-    f = _Obj(hf, "", where)
-    n_layers, d_model, n_heads = f.size("num_hidden_layers"), f.size("hidden_size"), f.size("num_attention_heads")
-    layer_types = f.get("layer_types", list, ["full_attention"] * n_layers)
-    window = f.get("sliding_window", int, None)
-    return GlobalSpec(
-        d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, n_heads=n_heads,
-        n_kv_heads=f.get("num_key_value_heads", int, n_heads), head_dim=f.get("head_dim", int, d_model // n_heads),
-        ffn_hidden=f.size("intermediate_size"), eps=f.get("rms_norm_eps", _NUMBER, 1e-5),
-        theta=f.get("rope_theta", _NUMBER, 10000.0), rope_scaling=f.get("rope_scaling", dict, None),
-        windows=[window if t == "sliding_attention" else None for t in layer_types],
-        bias=f.get("attention_bias", bool, False), activation=f.get("hidden_act", str, "silu"),
-        dtype=f.get("dtype", str, None) or f.get("torch_dtype", str, "float32"),
-        init_std=f.get("initializer_range", _NUMBER, 0.02),
-    )
+def _norm(eps: float, dtype: str) -> dict[str, Any]:
+    return {"name": "rms", "eps": eps, "bias": False, "dtype": dtype, "_CLASS_": _OC + "layer_norm.LayerNormConfig"}
 
 
-def _norm(g: GlobalSpec) -> dict[str, Any]:
-    return {"name": "rms", "eps": g.eps, "bias": False, "dtype": g.dtype, "_CLASS_": _OC + "layer_norm.LayerNormConfig"}
-
-
-def _sliding(g: GlobalSpec) -> dict[str, Any]:
+def _sliding(spec: TransformerSpec) -> dict[str, Any]:
     """Shortest repeating pattern of per-layer windows (-1 = full attention)."""
-    values = [-1 if w is None else w for w in g.windows]
+    values = [spec.window(i) or -1 for i in range(spec.n_layers)]
     period = next(p for p in range(1, len(values) + 1) if all(values[i] == values[i % p] for i in range(len(values))))
     return {"pattern": values[:period], "force_full_attention_on_first_layer": False,
             "force_full_attention_on_last_layer": False, "_CLASS_": _OC + "attention.SlidingWindowAttentionConfig"}
 
 
-def _scaling_from_hf(scaling: dict[str, Any] | None, where: str) -> dict[str, Any]:
-    if not scaling or scaling.get("rope_type", scaling.get("type")) == "default":  # plain RoPE: no scaling
+def _scaling(rope: RopeSpec, where: str) -> dict[str, Any]:
+    if rope.rope_type == "default":  # plain RoPE: no scaling
         return {}
-    if scaling.get("rope_type", scaling.get("type")) != "yarn":
-        raise ConfigError(f"{where}: rope_scaling {scaling.get('rope_type')!r} cannot be expressed in OLMo-core (only yarn)")
-    f = _Obj(scaling, "rope_scaling", where)
-    return {"scaling": {"factor": f.get("factor", _NUMBER), "beta_fast": f.get("beta_fast", _NUMBER, 32),
-                        "beta_slow": f.get("beta_slow", _NUMBER, 1),
-                        "old_context_len": f.get("original_max_position_embeddings", int),
+    if rope.rope_type != "yarn":
+        raise ConfigError(f"{where}: rope_scaling {rope.rope_type!r} cannot be expressed in OLMo-core (only yarn)")
+    return {"scaling": {"factor": rope.factor, "beta_fast": rope.beta_fast, "beta_slow": rope.beta_slow,
+                        "old_context_len": rope.original_max_position_embeddings,
                         "_CLASS_": _OC + "rope.YaRNRoPEScalingConfig"}}
 
 
-def _block(g: GlobalSpec, naming_3_0: bool, where: str) -> dict[str, Any]:
-    attn: dict[str, Any] = {"name": "default", "n_heads": g.n_heads}
-    if g.n_kv_heads != g.n_heads:
-        attn["n_kv_heads"] = g.n_kv_heads
-    if naming_3_0 or g.head_dim != g.d_model // g.n_heads:
-        attn["head_dim"] = g.head_dim
+def _block(config: BolmoConfig | OlmoConfig, dtype: str, naming_3_0: bool, where: str) -> dict[str, Any]:
+    spec = config.transformer_spec()
+    attn: dict[str, Any] = {"name": "default", "n_heads": spec.n_heads}
+    if spec.n_kv_heads != spec.n_heads:
+        attn["n_kv_heads"] = spec.n_kv_heads
+    if naming_3_0 or spec.head_dim != spec.d_model // spec.n_heads:
+        attn["head_dim"] = spec.head_dim
     attn |= {
-        "bias": g.bias,
-        "rope": {"name": "default", "theta": g.theta, "full_precision": True,
-                 **_scaling_from_hf(g.rope_scaling, where), "_CLASS_": _OC + "rope.RoPEConfig"},
-        "qk_norm": _norm(g), "dtype": g.dtype,
+        "bias": config.attention_bias,
+        "rope": {"name": "default", "theta": spec.rope_full.theta, "full_precision": True,
+                 **_scaling(spec.rope_full, where), "_CLASS_": _OC + "rope.RoPEConfig"},
+        "qk_norm": _norm(spec.rms_norm_eps, dtype), "dtype": dtype,
     }
-    if any(w is not None for w in g.windows):
-        attn["sliding_window"] = _sliding(g)
+    if any(spec.window(i) is not None for i in range(spec.n_layers)):
+        attn["sliding_window"] = _sliding(spec)
         if naming_3_0:
             attn["backend"] = "torch"
     attn["_CLASS_"] = _OC + "attention.AttentionConfig"
     if naming_3_0:
         attn |= {"use_head_qk_norm": False, "type": "attention"}
-    ff = {"hidden_size": g.ffn_hidden, "name": "default", "bias": False, "dtype": g.dtype,
-          ("activation" if naming_3_0 else "act_name"): g.activation, "_CLASS_": _OC + "feed_forward.FeedForwardConfig"}
-    return {("sequence_mixer" if naming_3_0 else "attention"): attn, "layer_norm": _norm(g), "feed_forward": ff,
-            "name": "reordered_norm", "_CLASS_": _OC + "transformer.config.TransformerBlockConfig"}
+    ff = {"hidden_size": spec.intermediate_size, "name": "default", "bias": False, "dtype": dtype,
+          ("activation" if naming_3_0 else "act_name"): config.hidden_act,
+          "_CLASS_": _OC + "feed_forward.FeedForwardConfig"}
+    return {("sequence_mixer" if naming_3_0 else "attention"): attn, "layer_norm": _norm(spec.rms_norm_eps, dtype),
+            "feed_forward": ff, "name": "reordered_norm", "_CLASS_": _OC + "transformer.config.TransformerBlockConfig"}
 
 
-def _model(g: GlobalSpec, name: str, naming_3_0: bool, where: str) -> dict[str, Any]:
+def _model(config: BolmoConfig | OlmoConfig, vocab_size: int, dtype: str, name: str, naming_3_0: bool,
+           where: str) -> dict[str, Any]:
+    """OLMo-core's model config of the global transformer an HF config class describes."""
     return {
-        "d_model": g.d_model, "vocab_size": g.vocab_size, "n_layers": g.n_layers,
-        "block": _block(g, naming_3_0, where),
-        "lm_head": {"name": "default", "layer_norm": _norm(g), "bias": False, "dtype": g.dtype,
+        "d_model": config.hidden_size, "vocab_size": vocab_size, "n_layers": config.num_hidden_layers,
+        "block": _block(config, dtype, naming_3_0, where),
+        "lm_head": {"name": "default", "layer_norm": _norm(config.rms_norm_eps, dtype), "bias": False, "dtype": dtype,
                     "loss_implementation": "default", "_CLASS_": _OC + "lm_head.LMHeadConfig"},
-        "name": name, "dtype": g.dtype, "init_method": "normal", "init_seed": 0, "init_std": g.init_std,
+        "name": name, "dtype": dtype, "init_method": "normal", "init_seed": 0, "init_std": config.initializer_range,
         "tie_word_embeddings": False, "_CLASS_": _OC + "transformer.config.TransformerConfig",
     }
 
 
+def _hf_dtype(hf: dict[str, Any]) -> str:
+    return hf.get("dtype") or hf.get("torch_dtype") or "float32"
+
+
 def _olmo_olmo_core(hf: dict[str, Any], where: str) -> dict[str, Any]:
-    if hf.get("tie_word_embeddings"):
-        raise ConfigError(f"{where}: tie_word_embeddings=true is not supported")
-    vocab_size = _Obj(hf, "", where).size("vocab_size")
-    config: dict[str, Any] = {"model": _model(_global_from_hf(hf, vocab_size, where), "default", True, where)}
-    if hf.get("eos_token_id") is not None and hf.get("pad_token_id") is not None:
-        tok = {"vocab_size": hf["vocab_size"], "eos_token_id": hf["eos_token_id"], "pad_token_id": hf["pad_token_id"]}
-        if hf.get("bos_token_id") is not None:
-            tok["bos_token_id"] = hf["bos_token_id"]
-        config["dataset"] = {"tokenizer": tok | {"_CLASS_": "olmo_core.data.tokenizer.TokenizerConfig"}}
-    return config
+    # Fields OlmoConfig does not know are left to hf_to_olmo_core, which refuses them by name.
+    known = {f.name for f in dataclasses.fields(OlmoConfig)} | PRETRAINED_CONFIG_KEYS
+    config = OlmoConfig.from_dict({k: v for k, v in hf.items() if k in known}, where)
+    out: dict[str, Any] = {"model": _model(config, config.vocab_size, _hf_dtype(hf), "default", True, where)}
+    if config.eos_token_id is not None and config.pad_token_id is not None:
+        tok = {"vocab_size": config.vocab_size, "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}
+        if config.bos_token_id is not None:
+            tok["bos_token_id"] = config.bos_token_id
+        out["dataset"] = {"tokenizer": tok | {"_CLASS_": "olmo_core.data.tokenizer.TokenizerConfig"}}
+    return out
 
 
-def _bolmo_olmo_core(cfg: BolmoConfig, dtype: str | None, where: str) -> dict[str, Any]:
-    g = _global_from_hf(cfg.to_dict() | {"dtype": dtype or "float32"}, padded_vocab_size(cfg.vocab_size), where)
-    model = _model(g, "bolmo", False, where)
+def _bolmo_olmo_core(cfg: BolmoConfig, dtype: str, where: str) -> dict[str, Any]:
+    model = _model(cfg, padded_vocab_size(cfg.vocab_size), dtype, "bolmo", False, where)
     del model["tie_word_embeddings"]  # bolmo-core's config has no such field for Bolmo
     local_block = {
-        "attention": {"name": "default", "n_heads": cfg.num_local_heads, "dtype": g.dtype,
+        "attention": {"name": "default", "n_heads": cfg.num_local_heads, "dtype": dtype,
                       "_CLASS_": _OC + "attention.AttentionConfig"},
-        "layer_norm": _norm(g),
+        "layer_norm": _norm(cfg.rms_norm_eps, dtype),
         "feed_forward": {"hidden_size": cfg.local_intermediate_size, "name": "default", "bias": False,
-                         "dtype": g.dtype, "act_name": "silu", "_CLASS_": _OC + "feed_forward.FeedForwardConfig"},
-        "xlstm": {"num_heads": cfg.num_local_heads, "dtype": g.dtype, "_CLASS_": _OC + "xlstm.XLSTMConfig"},
+                         "dtype": dtype, "act_name": "silu", "_CLASS_": _OC + "feed_forward.FeedForwardConfig"},
+        "xlstm": {"num_heads": cfg.num_local_heads, "dtype": dtype, "_CLASS_": _OC + "xlstm.XLSTMConfig"},
         "name": "xlstm", "_CLASS_": _OC + "transformer.config.TransformerBlockConfig",
     }
     model["local_encoder"] = {
@@ -428,11 +383,11 @@ def _bolmo_olmo_core(cfg: BolmoConfig, dtype: str | None, where: str) -> dict[st
         "block_config": local_block, "add_expanded_embeddings": cfg.add_expanded_embeddings,
         "boundary_predictor_lookahead": cfg.boundary_predictor_lookahead,
         **({"subword_vocab_size": cfg.subword_vocab_size} if cfg.add_expanded_embeddings else {}),
-        "dtype": g.dtype, "_CLASS_": _OC + "bolmo.config.LocalEncoderConfig",
+        "dtype": dtype, "_CLASS_": _OC + "bolmo.config.LocalEncoderConfig",
     }
     model["local_decoder"] = {
         **_DECODER_FIXED, "d_model": cfg.hidden_size, "n_layers": cfg.num_local_decoder_layers,
-        "block_config": local_block, "dtype": g.dtype, "_CLASS_": _OC + "bolmo.config.LocalDecoderConfig",
+        "block_config": local_block, "dtype": dtype, "_CLASS_": _OC + "bolmo.config.LocalDecoderConfig",
     }
     if cfg.local_rms_norm_eps != LOCAL_RMS_NORM_EPS:
         raise ConfigError(f"{where}: local_rms_norm_eps {cfg.local_rms_norm_eps} cannot be expressed in "

@@ -26,9 +26,10 @@ from bolmo.checkpoint.config_maps import hf_to_olmo_core, olmo_core_to_hf
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.dcp_writer import DCPWriter
 from bolmo.checkpoint.expected import expected_hf_tensors
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.inventory import SAFETENSORS_CODES, TensorInfo, differences, dtype_name, stored_suffix
-from bolmo.checkpoint.safetensors_io import SafetensorsWriter, plan_shards, shard_names, write_index
-from bolmo.checkpoint.sources import DCP_SUBDIR, Source, SourceKind, open_checkpoint
+from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
+from bolmo.checkpoint.sources import Source, SourceKind, open_checkpoint
 from bolmo.errors import CheckpointError, ConfigError
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes written) after each tensor
@@ -56,6 +57,7 @@ class ConversionPlan:
     tokenizer_dir: Path | None = None  # subword tokenizer directory to copy beside the weights
     warnings: list[str] = field(default_factory=list)
     prefix: str | None = None  # the DCP top-level key the weights come from ('' = every tensor); None for HF
+    from_model: list[str] = field(default_factory=list)  # output names taken from 'model' (what the EMA does not track)
 
     @property
     def total_bytes(self) -> int:
@@ -149,10 +151,14 @@ def _plan_dcp_to_hf(source: Source, prefix: str, allow_missing: bool) -> Convers
                               "(--prefix '' takes every tensor with its name unchanged)")
     warnings = [f"skipped non-tensor item {_join(prefix, name)}"
                 for name, info in selected.items() if not info.is_tensor]
+    stored = {name: _join(prefix, name) for name in tensors}
+    untracked, omitted = _untracked_from_model(inventory, prefix, set(tensors), allow_missing, where)
+    warnings += omitted
+    tensors |= untracked
+    stored |= {name: _join("model", name) for name in untracked}
     if source.family is None:
         names = {name: name for name in tensors}
         config = None
-        warnings += _missing_from_prefix(inventory, prefix, set(tensors), allow_missing, where)
     else:
         names = keymaps.rename_all(list(tensors), source.family, to_hf=True, where=where)
         subword = tensors.get("local_encoder.expanded_embeddings.weight")
@@ -169,8 +175,9 @@ def _plan_dcp_to_hf(source: Source, prefix: str, allow_missing: bool) -> Convers
         if padding and out in keymaps.BOLMO_VOCAB_ROWS_HF:
             _check_rows(info, padding.native_rows, where)
             shape, transform = padding.hf_shape(info.shape), padding.to_hf
-        planned.append(PlannedTensor(out, _join(prefix, name), shape, info.dtype, transform))
-    plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config), warnings, prefix)
+        planned.append(PlannedTensor(out, stored[name], shape, info.dtype, transform))
+    plan = ConversionPlan(source, "hf", planned, config, _find_tokenizer(source, config), warnings, prefix,
+                          sorted(names[name] for name in untracked))
     if config is not None:
         _check_against_model({t.name: (t.shape, t.dtype) for t in planned}, config, where,
                              stored_as={t.name: t.source for t in planned})
@@ -189,21 +196,33 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def _missing_from_prefix(inventory: dict[str, TensorInfo], prefix: str, found: set[str], allow_missing: bool,
-                         where: str) -> list[str]:
-    """An EMA copy (or any non-model prefix) often covers parameters only: its consolidated output would
-    silently lack the buffers, so fail listing what `model` has and `prefix` lacks, unless allowed;
-    then the warning says what was left out."""
+def _untracked_from_model(inventory: dict[str, TensorInfo], prefix: str, found: set[str], allow_missing: bool,
+                          where: str) -> tuple[dict[str, TensorInfo], list[str]]:
+    """What an EMA copy (or any non-model prefix) lacks of `model`: (taken from `model`, warnings).
+
+    EMA implementations average the trained parameters only and use the model's own value for
+    everything training does not update (buffers, frozen parameters); the conversion does the same.
+    The optimizer state says what is trained: an entry without `optim.state.<name>.*` comes from
+    `model`. A trained parameter the prefix lacks is really missing, and so is everything when the
+    checkpoint has no optimizer state to tell them apart: an error listing them, unless
+    `allow_missing`, when a warning names what was left out."""
     if prefix in ("model", ""):
-        return []
-    model = {rest for name, info in inventory.items() if info.is_tensor and (rest := _under(name, "model")) is not None}
-    missing = sorted(model - found)
-    if not missing:
-        return []
-    listing = f"{len(missing)} tensor(s) that 'model' has and '{prefix}' lacks (buffers?): {', '.join(missing)}"
+        return {}, []
+    model = {rest: info for name, info in inventory.items()
+             if info.is_tensor and (rest := _under(name, "model")) is not None}
+    missing = sorted(set(model) - found)
+    trained = {rest.rsplit(".", 1)[0] for name in inventory if (rest := _under(name, "optim.state")) is not None}
+    untracked = {name: model[name] for name in missing if trained and name not in trained}
+    really = [name for name in missing if name not in untracked]
+    if not really:
+        return untracked, []
+    what = "trained parameter(s)" if trained else "tensor(s)"
+    listing = f"{len(really)} {what} that 'model' has and '{prefix}' lacks{'' if trained else ' (buffers?)'}: " \
+              + ", ".join(really)
     if not allow_missing:
-        raise CheckpointError(f"{where}: {listing}; pass --allow-missing to write the output without them")
-    return [f"omitted {listing}"]
+        why = "" if trained else " (no optimizer state in the checkpoint tells buffers from parameters)"
+        raise CheckpointError(f"{where}: {listing}; pass --allow-missing to write the output without them{why}")
+    return untracked, [f"omitted {listing}"]
 
 
 def _plan_hf_to_hf(source: Source) -> ConversionPlan:
@@ -335,7 +354,7 @@ def write_hf_config(directory: Path, config: dict[str, Any]) -> None:
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
-def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = 5 * 10**9,
+def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
             progress: Progress | None = None) -> ConversionResult:
     """Write the planned checkpoint to `dst` (atomically) and check what was written."""
     start = time.perf_counter()
@@ -350,7 +369,7 @@ def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shar
             write_hf_config(tmp, config)
         elif config is not None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _check_written(plan, tmp)
+        check_written(tmp, {t.name: (t.shape, t.dtype) for t in plan.tensors})
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return ConversionResult(dst, plan, files, time.perf_counter() - start)
 
@@ -372,18 +391,8 @@ def _relocate_tokenizer(plan: ConversionPlan, out: Path) -> dict[str, Any] | Non
 
 def _write_hf(plan: ConversionPlan, out: Path, shard_size: int, progress: Progress | None) -> None:
     by_name = {t.name: t for t in plan.tensors}
-    shards = plan_shards([(t.name, t.nbytes) for t in plan.tensors], shard_size)
-    weight_map = {}
-    for file, names in zip(shard_names(len(shards)), shards):
-        entries = [(n, by_name[n].dtype, by_name[n].shape) for n in names]
-        with SafetensorsWriter(out / file, entries) as writer:
-            for name in names:
-                writer.write(name, plan.produce_rows(by_name[name]))
-                weight_map[name] = file
-                if progress:
-                    progress(name, by_name[name].nbytes)
-    if len(shards) > 1:
-        write_index(out, weight_map, plan.total_bytes)
+    write_weights(out, [(t.name, t.dtype, t.shape) for t in plan.tensors],
+                  lambda name: plan.produce_rows(by_name[name]), shard_size, progress)
 
 
 def _write_olmo_core(plan: ConversionPlan, out: Path, progress: Progress | None) -> None:
@@ -394,18 +403,19 @@ def _write_olmo_core(plan: ConversionPlan, out: Path, progress: Progress | None)
                 progress(planned.name, planned.nbytes)
 
 
-def _check_written(plan: ConversionPlan, out: Path) -> None:
-    """Re-open the output from its headers/metadata: every planned tensor, nothing else, as planned."""
+def check_written(out: Path, planned: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+    """Re-open a written checkpoint from its headers/metadata: every planned tensor (name -> shape,
+    dtype), nothing else, as planned."""
     reader = open_checkpoint(out).reader
     reader.check()
     found = {n: (i.shape, i.dtype) for n, i in reader.inventory().items()}
-    problems = differences(found, {t.name: (t.shape, t.dtype) for t in plan.tensors}, "output", "plan")
+    problems = differences(found, planned, "output", "plan")
     if problems:
         raise CheckpointError(f"{out}: written checkpoint differs from the plan:\n  " + "\n  ".join(problems))
 
 
 def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str | None = None,
-            dtype: torch.dtype | None = None, key_map: dict[str, str] | None = None, shard_size: int = 5 * 10**9,
+            dtype: torch.dtype | None = None, key_map: dict[str, str] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
             overwrite: bool = False, allow_missing: bool = False, verify_against: str | Path | None = None,
             progress: Progress | None = None) -> ConversionResult:
     """Plan and execute in one call (see `bolmo convert --help`)."""

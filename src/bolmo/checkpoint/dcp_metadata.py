@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from bolmo.checkpoint.inventory import Chunk, TensorInfo
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.errors import CheckpointError
 
 
@@ -177,8 +178,8 @@ def _read_metadata_file(file: Path) -> tuple[dict[str, TensorInfo], str | None]:
 
 def _missing_metadata_message(path: Path) -> str:
     msg = f"{path}: not a DCP checkpoint: {path / '.metadata'} is missing"
-    if (path / "model_and_optim" / ".metadata").is_file():
-        return msg + f" (the checkpoint is in {path / 'model_and_optim'})"
+    if (path / DCP_SUBDIR / ".metadata").is_file():
+        return msg + f" (the checkpoint is in {path / DCP_SUBDIR})"
     if any(path.glob("__*.distcp")):
         return msg + " but .distcp data files exist: incomplete save or copy (hidden files not copied?)"
     return msg

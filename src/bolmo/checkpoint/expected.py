@@ -10,28 +10,28 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
+from bolmo.checkpoint.model_config import ModelConfig, hf_model_config
 from bolmo.config import BolmoConfig
 from bolmo.errors import ConfigError
+from bolmo.model.bolmo import BolmoForCausalLM
+from bolmo.model.olmo import OlmoForCausalLM
+from bolmo.olmo.config import OLMO_MODEL_TYPES
+
+
+def meta_model(config: ModelConfig) -> nn.Module:
+    """The model a config describes, on the meta device: names, shapes, dtypes and parameter
+    counts, no memory."""
+    model_class = BolmoForCausalLM if isinstance(config, BolmoConfig) else OlmoForCausalLM
+    with torch.device("meta"):
+        return model_class(config)
 
 
 def expected_hf_tensors(hf_config: dict[str, Any], where: str) -> dict[str, torch.Tensor]:
     """HF name -> meta tensor (shape and dtype, no data) for a Bolmo, Olmo2 or Olmo3 config.json (the
     project's own models, whose state-dict names are the HF ones)."""
-    model_type = hf_config.get("model_type")
-    if model_type == "bolmo":
-        from bolmo.model.bolmo import BolmoForCausalLM
-
-        config = BolmoConfig.from_dict(hf_config, where)
-        with torch.device("meta"):
-            model = BolmoForCausalLM(config)
-    elif model_type in ("olmo2", "olmo3"):
-        from bolmo.model.olmo import OlmoForCausalLM
-        from bolmo.olmo.config import OlmoConfig
-
-        olmo_config = OlmoConfig.from_dict(hf_config, where)
-        with torch.device("meta"):
-            model = OlmoForCausalLM(olmo_config)
-    else:
-        raise ConfigError(f"{where}: model_type {model_type!r} has no model to check the checkpoint against")
-    return model.state_dict()
+    if hf_config.get("model_type") not in ("bolmo", *OLMO_MODEL_TYPES):
+        raise ConfigError(f"{where}: model_type {hf_config.get('model_type')!r} has no model to check the "
+                          "checkpoint against")
+    return meta_model(hf_model_config(hf_config, where)).state_dict()

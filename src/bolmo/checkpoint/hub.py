@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.errors import BolmoError, CheckpointError, TokenizerError
 
 ALIASES = {"1b": "allenai/Bolmo-1B", "7b": "allenai/Bolmo-7B"}
@@ -179,7 +180,7 @@ def _refuse_mixed_layouts(out: Path, fmt: str) -> None:
         clash = [n for n in ("model.safetensors", "model.safetensors.index.json") if (out / n).exists()]
         other = "an HF model"
     else:
-        clash = ["model_and_optim"] if (out / "model_and_optim").exists() else []
+        clash = [DCP_SUBDIR] if (out / DCP_SUBDIR).exists() else []
         other = "a native OLMo-core checkpoint"
     if clash:
         raise CheckpointError(
@@ -275,8 +276,8 @@ def _check_sizes(plan: Plan, out: Path) -> None:
 
 def _require_layout(plan: Plan, out: Path) -> None:
     """Catch an offline run that found only part of an earlier download, before reporting success."""
-    needed = {"hf": ["config.json"], "olmo-core": ["config.json", "model_and_optim"],
-              "all": ["config.json", f"{NATIVE_DIR}/model_and_optim"]}[plan.fmt]
+    needed = {"hf": ["config.json"], "olmo-core": ["config.json", DCP_SUBDIR],
+              "all": ["config.json", f"{NATIVE_DIR}/{DCP_SUBDIR}"]}[plan.fmt]
     missing = [name for name in needed if not (out / name).exists()]
     if missing:
         why = "offline mode found only part of an earlier download" if plan.commit is None else "the repo lacks it"

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from bolmo.checkpoint.config_maps import model_family, olmo_core_to_hf
+from bolmo.checkpoint.config_maps import model_family
 from bolmo.checkpoint.convert import plan_conversion
+from bolmo.checkpoint.model_config import olmo_core_model_config
 from bolmo.checkpoint.sources import SourceKind
 from bolmo.config import BolmoConfig
 from bolmo.errors import CheckpointError
@@ -19,7 +20,7 @@ def bolmo_config_from_olmo_core(config: dict[str, Any], where: str = "config.jso
     """The HF BolmoConfig of an OLMo-core experiment config (its `model` and `dataset.tokenizer`)."""
     if model_family(config, where) != "bolmo":
         raise CheckpointError(f"{where}: model.name is not 'bolmo'; this is not a Bolmo checkpoint")
-    return BolmoConfig.from_dict(olmo_core_to_hf(config, where), where)
+    return olmo_core_model_config(config, where)
 
 
 def load_bolmo_olmo_core(path: str | Path) -> tuple[BolmoConfig, dict[str, torch.Tensor]]:

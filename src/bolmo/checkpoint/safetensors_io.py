@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,6 +21,7 @@ from bolmo.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+DEFAULT_SHARD_SIZE = 5 * 10**9  # transformers' default max_shard_size
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
 
 
@@ -232,6 +233,29 @@ def shard_names(n: int) -> list[str]:
 def write_index(directory: Path, weight_map: dict[str, str], total_size: int) -> None:
     index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
     (directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_weights(directory: Path, entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                  rows: Callable[[str], Iterable[torch.Tensor]], shard_size: int = DEFAULT_SHARD_SIZE,
+                  written: Callable[[str, int], None] | None = None) -> None:
+    """HF weight files for `entries` (name, dtype, shape), in shards of at most `shard_size` bytes
+    with an index when there are several. Each tensor is asked of `rows(name)` (whole or as row
+    blocks) only when its turn comes, in the order of `entries`, and dropped once written, so
+    memory holds one tensor at a time; `written(name, nbytes)` follows each tensor."""
+    by_name = {name: (dtype, shape) for name, dtype, shape in entries}
+    sizes = [(name, math.prod(shape) * dtype.itemsize) for name, dtype, shape in entries]
+    nbytes = dict(sizes)
+    shards = plan_shards(sizes, shard_size)
+    weight_map = {}
+    for file, names in zip(shard_names(len(shards)), shards):
+        with SafetensorsWriter(directory / file, [(n, *by_name[n]) for n in names]) as writer:
+            for name in names:
+                writer.write(name, rows(name))
+                weight_map[name] = file
+                if written:
+                    written(name, nbytes[name])
+    if len(shards) > 1:
+        write_index(directory, weight_map, sum(nbytes.values()))
 
 
 @dataclass

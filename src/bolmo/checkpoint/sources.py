@@ -10,11 +10,10 @@ from typing import Any
 
 from bolmo.checkpoint.config_maps import model_family, olmo_core_to_hf
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.config import read_json
 from bolmo.errors import CheckpointError, ConfigError
-
-DCP_SUBDIR = "model_and_optim"
 
 
 class SourceKind(str, Enum):
@@ -53,14 +52,22 @@ class Source:
         return self.path if self.path.is_dir() else self.path.parent
 
 
-def _dcp_dir(path: Path) -> Path:
-    """`path/model_and_optim` for an OLMo-core step directory, else `path` (a model-only DCP)."""
-    sub = path / DCP_SUBDIR
-    return sub if sub.is_dir() else path
+@dataclass
+class Layout:
+    """What a path holds, decided from its file names and config.json alone (no weights opened)."""
+
+    path: Path  # the directory (or file) to read: a step directory when `model_and_optim/` itself was named
+    kind: SourceKind
+    dcp_dir: Path | None  # the DCP directory for DCP kinds, else None (HF weights at `path`)
+    config: dict[str, Any] | None = None
+    config_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
-def open_checkpoint(path: str | Path) -> Source:
-    """Open any supported checkpoint; raise CheckpointError / ConfigError saying what is wrong.
+def detect(path: str | Path) -> Layout:
+    """Recognise any supported checkpoint; raise CheckpointError / ConfigError saying what is wrong.
+    The one place a checkpoint's format is decided (`open_checkpoint`, `bolmo.load` and `bolmo info`
+    all ask it).
 
     DCP files decide the layout before config.json does: a config.json that is unrelated, of
     another architecture or unreadable leaves a readable DCP directory readable (generically, with
@@ -71,11 +78,11 @@ def open_checkpoint(path: str | Path) -> Source:
     if path.is_file():
         if path.suffix != ".safetensors":
             raise CheckpointError(f"{path}: not a checkpoint (expected a directory or a .safetensors file)")
-        return _hf_source(path, SourceKind.SAFETENSORS)
+        return Layout(path, SourceKind.SAFETENSORS, None)
     if path.name == DCP_SUBDIR and (path.parent / "config.json").is_file():
-        return _open_dcp_subdir(path)
+        return _dcp_subdir_layout(path)
     if _has_dcp_files(path):
-        return _open_dcp(path)
+        return _dcp_layout(path)
     config_path = path / "config.json"
     if config_path.is_file():
         config = read_json(config_path)
@@ -85,23 +92,34 @@ def open_checkpoint(path: str | Path) -> Source:
         if "model_type" in config:
             kind = {"bolmo": SourceKind.HF_BOLMO, "olmo2": SourceKind.HF_OLMO,
                     "olmo3": SourceKind.HF_OLMO}.get(config["model_type"], SourceKind.SAFETENSORS)
-            return _hf_source(path, kind, config, config_path)
+            return Layout(path, kind, None, config, config_path)
         raise ConfigError(f"{config_path}: neither an OLMo-core experiment config (no 'model' key) "
                           "nor an HF config (no 'model_type' key)")
     if any(path.glob("*.safetensors")):
-        return _hf_source(path, SourceKind.SAFETENSORS)
+        return Layout(path, SourceKind.SAFETENSORS, None)
     raise CheckpointError(f"{path}: not a checkpoint (no config.json, .metadata, .distcp or .safetensors files)")
+
+
+def open_checkpoint(path: str | Path) -> Source:
+    """Open any supported checkpoint (see `detect`) with the right tensor reader."""
+    layout = detect(path)
+    if layout.dcp_dir is not None:
+        return Source(layout.path, layout.kind, DCPCheckpoint(layout.dcp_dir), layout.config, layout.config_path,
+                      layout.notes)
+    weights = HFWeights(layout.path)
+    return Source(layout.path, layout.kind, weights, layout.config, layout.config_path,
+                  layout.notes + list(weights.notes))
+
+
+def _dcp_dir(path: Path) -> Path:
+    """`path/model_and_optim` for an OLMo-core step directory, else `path` (a model-only DCP)."""
+    sub = path / DCP_SUBDIR
+    return sub if sub.is_dir() else path
 
 
 def _has_dcp_files(path: Path) -> bool:
     return ((path / DCP_SUBDIR).is_dir() or (path / ".metadata").is_file()
             or any(path.glob("__*.distcp")) or any(path.glob("__*.metadata")))
-
-
-def _hf_source(path: Path, kind: SourceKind, config: dict[str, Any] | None = None,
-               config_path: Path | None = None) -> Source:
-    weights = HFWeights(path)
-    return Source(path, kind, weights, config, config_path, list(weights.notes))
 
 
 def _supported_family(config_path: Path) -> tuple[str | None, dict[str, Any] | None, str | None]:
@@ -120,21 +138,20 @@ def _supported_family(config_path: Path) -> tuple[str | None, dict[str, Any] | N
         return None, None, str(exc)
 
 
-def _open_dcp(path: Path) -> Source:
+def _dcp_layout(path: Path) -> Layout:
     """A DCP directory (model-only, or an OLMo-core step directory with model_and_optim/)."""
-    reader = DCPCheckpoint(_dcp_dir(path))
     config_path = path / "config.json"
     family, config, why_not = _supported_family(config_path)
     notes = _interrupted_save_notes(path.parent if path.name == DCP_SUBDIR else path)
     if family is None:
         if why_not:
             notes.insert(0, f"{why_not}; reading {path} as a generic DCP checkpoint (pick the tensors with --prefix)")
-        return Source(path, SourceKind.DCP, reader, notes=notes)
+        return Layout(path, SourceKind.DCP, _dcp_dir(path), notes=notes)
     kind = SourceKind.OLMO_CORE_BOLMO if family == "bolmo" else SourceKind.OLMO_CORE_OLMO
-    return Source(path, kind, reader, config, config_path, notes)
+    return Layout(path, kind, _dcp_dir(path), config, config_path, notes)
 
 
-def _open_dcp_subdir(path: Path) -> Source:
+def _dcp_subdir_layout(path: Path) -> Layout:
     """`step/model_and_optim` itself: the step directory's config.json gives HF names, the tokenizer's
     vocabulary and an HF config.json, so read the step directory when its config can be used."""
     family, config, why_not = _supported_family(path.parent / "config.json")
@@ -144,14 +161,14 @@ def _open_dcp_subdir(path: Path) -> Source:
         except ConfigError as exc:
             why_not = str(exc)
         else:
-            step = _open_dcp(path.parent)
+            step = _dcp_layout(path.parent)
             step.notes.insert(0, f"{path} is the DCP directory of the OLMo-core checkpoint {path.parent}: "
                                  "reading that, with its config.json")
             return step
-    source = _open_dcp(path)
+    layout = _dcp_layout(path)
     if why_not:
-        source.notes.insert(0, f"{why_not}; reading {path} as a generic DCP checkpoint")
-    return source
+        layout.notes.insert(0, f"{why_not}; reading {path} as a generic DCP checkpoint")
+    return layout
 
 
 def _interrupted_save_notes(step: Path) -> list[str]:

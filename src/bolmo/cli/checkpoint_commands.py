@@ -37,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--ema", dest="prefix", action="store_const", const="ema",
                        help="convert the EMA weights (same as --prefix ema)")
     convert.add_argument("--allow-missing", action="store_true",
-                         help="with --prefix/--ema on a DCP without a model config: write the output even though "
-                         "the prefix lacks tensors that 'model' has (e.g. buffers), naming them (default: fail)")
+                         help="with --prefix/--ema: write the output even though the prefix lacks trained parameters "
+                         "that 'model' has, naming them (default: fail). What the prefix lacks and training does not "
+                         "update (buffers, frozen parameters: no optimizer state) is always taken from 'model'")
     convert.add_argument("--key-map", type=Path, metavar="FILE",
                          help="JSON object renaming output tensors: {\"old name\": \"new name\", ...}")
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
@@ -112,6 +113,9 @@ def _print_summary(result: ConversionResult, args: argparse.Namespace) -> None:
     print(f"Converted {plan.source.path} ({plan.source.kind.value}) -> {result.destination} ({plan.target})")
     origin = {None: "", "": " (every DCP tensor)"}.get(plan.prefix, f" from '{plan.prefix}'")
     print(f"  tensors:  {len(plan.tensors)}{origin}, {human_bytes(plan.total_bytes)}")
+    if plan.from_model:
+        print(f"  from 'model': {len(plan.from_model)} tensor(s) '{plan.prefix}' does not track (no optimizer "
+              f"state: buffers, frozen parameters): {', '.join(plan.from_model)}")
     print(f"  files:    {len(result.files)} ({len(weights)} weight file(s)); config.json: "
           f"{'yes' if 'config.json' in result.files else 'no (source has no model config)'}")
     if plan.tokenizer_dir is not None:

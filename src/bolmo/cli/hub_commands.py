@@ -50,7 +50,9 @@ def run_download(args: argparse.Namespace) -> int:
     print(f"Done: {plan.repo_id} ({plan.fmt}) in {result.path}: {result.files} files, {_human(result.total_bytes)}")
     native = {"olmo-core": result.path, "all": result.path / "olmo_core"}.get(plan.fmt)
     if native is not None:
-        weights = native / "model_and_optim"
+        from bolmo.checkpoint.layout import DCP_SUBDIR
+
+        weights = native / DCP_SUBDIR
         print(f"  native checkpoint: {weights} (export BOLMO_CKPT_PATH={weights})")
     if plan.fmt != "olmo-core":
         print(f"  HF model: {result.path}")

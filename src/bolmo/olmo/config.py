@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bolmo.config import (
-    _HF_BOOKKEEPING,
-    TransformerSpec,
-    default_layer_types,
-    transformer_spec_from_hf,
-    read_json,
-    validate_layer_types,
-)
+from bolmo.config import _HF_BOOKKEEPING, TransformerConfig, default_layer_types, read_json, require
 from bolmo.errors import ConfigError
 
 OLMO_MODEL_TYPES = ("olmo2", "olmo3")
@@ -83,38 +76,20 @@ def legacy_rope_fields(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 @dataclass
-class OlmoConfig:
-    """transformers' Olmo2Config / Olmo3Config, field for field (defaults as transformers has them)."""
+class OlmoConfig(TransformerConfig):
+    """transformers' Olmo2Config / Olmo3Config, field for field (defaults as transformers has them).
+    `sliding_window` and `layer_types` are Olmo 3 only (there: 4096, and 3 sliding then 1 full)."""
 
     model_type: str = "olmo2"
     vocab_size: int = 50304
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int | None = None
-    head_dim: int | None = None
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
-    initializer_range: float = 0.02
-    use_cache: bool = True
     pad_token_id: int | None = 1
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = 50279
-    tie_word_embeddings: bool = False
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, Any] | None = None
-    attention_bias: bool = False
-    attention_dropout: float = 0.0
-    rms_norm_eps: float = 1e-5
-    sliding_window: int | None = None  # Olmo 3 only (transformers' default there: 4096)
-    layer_types: list[str] | None = None  # Olmo 3 only (default: 3 sliding then 1 full, repeating)
 
     def __post_init__(self) -> None:
         if self.model_type not in OLMO_MODEL_TYPES:
             raise ConfigError(f"model_type {self.model_type!r} is not a subword OLMo model ({', '.join(OLMO_MODEL_TYPES)})")
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__()
         if self.model_type == "olmo3":
             if self.sliding_window is None:
                 self.sliding_window = 4096
@@ -123,27 +98,9 @@ class OlmoConfig:
 
     def validate(self, where: str) -> None:
         """Reject values our transformer cannot honour, naming the field."""
-
-        def need(cond: bool, fld: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"{where}: {fld}: {msg}")
-
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
-        need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
-             f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
-        if self.head_dim is None:
-            need(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads",
-                 f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
-        need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
-        need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
-        need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")
-        need(self.rms_norm_eps > 0, "rms_norm_eps", "must be positive")
-        if self.model_type == "olmo3":
-            validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
-        self.transformer_spec(where)  # validates rope_scaling
+        require(isinstance(self.vocab_size, int) and self.vocab_size > 0, where, "vocab_size",
+                f"must be a positive integer, got {self.vocab_size!r}")
+        self.validate_transformer(where)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -151,10 +108,6 @@ class OlmoConfig:
         if self.eos_token_id is None:
             return ()
         return tuple(self.eos_token_id) if isinstance(self.eos_token_id, list) else (self.eos_token_id,)
-
-    def transformer_spec(self, where: str = "config.json") -> TransformerSpec:
-        # OLMo 2 has no layer_types (all full attention, rope_scaling on every layer).
-        return transformer_spec_from_hf(self, self.layer_types or ["full_attention"] * self.num_hidden_layers, where)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> "OlmoConfig":
@@ -179,3 +132,12 @@ class OlmoConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "OlmoConfig":
         return cls.from_dict(read_json(path), where=str(path))
+
+    def to_dict(self, dtype: str = "float32") -> dict[str, Any]:
+        """transformers' config.json (the one writer of OLMo HF configs: trainer exports and
+        OLMo-core -> HF conversion). Optional fields that are unset are left out, so transformers
+        applies its own defaults; the end-of-text and padding ids are written even when null."""
+        arch = "Olmo3ForCausalLM" if self.model_type == "olmo3" else "Olmo2ForCausalLM"
+        fields = {k: v for k, v in dataclasses.asdict(self).items()
+                  if v is not None or k in ("eos_token_id", "pad_token_id", "rope_scaling")}
+        return dict(sorted({"architectures": [arch], **fields, "dtype": dtype}.items()))

@@ -15,20 +15,7 @@ from pathlib import Path
 import torch
 
 from bolmo.errors import TokenizerError
-from bolmo.tokenizer import ByteTokenizer, _special_token_ids, gpt2_unicode_to_byte
-
-
-def token_bytes(token: str) -> bytes:
-    """The bytes a byte-level BPE token string stands for; characters outside the byte alphabet
-    (plain-text added tokens) stand for their UTF-8 encoding."""
-    table = gpt2_unicode_to_byte()
-    out = bytearray()
-    for ch in token:
-        if ch in table:
-            out.append(table[ch])
-        else:
-            out.extend(ch.encode("utf-8"))
-    return bytes(out)
+from bolmo.tokenizer import ByteTokenizer, _special_token_ids, read_hf_tokenizer, token_bytes
 
 
 class SubwordTokenizer:
@@ -36,15 +23,7 @@ class SubwordTokenizer:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        file = self.directory / "tokenizer.json"
-        if not file.is_file():
-            raise TokenizerError(f"{self.directory}: no tokenizer.json (an HF tokenizers directory is required)")
-        try:
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_file(str(file))
-        except Exception as exc:  # tokenizers raises its own exception type for malformed files
-            raise TokenizerError(f"{file}: cannot be read ({exc})") from None
+        self._tokenizer = read_hf_tokenizer(self.directory)
         vocab = self._tokenizer.get_vocab(with_added_tokens=True)
         special = _special_token_ids(self.directory, vocab)
         self.eos_id: int | None = special["eos"]

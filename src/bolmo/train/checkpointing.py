@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -49,14 +50,15 @@ from torch.distributed.checkpoint.state_dict import (
 from bolmo.checkpoint import keymaps
 from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core
-from bolmo.checkpoint.convert import write_hf_config
+from bolmo.checkpoint.convert import check_written, write_hf_config
+from bolmo.checkpoint.layout import DCP_SUBDIR
+from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
 from bolmo.errors import CheckpointError
 from bolmo.olmo.config import OlmoConfig
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
 from bolmo.train.distributed import Dist
 
 LATEST = "latest"
-DCP_DIR = "model_and_optim"
 MODEL_PREFIX = "model."  # TrainModule.model: what is saved (the teacher's parts are not)
 DEFAULT_TOKENIZER_DIR = "subword_tokenizer"  # as bolmo byteify-init names it
 _STEP_DIR = re.compile(r"^step(\d+)$")
@@ -64,14 +66,6 @@ _OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 # ----------------------------------------------------------------------------- model description
-
-def olmo_hf_config(config: OlmoConfig) -> dict[str, Any]:
-    """transformers' config.json of a subword OLMo model."""
-    out = {k: v for k, v in dataclasses.asdict(config).items()
-           if v is not None or k in ("bos_token_id", "eos_token_id", "pad_token_id", "rope_scaling")}
-    arch = "Olmo3ForCausalLM" if config.model_type == "olmo3" else "Olmo2ForCausalLM"
-    return {"architectures": [arch], **out, "dtype": "float32"}
-
 
 @dataclasses.dataclass
 class ModelDescription:
@@ -86,7 +80,7 @@ class ModelDescription:
     def of(cls, model: nn.Module, tokenizer_src: Path) -> "ModelDescription":
         config = model.config
         if isinstance(config, OlmoConfig):
-            return cls("olmo", olmo_hf_config(config), tokenizer_src, "")
+            return cls("olmo", config.to_dict(), tokenizer_src, "")
         identifier = config.tokenizer_config.original_identifier or ""
         if not identifier or Path(identifier).is_absolute() or ".." in Path(identifier).parts:
             identifier = DEFAULT_TOKENIZER_DIR  # bundle it under a relative name the loader finds
@@ -186,7 +180,7 @@ class Checkpointer:
         if not marker.is_file():
             return None
         path = self.run_dir / marker.read_text().strip()
-        if not (path / DCP_DIR / ".metadata").is_file():
+        if not (path / DCP_SUBDIR / ".metadata").is_file():
             raise CheckpointError(f"{marker} names {path.name}, which is not a complete checkpoint")
         return path
 
@@ -205,7 +199,7 @@ class Checkpointer:
         self.dist.barrier()
         with _single_process_quiet():
             dcp.save({"model": _model_state(root, self.desc), "optim": _optim_state(root, optimizer, self.desc)},
-                     checkpoint_id=tmp / DCP_DIR, no_dist=not self.dist.active)
+                     checkpoint_id=tmp / DCP_SUBDIR, no_dist=not self.dist.active)
         (tmp / "train").mkdir(exist_ok=True)
         torch.save({"step": step, "data": data_state, "rng": _rng_state(), "world_size": self.dist.world_size},
                    tmp / "train" / f"rank{self.dist.rank}.pt")
@@ -232,7 +226,7 @@ class Checkpointer:
         model_state = _model_state(root, self.desc)
         optim_state = _optim_state(root, optimizer, self.desc)
         with _single_process_quiet():
-            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path / DCP_DIR,
+            dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=path / DCP_SUBDIR,
                      no_dist=not self.dist.active)
         set_model_state_dict(root, {MODEL_PREFIX + self.desc.hf(k): v for k, v in model_state.items()},
                              options=StateDictOptions(strict=False))
@@ -246,18 +240,28 @@ class Checkpointer:
 
 # ----------------------------------------------------------------------------- export
 
-def export_hf(root: nn.Module, desc: ModelDescription, out: str | Path, dist: Dist) -> Path | None:
-    """Write the trained model as an HF directory (config.json, model.safetensors, subword
-    tokenizer) that `bolmo.load` reads. All ranks call it; rank 0 writes."""
-    from safetensors.torch import save_file
+def export_hf(root: nn.Module, desc: ModelDescription, out: str | Path, dist: Dist,
+              shard_size: int = DEFAULT_SHARD_SIZE) -> Path | None:
+    """Write the trained model as an HF directory (config.json, safetensors weights, subword
+    tokenizer) that `bolmo.load` reads, with `bolmo convert`'s writer: sharded, checked after
+    writing, atomic. All ranks call it; rank 0 writes. Tensors are gathered one at a time (a
+    collective every rank joins, in the same order), so no process holds the whole model."""
+    state = {k[len(MODEL_PREFIX):]: v for k, v in get_model_state_dict(root).items() if k.startswith(MODEL_PREFIX)}
+    entries = [(name, tensor.dtype, tuple(tensor.shape)) for name, tensor in sorted(state.items())]
 
-    full = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def gathered(name: str) -> list[torch.Tensor]:
+        tensor = state[name]
+        return [(tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu()]
+
     out = Path(out)
     if dist.is_main:
-        tensors = {k[len(MODEL_PREFIX):]: v.contiguous() for k, v in full.items() if k.startswith(MODEL_PREFIX)}
         with atomic_directory(out, overwrite=True) as tmp:
-            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            write_weights(tmp, entries, gathered, shard_size)
             write_hf_config(tmp, desc.hf_config)
             desc.write_side_files(tmp)
+            check_written(tmp, {name: (shape, dtype) for name, dtype, shape in entries})
+    else:
+        for name, _, _ in entries:  # join rank 0's gathers
+            gathered(name)
     dist.barrier()
     return out if dist.is_main else None

@@ -17,7 +17,7 @@ import torch
 
 from bolmo.config import BYTE_OFFSET
 from bolmo.errors import ConfigError
-from bolmo.train.data import IGNORE_INDEX, boundary_targets, fuse_labels
+from bolmo.train.labels import IGNORE_INDEX, boundary_targets, fuse_labels
 
 MAX_SPACE_PATCH = 16
 _STRICT_SPACE = frozenset(b" \t\n\r")

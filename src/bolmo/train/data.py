@@ -18,15 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from bolmo.config import PLAIN_VOCAB, ByteTokenizerConfig
+from bolmo.config import BOS_ID, ByteTokenizerConfig
 from bolmo.errors import BolmoError, ConfigError
 from bolmo.tokenizer import SubwordExpander
+from bolmo.train.compression import bpe_merge_positions, space_patch_lens
+from bolmo.train.labels import boundary_targets, fuse_labels, next_byte_labels
 
 FORMAT_NAME = "bolmo-prepared-bytes"
 FORMAT_VERSION = 1
-BOS_ID = EOS_ID = 1  # byte-level BOS; also the document separator (eos = bos in Bolmo)
-PAD_ID = 0
-IGNORE_INDEX = -100
 # Per-shard arrays (.npy files, memory-mapped when read), indexed by byte, token or document.
 SHARD_ARRAYS = ("bytes", "boundaries", "expanded", "tokens", "token_offsets", "doc_offsets")
 
@@ -54,42 +53,6 @@ class ByteDataConfig:
                               f"{self.tokens_per_instance} and {self.seq_len}")
         if self.compression not in (None, "bpe", "space"):
             raise ConfigError(f"data.compression: must be null, 'bpe' or 'space', got {self.compression!r}")
-
-
-def next_byte_labels(input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, L] -> [B, L] plain labels: input_ids[t+1] where byte t+1 is real (non-PAD), else -100."""
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    nxt = input_ids[:, 1:]
-    labels[:, :-1] = torch.where(nxt != PAD_ID, nxt, IGNORE_INDEX)
-    return labels
-
-
-def boundary_targets(input_ids: torch.Tensor, patch_lens: torch.Tensor,
-                     skip_boundary_before_eos: bool = True) -> torch.Tensor:
-    """True patch boundaries, `boundary_mode = "end"`: [B, L] ids, [B, P] lengths -> [B, L] bool.
-
-    y[t] = 1 iff t is the last byte of a patch; with `skip_boundary_before_eos`, not when byte t+1
-    is EOS (so a document's last token and its EOS are one patch); y[0] = 1 (BOS) always.
-    """
-    length = input_ids.shape[1]
-    ends = patch_lens.cumsum(-1) - 1
-    ends = torch.where((ends >= length) | (ends < 0), 0, ends)  # overflow -> byte 0, a boundary anyway
-    y = torch.zeros_like(input_ids, dtype=torch.bool).scatter_(1, ends, True)
-    if skip_boundary_before_eos:
-        y[:, :-1] &= input_ids[:, 1:] != EOS_ID
-    y[:, 0] = True
-    return y
-
-
-def fuse_labels(labels: torch.Tensor, boundary_mask: torch.Tensor) -> torch.Tensor:
-    """Fused labels for the 520-way head: labels[t] + 260 where byte t+1 is an active boundary
-    and itself has a label (so the last real byte is never fused). Accepts plain or already
-    fused labels (stage 2 re-fuses with the predicted mask): [B, L], [B, L] bool -> [B, L]."""
-    plain = torch.where(labels >= 0, labels % PLAIN_VOCAB, labels)
-    has_label = plain != IGNORE_INDEX
-    fused = plain.clone()
-    fused[:, :-1] += PLAIN_VOCAB * (boundary_mask[:, 1:] & has_label[:, 1:]).long()
-    return fused
 
 
 class _Shard:
@@ -193,16 +156,12 @@ class ByteDataset:
             "index": torch.tensor(index),
         }
         if self.config.compression == "bpe":
-            from bolmo.train.compression import bpe_merge_positions
-
             rng = np.random.default_rng([self.config.seed, index])
             merges = np.full(S, -1, np.int64)
             found = bpe_merge_positions(o, rng)[:S]
             merges[:len(found)] = found
             out["bpe_merges"] = torch.from_numpy(merges)
         elif self.config.compression == "space":
-            from bolmo.train.compression import space_patch_lens
-
             space = np.zeros(S, np.int64)
             found = space_patch_lens(full_bytes)[:S]
             space[:len(found)] = found

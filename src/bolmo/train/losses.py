@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
 from bolmo.errors import ConfigError
-from bolmo.train.data import IGNORE_INDEX
+from bolmo.scoring import folded_logprobs
+from bolmo.train.labels import IGNORE_INDEX
 from bolmo.train.vocab import WHITESPACE_BYTES
 
 LN2 = math.log(2.0)
@@ -83,11 +84,11 @@ def fused_cross_entropy(logprobs: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 def byte_logprobs(logprobs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-probability of the next *byte* with the boundary flag marginalised out:
-    log(p[x] + p[x + 260]), x the plain label; 0 where labels == -100. [B, L, V], [B, L] -> [B, L]."""
+    log(p[x] + p[x + 260]), x the plain label; 0 where labels == -100. [B, L, V], [B, L] -> [B, L].
+    The folding is scoring's own (`bolmo.scoring.folded_logprobs`), so training's bits per byte
+    and `bolmo score` measure the same thing."""
     plain = torch.where(labels >= 0, labels % PLAIN_VOCAB, 0)
-    lp = logprobs.float()
-    both = torch.logaddexp(lp.gather(-1, plain[..., None]), lp.gather(-1, (plain + PLAIN_VOCAB)[..., None]))[..., 0]
-    return torch.where(labels != IGNORE_INDEX, both, 0.0)
+    return torch.where(labels != IGNORE_INDEX, folded_logprobs(logprobs, plain), 0.0)
 
 
 def bits_per_byte(nats: torch.Tensor | float, n_bytes: torch.Tensor | int | None = None) -> torch.Tensor | float:

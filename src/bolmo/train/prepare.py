@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from bolmo.config import BYTE_OFFSET, ByteTokenizerConfig
+from bolmo.config import BYTE_OFFSET, EOS_ID, ByteTokenizerConfig
 from bolmo.errors import ConfigError
-from bolmo.tokenizer import SubwordExpander
-from bolmo.train.data import EOS_ID, FORMAT_NAME, FORMAT_VERSION, DataError
-from bolmo.train.vocab import TOKENIZER_FILES, SubwordVocab, load_tokenizer
+from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES, SubwordExpander
+from bolmo.train.data import FORMAT_NAME, FORMAT_VERSION, DataError
+from bolmo.train.vocab import SubwordVocab, load_tokenizer
 
 SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst")
 BAD_EXAMPLES = 5  # file:line locations kept per reason
@@ -266,7 +266,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
     _check_job(config, files, vocab)
     tok_dir = config.out / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
+    for name in SUBWORD_TOKENIZER_FILES:
         if (config.tokenizer / name).is_file() and not (tok_dir / name).is_file():
             shutil.copyfile(config.tokenizer / name, tok_dir / name)
     for stale in config.out.glob("shard-*.tmp-*"):

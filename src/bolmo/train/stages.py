@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bolmo.config import PAD_ID
 from bolmo.errors import ConfigError
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.local import pool
 from bolmo.model.olmo import OlmoForCausalLM
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.train.config import LossConfig
-from bolmo.train.data import IGNORE_INDEX, PAD_ID, fuse_labels
+from bolmo.train.labels import IGNORE_INDEX, fuse_labels
 from bolmo.train.losses import (
     LN2,
     BatchCounts,

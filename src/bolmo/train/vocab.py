@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bolmo.errors import TokenizerError
-from bolmo.tokenizer import _special_token_ids, gpt2_unicode_to_byte
+from bolmo.tokenizer import _special_token_ids, gpt2_unicode_to_byte, read_hf_tokenizer, token_bytes
 
 # Raw bytes that make a token "whitespace-initial" for ALM debiasing: space, LF, tab (the dolma2
 # set of tokens starting with Ġ, Ċ or ĉ).
 WHITESPACE_BYTES = (0x20, 0x0A, 0x09)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass
@@ -26,7 +25,7 @@ class SubwordVocab:
     """A loaded HF `tokenizers` tokenizer plus the byte view of its vocabulary."""
 
     path: Path
-    token_bytes: list[bytes]  # token id -> its raw bytes (added tokens: their literal UTF-8)
+    token_bytes: list[bytes]  # token id -> its raw bytes (bolmo.tokenizer.token_bytes; special tokens too)
     eos_id: int  # appended after every document (the teacher's EOS_s)
     pad_id: int  # fills teacher windows after a stripped leading EOS (PAD_s; = eos_id if none)
     sha256: str  # of tokenizer.json: a prepared data set is tied to one exact tokenizer
@@ -39,23 +38,18 @@ class SubwordVocab:
     def load(cls, path: str | Path) -> "SubwordVocab":
         path = Path(path)
         file = path / "tokenizer.json"
-        if not file.is_file():
-            raise TokenizerError(f"{path}: no tokenizer.json (an HF tokenizers directory is required)")
         tokenizer = load_tokenizer(path)
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         added = {tok.content for tok in tokenizer.get_added_tokens_decoder().values()}
         table = gpt2_unicode_to_byte()
-        token_bytes = [b""] * (max(vocab.values()) + 1)
+        by_id = [b""] * (max(vocab.values()) + 1)
         for token, index in vocab.items():
-            if token in added:
-                token_bytes[index] = token.encode("utf-8")
-            elif all(ch in table for ch in token):
-                token_bytes[index] = bytes(table[ch] for ch in token)
-            else:
+            if token not in added and not all(ch in table for ch in token):
                 raise TokenizerError(
                     f"{file}: token {token!r} (id {index}) is not in the byte-level alphabet; only "
                     f"byte-level BPE tokenizers (GPT-2 style, like the OLMo tokenizers) are supported"
                 )
+            by_id[index] = token_bytes(token)
         special = _special_token_ids(path, vocab)
         eos = special["eos"] if special["eos"] is not None else vocab.get("<|endoftext|>")
         if eos is None:
@@ -63,7 +57,7 @@ class SubwordVocab:
                                  f"and no <|endoftext|> token; documents need an end-of-text id")
         pad = special["pad"] if special["pad"] is not None else eos
         digest = hashlib.sha256(file.read_bytes()).hexdigest()
-        return cls(path=path, token_bytes=token_bytes, eos_id=eos, pad_id=pad, sha256=digest)
+        return cls(path=path, token_bytes=by_id, eos_id=eos, pad_id=pad, sha256=digest)
 
     def whitespace_initial_ids(self) -> list[int]:
         """Token ids whose bytes start with space, LF or tab: the teacher's side of ALM
@@ -74,11 +68,6 @@ class SubwordVocab:
 def load_tokenizer(path: Path):
     """The fast tokenizer, set to encode special-token strings found in documents as plain text:
     a literal "<|endoftext|>" inside a web page must not become a document break."""
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-    except Exception as exc:  # tokenizers raises its own exception type for malformed files
-        raise TokenizerError(f"{path / 'tokenizer.json'}: cannot be read ({exc})") from None
+    tokenizer = read_hf_tokenizer(path)
     tokenizer.encode_special_tokens = True
     return tokenizer
