@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bolmo.config import BolmoConfig, read_json
+from bolmo.checkpoint.convert import plan_conversion
+from bolmo.checkpoint.expected import meta_model
+from bolmo.checkpoint.model_config import model_kind, read_model_config
+from bolmo.checkpoint.safetensors_io import HFWeights
+from bolmo.config import BolmoConfig
 from bolmo.errors import CheckpointError, ConfigError, TokenizerError
 from bolmo.inference import Bolmo, Olmo
-from bolmo.model.bolmo import BolmoForCausalLM
-from bolmo.model.olmo import OlmoForCausalLM
 from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
@@ -51,51 +53,14 @@ def resolve_source(source: str | Path | None) -> Path:
 def checkpoint_kind(path: Path) -> str:
     """'bolmo' (HF), 'bolmo-olmo-core', 'olmo-core', or the HF model_type of a subword model
     (decided by `bolmo.checkpoint.model_config.model_kind`, as for every other command)."""
-    from bolmo.checkpoint.model_config import model_kind
-
     return model_kind(path)
-
-
-OLMO_KINDS = ("olmo2", "olmo3", "olmo-core")  # subword OLMo 2 / Olmo 3 models (HF or OLMo-core)
-
-
-def load_config(path: Path, kind: str) -> BolmoConfig:
-    if kind == "bolmo":
-        return BolmoConfig.from_file(path / "config.json")
-    if kind == "bolmo-olmo-core":
-        from bolmo.checkpoint.olmo_core import bolmo_config_from_olmo_core
-
-        return bolmo_config_from_olmo_core(read_json(path / "config.json"))
-    raise ConfigError(f"{path / 'config.json'}: model_type {kind!r} is not a Bolmo model")
-
-
-def load_olmo_config(path: Path, kind: str):
-    """The OlmoConfig of a subword directory, and for OLMo-core ones the conversion plan that
-    renames its tensors to HF names (None for HF directories)."""
-    if kind == "olmo-core":
-        from bolmo.checkpoint.convert import plan_conversion
-
-        plan = plan_conversion(path, "hf")
-        if plan.source.family != "olmo":
-            raise CheckpointError(f"{path}: a {plan.source.kind.value} checkpoint, not an OLMo 2 / Olmo 3 model")
-        return OlmoConfig.from_dict(plan.config, str(plan.source.config_path)), plan
-    return OlmoConfig.from_file(path / "config.json"), None
 
 
 def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig | OlmoConfig, dict[str, int], str]:
     """Config, parameters per component and checkpoint kind of anything `load` accepts, without
     reading any weights."""
-    path = resolve_source(source)
-    kind = checkpoint_kind(path)
-    if kind in OLMO_KINDS:
-        config, _ = load_olmo_config(path, kind)
-        model_class = OlmoForCausalLM
-    else:
-        config = load_config(path, kind)
-        model_class = BolmoForCausalLM
-    with torch.device("meta"):
-        model = model_class(config)
-    return config, model.num_parameters_by_component(), kind
+    config, kind = read_model_config(resolve_source(source))
+    return config, meta_model(config).num_parameters_by_component(), kind
 
 
 def load(source: str | Path | None = None, device: str | torch.device = "cpu",
@@ -103,42 +68,26 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     """Load a Bolmo model (HF or OLMo-core directory, downloaded Hub repo id, or the bundled
     default) in eval mode as a `bolmo.inference.Bolmo`, with its tokenizer attached as
     `model.tokenizer`. Subword OLMo 2 / Olmo 3 directories (HF or OLMo-core) load as
-    `bolmo.inference.Olmo`."""
+    `bolmo.inference.Olmo`, with their tokenizer when the directory has a tokenizer.json."""
     path = resolve_source(source)
-    kind = checkpoint_kind(path)
-    if kind in OLMO_KINDS:  # a subword OLMo model: same surface, its own tokenizer
-        return load_olmo(path, kind, device=device, dtype=dtype)
-    if kind == "bolmo":
-        from bolmo.checkpoint.safetensors_io import HFWeights
-
-        config = load_config(path, kind)
-        tensors = HFWeights(path).tensors()
-    elif kind == "bolmo-olmo-core":
-        from bolmo.checkpoint.olmo_core import load_bolmo_olmo_core
-
-        config, state = load_bolmo_olmo_core(path)
-        tensors = ((name, path / "model_and_optim", tensor) for name, tensor in state.items())
+    config, kind = read_model_config(path)
+    tensors = checkpoint_tensors(path, kind)
+    if isinstance(config, BolmoConfig):
+        model = materialize(Bolmo, config, tensors, device, dtype)
+        model.tokenizer = build_tokenizer(config, path)
     else:
-        raise ConfigError(f"{path / 'config.json'}: model_type {kind!r} is not a Bolmo model")
-    model = materialize(Bolmo, config, tensors, device, dtype)
-    model.tokenizer = build_tokenizer(config, path)
+        model = materialize(Olmo, config, tensors, device, dtype)
+        model.tokenizer = SubwordTokenizer(path) if (path / "tokenizer.json").is_file() else None
     return model.eval()
 
 
-def load_olmo(path: Path, kind: str, device: str | torch.device, dtype: torch.dtype) -> Olmo:
-    """An OLMo 2 / Olmo 3 directory (HF Olmo2ForCausalLM / Olmo3ForCausalLM layout, or OLMo-core
-    with `model_and_optim/`) in eval mode, with its tokenizer attached when the directory has a
-    tokenizer.json."""
-    config, plan = load_olmo_config(path, kind)
-    if plan is not None:  # renamed to HF names, tensor by tensor, by the converter's own plan
-        tensors = ((t.name, plan.source.path, plan.produce(t)) for t in plan.tensors)
-    else:
-        from bolmo.checkpoint.safetensors_io import HFWeights
-
-        tensors = HFWeights(path).tensors()
-    model = materialize(Olmo, config, tensors, device, dtype)
-    model.tokenizer = SubwordTokenizer(path) if (path / "tokenizer.json").is_file() else None
-    return model.eval()
+def checkpoint_tensors(path: Path, kind: str) -> Iterable[tuple[str, Path, torch.Tensor]]:
+    """(HF name, file, tensor) for every tensor of a checkpoint, read one at a time; OLMo-core
+    tensors are renamed and reshaped by the converter's own plan."""
+    if kind in ("bolmo-olmo-core", "olmo-core"):
+        plan = plan_conversion(path, "hf")
+        return ((t.name, plan.source.path, plan.produce(t)) for t in plan.tensors)
+    return HFWeights(path).tensors()
 
 
 def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[str, Path, torch.Tensor]],

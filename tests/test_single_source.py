@@ -1,0 +1,29 @@
+"""One home for each fact the code relies on (import cycles and layers: tests/test_layers.py)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import bolmo
+
+SRC = Path(bolmo.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_special_ids_are_defined_only_in_bolmo_config():
+    """pad/bos/eos/<bpe_token_end> ids, the byte offset and the vocabulary sizes have one home."""
+    names = {"PAD_ID", "BOS_ID", "EOS_ID", "BPE_TOKEN_END_ID", "BYTE_OFFSET", "PLAIN_VOCAB", "FUSED_VOCAB"}
+    defined = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets
+                           for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)]
+                defined |= {(_module_name(path), t.id) for t in targets if t.id in names}
+    assert {module for module, _ in defined} == {"bolmo.config"}
+    assert {name for _, name in defined} == names
