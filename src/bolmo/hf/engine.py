@@ -1,0 +1,32 @@
+"""The one place where bolmo.hf calls bolmo's generation package: everything else in bolmo.hf
+goes through `byte_steps`, so a new generation API is adopted here and nowhere else."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from bolmo.errors import GenerationError
+from bolmo.generation.bolmo_decode import decode
+from bolmo.generation.continuation import GenerateOptions
+
+
+@dataclass
+class RowState:
+    ids: list[int]  # the new Bolmo byte ids so far (byte + 4), without EOS
+    eos: bool  # the row ended at EOS
+
+
+def byte_steps(core, prompts: Sequence[bytes], max_new_bytes: int, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None,
+               seed: int | None = None) -> Iterator[list[RowState]]:
+    """Decode `prompts` (the bytes after BOS) with bolmo's cached engine, yielding every row's
+    state after the prefill and after each step; every step adds one byte or EOS to each row
+    still running. The caller may stop iterating at any time."""
+    try:  # today's engine takes text prompts
+        texts = [p.decode("utf-8") for p in prompts]
+    except UnicodeDecodeError as exc:
+        raise GenerationError(f"prompt bytes are not valid UTF-8 ({exc}); the byte engine takes text prompts") from None
+    options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed)
+    for rows in decode(core, texts, options):
+        yield [RowState(row.result.ids, row.result.finish_reason == "eos" and row.done) for row in rows]
