@@ -7,8 +7,8 @@ so bolmo works without it and `import bolmo` stays fast.
 
 Why registration wins over a repo's `auto_map` without `trust_remote_code`: transformers (4.57 and
 5.x alike) resolves `trust_remote_code=None` to False when the model type has local (registered)
-code, and then takes the registered classes; 5.x also prefers registered classes that live
-outside transformers when `trust_remote_code=True` (4.57 runs the remote code then).
+code, and then takes the registered classes. With `trust_remote_code=True`, 4.57 runs the remote
+code; 5.x still takes registered config and model classes that live outside transformers.
 """
 
 from __future__ import annotations
