@@ -161,14 +161,25 @@ def test_sampling_follows_torch_seed_and_arguments(loaded):
 
 def test_stop_strings_end_after_the_stop_string(loaded):
     model, tokenizer, _ = loaded
-    ids = tokenizer("Language modeling is ", return_tensors="pt")["input_ids"]
-    greedy = new_ids(model.generate(ids, max_new_tokens=40), ids.shape[1])
-    data = bytes(i - 4 for i in greedy)
+
+    def greedy(prompt: str) -> tuple[torch.Tensor, list[int]]:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        return ids, new_ids(model.generate(ids, max_new_tokens=40), ids.shape[1])
+
+    ids, plain = greedy("Language modeling is ")
+    data = bytes(i - 4 for i in plain)
     start = next(i for i in range(5, 30) if data[i:i + 2].isascii() and data[i:i + 2].decode().isprintable())
     stop = data[start:start + 2].decode()
-    out = model.generate(ids, max_new_tokens=40, stop_strings=[stop], tokenizer=tokenizer)
-    end = data.index(stop.encode()) + 2
-    assert new_ids(out, ids.shape[1]) == greedy[:end]
+    out = model.generate(ids, max_new_tokens=40, stop_strings=[stop, "never in the output"], tokenizer=tokenizer)
+    assert new_ids(out, ids.shape[1]) == plain[: data.index(stop.encode()) + 2]
+
+    # As in transformers, a stop string may begin in the prompt: the first new byte completes it.
+    for prompt in ("a", "ab", "abc", "b", "c", "x", "xy", "z"):  # one whose first new byte is printable ASCII
+        ids, plain = greedy(prompt)
+        if 36 <= plain[0] < 127:
+            break
+    stop = prompt[-1] + chr(plain[0] - 4)
+    assert new_ids(model.generate(ids, max_new_tokens=40, stop_strings=stop), ids.shape[1]) == plain[:1]
 
 
 def test_max_new_tokens_counts_bytes_and_unsupported_settings_fail(loaded):

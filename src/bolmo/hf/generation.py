@@ -2,7 +2,7 @@
 
 transformers' meaning throughout: `max_new_tokens` counts new bytes (ids), the result is the input
 ids followed by the new ids (an ending EOS included, finished rows padded with `pad_token_id`),
-`do_sample=False` is greedy, `stop_strings` end a row after the stop string (which is kept),
+`do_sample=False` is greedy, `stop_strings` end a row once the sequence ends with one (it is kept),
 streamers get the prompt and then one id per row and step. Sampling draws its seed from torch's
 global generator, so `torch.manual_seed` makes it reproducible. Left- or right-padded batches come
 with their `attention_mask`; each row is decoded exactly as its prompt alone.
@@ -64,6 +64,9 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
 
     if streamer is not None:
         streamer.put(input_ids.cpu())
+    # As transformers' stop-string check: does the sequence (prompt included) end with a stop string?
+    longest = max((len(s) for s in stops), default=0)
+    tails = [p[-longest:] if stops else b"" for p in prompts]
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     steps = byte_steps(model.core, prompts, max_new, **sampling)
@@ -77,8 +80,9 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
             token = row.ids[len(new[r])] if len(row.ids) > len(new[r]) else eos
             new[r].append(token)
             step.append(token)
-            data = bytes(i - BYTE_OFFSET for i in new[r][-max((len(s) for s in stops), default=0):])
-            done[r] = row.eos or len(new[r]) >= max_new or any(data.endswith(s) for s in stops)
+            if stops and token != eos:
+                tails[r] = (tails[r] + bytes((token - BYTE_OFFSET,)))[-longest:]
+            done[r] = row.eos or len(new[r]) >= max_new or any(tails[r].endswith(s) for s in stops)
         if streamer is not None:
             streamer.put(torch.tensor(step))
         if all(done):

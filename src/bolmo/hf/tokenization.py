@@ -9,11 +9,12 @@ the byte vocabulary is fixed, and `tokenizer_config.json` names the class.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizer
 
-from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, ByteTokenizerConfig
+from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, ByteTokenizerConfig, read_json
 from bolmo.tokenizer import ByteTokenizer, gpt2_unicode_to_byte
 
 
@@ -22,6 +23,8 @@ class BolmoTokenizer(PreTrainedTokenizer):
     model_input_names = ["input_ids", "attention_mask"]
 
     def __init__(self, tokenizer_config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if tokenizer_config is None:  # the model's own, from the config.json beside tokenizer_config.json
+            tokenizer_config = _model_tokenizer_config(kwargs.get("name_or_path"))
         config = ByteTokenizerConfig.from_dict(tokenizer_config or {})
         self.bytes = ByteTokenizer(config)
         self._char_to_byte = gpt2_unicode_to_byte()
@@ -81,3 +84,11 @@ class BolmoTokenizer(PreTrainedTokenizer):
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         return ()
+
+
+def _model_tokenizer_config(directory: str | None) -> dict[str, Any] | None:
+    """`tokenizer_config` of a Bolmo config.json in `directory`, if there is one."""
+    if not directory or not (Path(directory) / "config.json").is_file():
+        return None
+    data = read_json(Path(directory) / "config.json")
+    return data.get("tokenizer_config") if data.get("model_type") == "bolmo" else None
