@@ -23,8 +23,8 @@ from bolmo.hf.engine import byte_steps
 _UNSUPPORTED = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                 "min_new_tokens": 0, "min_length": 0, "min_p": 0.0, "typical_p": 1.0, "penalty_alpha": 0.0,
                 "return_dict_in_generate": False, "output_scores": False, "output_logits": False,
-                "bad_words_ids": None, "force_words_ids": None, "assistant_model": None}
-# Keyword arguments transformers callers pass that change nothing here.
+                "bad_words_ids": None, "force_words_ids": None}
+# Keyword arguments transformers callers pass that need nothing here (the processor lists only when empty).
 _IGNORED = {"tokenizer", "use_cache", "synced_gpus", "logits_processor", "stopping_criteria"}
 
 
@@ -51,12 +51,7 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
     max_new = config.max_new_tokens
     if max_new is None:
         max_new = max((config.max_length or 20) - input_ids.shape[1], 0)
-    sampling: dict[str, Any] = {}
-    if config.do_sample:
-        temperature = 1.0 if config.temperature is None else float(config.temperature)
-        sampling = dict(temperature=temperature, top_k=config.top_k or None,
-                        top_p=config.top_p if config.top_p is not None and config.top_p < 1.0 else None,
-                        seed=int(torch.randint(0, 2**62, ())))  # row r samples with seed + r
+    sampling = sampling_arguments(config)
     stops = config.stop_strings
     stops = [s.encode("utf-8") for s in ([stops] if isinstance(stops, str) else stops or [])]
     pad = config.pad_token_id if config.pad_token_id is not None else model.config.pad_token_id
@@ -95,6 +90,16 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
     for r, ids in enumerate(new):
         out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return torch.cat([input_ids.cpu(), out], dim=1).to(input_ids.device)
+
+
+def sampling_arguments(config) -> dict[str, Any]:
+    """The engine's sampling arguments for a GenerationConfig: none (greedy) unless do_sample; the
+    seed comes from torch's global generator (row r then samples with seed + r)."""
+    if not config.do_sample:
+        return {}
+    top_p = config.top_p if config.top_p is not None and config.top_p < 1.0 else None
+    return dict(temperature=1.0 if config.temperature is None else float(config.temperature),
+                top_k=config.top_k or None, top_p=top_p, seed=int(torch.randint(0, 2**62, ())))
 
 
 def prompt_bytes(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, bos_id: int) -> list[bytes]:
