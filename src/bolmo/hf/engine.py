@@ -13,7 +13,7 @@ from bolmo.generation.continuation import GenerateOptions
 
 @dataclass
 class RowState:
-    ids: list[int]  # the new Bolmo byte ids so far (byte + 4), without EOS
+    data: bytes | bytearray  # the new bytes so far, without EOS (the engine's buffer: read, don't keep)
     eos: bool  # the row ended at EOS
 
 
@@ -29,4 +29,4 @@ def byte_steps(core, prompts: Sequence[bytes], max_new_bytes: int, temperature: 
         raise GenerationError(f"prompt bytes are not valid UTF-8 ({exc}); the byte engine takes text prompts") from None
     options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed)
     for rows in decode(core, texts, options):
-        yield [RowState(row.result.ids, row.result.finish_reason == "eos" and row.done) for row in rows]
+        yield [RowState(row.continuation.data, row.continuation.finish_reason == "eos") for row in rows]

@@ -72,7 +72,7 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
             if done[r]:
                 step.append(pad)
                 continue
-            token = row.ids[len(new[r])] if len(row.ids) > len(new[r]) else eos
+            token = row.data[len(new[r])] + BYTE_OFFSET if len(row.data) > len(new[r]) else eos
             new[r].append(token)
             step.append(token)
             if stops and token != eos:
