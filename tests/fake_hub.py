@@ -1,7 +1,8 @@
 """A Hugging Face Hub stand-in on 127.0.0.1 for download tests.
 
-It serves only what huggingface_hub 0.36 asks for when downloading:
+It serves only what huggingface_hub (0.34 to 2.x) asks for when downloading:
 - `GET /api/models/{repo}[/revision/{rev}]`: repo info (`sha`, `siblings` with sizes);
+- `GET /api/models/{repo}/tree/{rev}?recursive=true`: the file listing 2.x downloads from;
 - `HEAD|GET /{repo}/resolve/{rev}/{path}`: file metadata (`X-Repo-Commit`, `ETag`, `Content-Length`,
   `X-Linked-Etag`/`X-Linked-Size` for LFS files) and content, with `Range` requests answered by 206.
 Errors carry the `X-Error-Code` header that the library turns into its typed exceptions. No Xet
@@ -90,6 +91,7 @@ class FakeHub:
 
 
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(?:/revision/(?P<rev>[^/]+))?$")
+_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$")
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
@@ -107,7 +109,9 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _serve(self, body: bool) -> None:
             path = urlsplit(self.path).path
             hub.seen.append(Seen(self.command, path, dict(self.headers.items())))
-            if match := _API.match(path):
+            if match := _TREE.match(path):
+                self._tree(unquote(match["repo"]), unquote(match["rev"]), body)
+            elif match := _API.match(path):
                 self._repo_info(unquote(match["repo"]), unquote(match["rev"] or "main"), body)
             elif match := _RESOLVE.match(path):
                 self._file(unquote(match["repo"]), unquote(match["rev"]), unquote(match["path"]), body)
@@ -153,8 +157,29 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if repo.is_lfs(name):
                     entry["lfs"] = {"size": len(data), "sha256": repo.etag(name), "pointerSize": 134}
                 siblings.append(entry)
-            payload = json.dumps({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": repo.token is not None,
-                                  "gated": "auto" if repo.gated else False, "siblings": siblings}).encode()
+            self._json({"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": repo.token is not None,
+                        "gated": "auto" if repo.gated else False, "siblings": siblings}, body)
+
+        def _tree(self, repo_id: str, rev: str, body: bool) -> None:
+            """The recursive listing: every folder, then every file with its blob id and LFS data."""
+            repo = hub.repos.get(repo_id)
+            if repo is not None and not self._authorized(repo, for_files=False, body=body):
+                return
+            if (repo := self._lookup(repo_id, rev, body)) is None:
+                return
+            folders = sorted({name.rsplit("/", 1)[0] for name in repo.files if "/" in name})
+            folders = sorted({"/".join(f.split("/")[:i]) for f in folders for i in range(1, f.count("/") + 2)})
+            entries: list[dict[str, object]] = [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f}
+                                                for f in folders]
+            for name, data in sorted(repo.files.items()):
+                entry: dict[str, object] = {"type": "file", "oid": repo.etag(name), "size": len(data), "path": name}
+                if repo.is_lfs(name):
+                    entry["lfs"] = {"oid": repo.etag(name), "size": len(data), "pointerSize": 134}
+                entries.append(entry)
+            self._json(entries, body)
+
+        def _json(self, value: object, body: bool) -> None:
+            payload = json.dumps(value).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

@@ -33,6 +33,8 @@ def build_hf_model(model_type: str, seed: int = 0, **overrides):
     import transformers
 
     kwargs = dict(OLMO2 if model_type == "olmo2" else OLMO3, **overrides)
+    if model_type == "olmo3" and not transformers.__version__.startswith("4."):
+        kwargs = olmo3_rope_parameters(kwargs)
     config_cls = transformers.Olmo2Config if model_type == "olmo2" else transformers.Olmo3Config
     model_cls = transformers.Olmo2ForCausalLM if model_type == "olmo2" else transformers.Olmo3ForCausalLM
     torch.manual_seed(seed)
@@ -42,6 +44,18 @@ def build_hf_model(model_type: str, seed: int = 0, **overrides):
             if "norm" in name:
                 p.uniform_(0.5, 1.5)
     return model
+
+
+def olmo3_rope_parameters(kwargs: dict) -> dict:
+    """transformers 5 spells Olmo 3's RoPE as `rope_parameters` per layer type; from the 4.x fields it
+    gives sliding layers its default theta (500000), not `rope_theta`. Say it the 5.x way, with one
+    theta for both layer types as in the released models."""
+    kwargs = dict(kwargs)
+    theta = kwargs.pop("rope_theta")
+    scaling = kwargs.pop("rope_scaling", None) or {"rope_type": "default"}
+    kwargs["rope_parameters"] = {"full_attention": {**scaling, "rope_theta": theta},
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": theta}}
+    return kwargs
 
 
 def save_hf_model(model, directory: Path, with_tokenizer: bool = True) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Olmo3Config
+import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from bolmo.config import parse_rope_scaling
@@ -25,8 +25,11 @@ HEAD_DIM, THETA, MAX_POS = 32, 10_000.0, 256
     {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "mscale": 1.0},
 ])
 def test_frequencies_and_scaling_equal_transformers(scaling):
-    hf = Olmo3Config(hidden_size=HEAD_DIM * 4, num_attention_heads=4, rope_theta=THETA,
-                     max_position_embeddings=MAX_POS, rope_scaling=dict(scaling))
+    size = dict(hidden_size=HEAD_DIM * 4, num_attention_heads=4, max_position_embeddings=MAX_POS)
+    if transformers.__version__.startswith("4."):
+        hf = transformers.Olmo3Config(**size, rope_theta=THETA, rope_scaling=dict(scaling))
+    else:  # one flat rope_parameters (5.x reads `truncate` only from there, not from Olmo 3's per-layer ones)
+        hf = transformers.Olmo2Config(**size, rope_parameters={**scaling, "rope_theta": THETA})
     expected_freq, expected_scale = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf, "cpu")
     freq, scale = inverse_frequencies(parse_rope_scaling(scaling, THETA, MAX_POS, "config.json"), HEAD_DIM)
     torch.testing.assert_close(freq, expected_freq.float(), atol=0, rtol=1e-6)

@@ -7,9 +7,12 @@
 
 from bolmo.config import BolmoConfig
 from bolmo.errors import BolmoError, CheckpointError, ConfigError, GenerationError, TokenizerError
+from bolmo.hf import register_when_imported
 from bolmo.loading import load
 
 __version__ = "0.1.0"
+
+register_when_imported()  # transformers' Auto classes load Bolmo repos once transformers is imported
 
 __all__ = [
     "BolmoConfig",

@@ -18,6 +18,7 @@ Layouts written into DIR:
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 import os
 import re
@@ -303,8 +304,7 @@ def _hub_errors(repo_id: str, revision: str, out: Path | None = None) -> Iterato
 
 def _explain(exc: Exception, repo_id: str, revision: str, out: Path | None) -> str:
     """The one-line message and advice for a failed Hub operation."""
-    import requests
-    from huggingface_hub import constants
+    from huggingface_hub import constants, errors
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -313,9 +313,10 @@ def _explain(exc: Exception, repo_id: str, revision: str, out: Path | None) -> s
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
-        XetAuthorizationError,
     )
 
+    xet_refused = getattr(errors, "XetAuthorizationError", ())  # huggingface_hub < 2 only
+    cut, unreachable, transfer = _transport_errors()
     endpoint = constants.ENDPOINT
     status = getattr(getattr(exc, "response", None), "status_code", None)
     offline = isinstance(exc, OfflineModeIsEnabled) or isinstance(exc.__cause__, OfflineModeIsEnabled)
@@ -327,7 +328,7 @@ def _explain(exc: Exception, repo_id: str, revision: str, out: Path | None) -> s
             return (f"{repo_id} was not found or needs authentication (HTTP 401): if it is private or gated, {_LOGIN}, "
                     f"and accept its terms at {endpoint}/{repo_id}; otherwise check the name")
         return f"repository {repo_id} not found on {endpoint} (HTTP {status}); check the name (aliases: 1b, 7b)"
-    if isinstance(exc, XetAuthorizationError):
+    if xet_refused and isinstance(exc, xet_refused):
         return f"the Hub's Xet storage refused {repo_id}: {_LOGIN} with a token that can read it"
     if isinstance(exc, RevisionNotFoundError):
         return (f"revision {revision!r} not found in {repo_id}; give a branch, tag or commit of that repo "
@@ -347,18 +348,40 @@ def _explain(exc: Exception, repo_id: str, revision: str, out: Path | None) -> s
             return (f"access to {repo_id} denied (HTTP 403): the token lacks read access or its terms are not accepted "
                     f"at {endpoint}/{repo_id}; {_LOGIN} with a token that can read it")
         return f"{endpoint} answered HTTP {status} for {repo_id}; try again later"
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+    if isinstance(exc, cut):
         return (f"the connection to {endpoint} closed in the middle of a file of {repo_id}; run the same command "
                 f"again to resume where it stopped")
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+    if isinstance(exc, unreachable):
         return (f"cannot reach {endpoint} ({_reason(exc)}); check the network or proxy, or set HF_HUB_OFFLINE=1 "
                 f"to use an earlier download")
-    if isinstance(exc, requests.RequestException):
+    if isinstance(exc, transfer):
         return (f"the transfer of {repo_id} from {endpoint} failed ({_reason(exc)}); run the same command again "
                 f"to resume")
     target = f" into {out}" if out is not None else ""
     return (f"downloading {repo_id}{target} failed ({type(exc).__name__}: {_reason(exc)}); run the same command "
             f"again to resume")
+
+
+def _transport_errors() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Exception classes of the HTTP client huggingface_hub uses (requests for 0.x, httpx for 1.x,
+    httpx2 for 2.x): (connection closed mid-file, host unreachable or timed out, any transfer error)."""
+    cut: list[type] = []
+    unreachable: list[type] = []
+    transfer: list[type] = []
+    for name in ("requests", "httpx", "httpx2"):
+        try:
+            lib = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name == "requests":
+            cut.append(lib.exceptions.ChunkedEncodingError)
+            unreachable += [lib.ConnectionError, lib.Timeout]
+            transfer.append(lib.RequestException)
+        else:
+            cut += [lib.RemoteProtocolError, lib.ReadError]
+            unreachable += [lib.ConnectError, lib.TimeoutException]
+            transfer.append(lib.TransportError)
+    return tuple(cut), tuple(unreachable), tuple(transfer)
 
 
 def _reason(exc: BaseException) -> str:
