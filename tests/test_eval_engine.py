@@ -3,14 +3,13 @@ whitespace handling, batch independence, and the subword path."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from bolmo.eval.engine import IdRequest, Scorer, move_trailing_whitespace
 from bolmo.eval.rolling import score_documents, windows
 from conftest import load_fixture_model
+from eval_helpers import hand_loglikelihood, tiny_olmo_dir
 
 REQUESTS = [
     ("The capital of France is", " Paris"),
@@ -20,24 +19,6 @@ REQUESTS = [
     ("x", ""),
     ("A much longer context that makes this row the widest one in the batch by a margin:", " yes"),
 ]
-
-
-def hand_loglikelihood(model, context: str, continuation: str) -> tuple[float, bool]:
-    """BOS + context bytes + continuation bytes + "\\n\\n", the model on all but the last id,
-    p(byte) = p(id) + p(id + 260) from a plain softmax, log-probs of the continuation summed."""
-    ctx = list(context.encode("utf-8"))
-    cont = list(continuation.encode("utf-8"))
-    ids = [1] + [b + 4 for b in ctx + cont] + [ord("\n") + 4] * 2
-    with torch.no_grad():
-        logits = model(torch.tensor([ids[:-1]])).logits[0].double()
-    probs = torch.softmax(logits, dim=-1)
-    total, greedy = 0.0, True
-    for k, byte in enumerate(cont):
-        pos = len(ctx) + k  # logits at position t predict id t + 1; id 0 is BOS
-        folded = probs[pos, :260] + probs[pos, 260:]
-        total += math.log(float(folded[byte + 4]))
-        greedy &= int(folded.argmax()) == byte + 4
-    return total, greedy
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +95,10 @@ def test_documents_score_like_model_score(tiny):
     assert windowed[0].logprob != pytest.approx(docs[0].logprob, abs=1e-6)  # less context: differs
 
 
-def test_subword_loglikelihood_matches_a_direct_computation(olmo_teacher):
-    model = olmo_teacher
+def test_subword_loglikelihood_matches_a_direct_computation(tmp_path_factory):
+    import bolmo
+
+    model = bolmo.load(tiny_olmo_dir(tmp_path_factory.mktemp("olmo")))
     tok = model.tokenizer
     context, continuation = "def main(", "):\n    return 0"
     whole = tok.encode(context + continuation, add_bos=False)
