@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------ helpers
 def _models(args: argparse.Namespace) -> list[str | None]:
-    return args.model or [None]
+    return list(dict.fromkeys(args.model)) if args.model else [None]
 
 
 def _load(source: str | None, args: argparse.Namespace):
@@ -118,7 +118,7 @@ def run_harness(args: argparse.Namespace) -> int:
     from bolmo.eval.report import model_label, print_table
 
     base = simple_parse_args_string(args.model_args) if args.model_args else {}
-    sources = args.model or [base.pop("pretrained", None)]
+    sources = _models(args) if args.model else [base.get("pretrained")]
     base.pop("pretrained", None)
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     manager = TaskManager(include_path=str(args.include_path) if args.include_path else None)
@@ -127,9 +127,9 @@ def run_harness(args: argparse.Namespace) -> int:
         raise BolmoError(f"--tasks: lm-eval knows no task {', '.join(unknown)}")
     columns: dict[str, dict[str, float]] = {}
     everything: dict[str, dict] = {}
+    options = {"batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, **base}
     for source in sources:
-        lm = BolmoLM(pretrained=source, batch_size=base.pop("batch_size", args.batch_size),
-                     device=base.pop("device", args.device), dtype=base.pop("dtype", args.dtype), **base)
+        lm = BolmoLM(pretrained=source, **options)
         out = lm_eval.simple_evaluate(model=lm, tasks=task_names, num_fewshot=args.num_fewshot, limit=args.limit,
                                       task_manager=manager, log_samples=False, bootstrap_iters=0)
         label = model_label(source)
