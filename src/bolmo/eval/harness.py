@@ -54,7 +54,7 @@ class BolmoLM(LM):
             model = bolmo.load(pretrained or None, device=device or "cpu", dtype=dtype)
         self.model = model
         self.scorer = Scorer(model, _int_or_default(batch_size, DEFAULT_BATCH_SIZE, "batch_size"),
-                             None if max_length is None else _int_or_default(max_length, 0, "max_length"))
+                             None if max_length in (None, "auto") else _int_or_default(max_length, 0, "max_length"))
         self.window, self.overlap = int(window), int(overlap)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:

