@@ -66,7 +66,7 @@ def test_cli_bolmo_and_subword_side_by_side(corpus, tiny_model_dir, tmp_path_fac
     olmo = tiny_olmo_dir(tmp_path_factory.mktemp("olmo"))
     out = corpus / "bpb.json"
     code = main(["eval", "bpb", str(corpus / "web"), str(corpus / "mixed.jsonl"), "--model", str(tiny_model_dir),
-                 "--model", str(olmo), "--per-document", "--no-progress", "--output", str(out)])
+                 "--model", str(olmo), "--per-document", "--output", str(out)])  # with the progress bar
     assert code == 0
     results = json.loads(out.read_text())["results"]
     assert list(results) == [str(tiny_model_dir), str(olmo)]

@@ -108,6 +108,12 @@ def test_tasks_lists_everything(capsys):
     assert listing["aliases"]["arc_easy"] == "arc_easy_rc_5shot"
 
 
+def test_tasks_table(capsys):
+    assert main(["eval", "tasks"]) == 0
+    printed = capsys.readouterr().out
+    assert "arc_easy_rc_5shot" in printed and "olmes_core_rc" in printed
+
+
 def test_bad_arguments_are_one_line_errors(capsys):
     assert main(["eval", "run", "--tasks", "nope", "--no-progress"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
