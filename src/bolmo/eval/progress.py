@@ -18,7 +18,8 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
 
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
+            # rich's speed needs two updates in its window; fall back to the overall average
+            speed = task.finished_speed or task.speed or (task.completed / task.elapsed if task.elapsed else None)
             return Text("- req/s" if speed is None else f"{speed:,.1f} req/s")
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
