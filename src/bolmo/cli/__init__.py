@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "bolmo.cli.hub_commands",
     "bolmo.cli.checkpoint_commands",
     "bolmo.cli.olmo_commands",
+    "bolmo.cli.serve_commands",
 ]
 
 
