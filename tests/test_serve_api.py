@@ -194,7 +194,8 @@ def test_a_full_queue_answers_429_and_a_disconnect_frees_the_row(model):
     with serving(model, config) as running, httpx.Client(timeout=120) as http:
         long = {"prompt": "The", "max_tokens": 4096, "temperature": 0, "stream": True}
         with http.stream("POST", running.v1 + "/completions", json=long) as first:
-            next(first.iter_lines())  # running: it holds the only row
+            lines = first.iter_lines()  # kept: a dropped line iterator closes the response
+            next(lines)  # running: it holds the only row
             wait_for(lambda: metric(running, "bolmo_batch_size") == 1, "the first request to run")
             waiting = subprocess.Popen([sys.executable, "-c", f"import httpx; print(httpx.post('{running.v1}/completions', "
                                         "json={'prompt': 'x', 'max_tokens': 5, 'temperature': 0}, timeout=120).json()"
