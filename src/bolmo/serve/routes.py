@@ -157,7 +157,7 @@ def submit(server: Server, body: SamplingFields, prompts: list[str], max_tokens:
     choices = [Choice(p * body.n + i, prompt, options,
                       None if body.seed is None else body.seed + p * body.n + i, top_logprobs)
                for p, prompt in enumerate(prompts) for i in range(body.n)]
-    job = Job(choices, echo=echo, patches=patches)
+    job = Job(choices, echo=echo, patches=patches, stream=body.stream)
     try:
         server.scheduler.submit(job)
     except QueueFull:

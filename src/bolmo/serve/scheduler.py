@@ -68,8 +68,10 @@ class Choice:
 class Request:
     """A submitted request: its choices, and the queue its handler reads updates from."""
 
-    def __init__(self, choices: list[Choice], echo: bool = False, patches: bool = False) -> None:
+    def __init__(self, choices: list[Choice], echo: bool = False, patches: bool = False,
+                 stream: bool = True) -> None:
         self.choices = choices
+        self.stream = stream  # updates after every step; otherwise one per choice when it is done
         self.echo = echo  # send the prompt back (as text, and with log-probabilities if asked)
         self.patches = patches  # send the prompt's patch boundaries even without echo
         self.loop = asyncio.get_running_loop()
@@ -223,7 +225,7 @@ class Scheduler:
 
     def _report(self, request: Request, choice: Choice) -> None:
         row = choice.row
-        if row is None or choice.reported_done:
+        if row is None or choice.reported_done or not (request.stream or row.done):
             return
         cont = row.continuation
         before = cont.shown
