@@ -251,3 +251,16 @@ def test_cli_serves_the_bundled_model(tmp_path):
 def test_cli_rejects_bad_options_with_exit_2(capsys):
     assert main(["serve", "--max-batch", "0"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
+
+
+def test_a_subword_olmo_model_is_served_too(tmp_path):
+    from olmo_helpers import build_hf_model, save_hf_model
+
+    olmo = bolmo.load(save_hf_model(build_hf_model("olmo3"), tmp_path / "olmo3"))
+    expected = olmo.generate(["hello world"], max_new_bytes=20)[0]
+    with serving(olmo, ServeConfig(model_name=NAME)) as running:
+        client = openai.OpenAI(base_url=running.v1, api_key="none", max_retries=0)
+        out = client.completions.create(model=NAME, prompt="hello world", max_tokens=20, temperature=0)
+        assert out.choices[0].text == expected
+        r = httpx.post(running.v1 + "/completions", json={"prompt": "x", "logprobs": 1})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"

@@ -94,7 +94,7 @@ class Scheduler:
         self.metrics = metrics
         self.batch = Batch(self.engine)
         self.waiting: deque[Request] = deque()
-        self.cancelled: set[int] = set()
+        self.cancelled: list[Request] = []
         self.running: list[Request] = []
         self.cond = threading.Condition()
         self.stopping = False
@@ -124,7 +124,7 @@ class Scheduler:
                 self.waiting.remove(request)
                 self.metrics.queue_depth.set(len(self.waiting))
             else:
-                self.cancelled.add(id(request))
+                self.cancelled.append(request)
             self.cond.notify()
 
     # --- the scheduler thread ---------------------------------------------------------------------
@@ -137,7 +137,7 @@ class Scheduler:
                         self.cond.wait()
                     if self.stopping:
                         return
-                    gone = [r for r in self.running if id(r) in self.cancelled]
+                    gone = [r for r in self.running if r in self.cancelled]
                     self.cancelled.clear()
                     admitted = self._admit()
                 try:
@@ -167,10 +167,11 @@ class Scheduler:
 
     def _join(self, request: Request) -> None:
         try:
-            sampler, rows = RowSampler(device=self.engine.device), []
+            sampler, rows, prompt_logprobs = RowSampler(device=self.engine.device), [], []
             for choice in request.choices:
                 data = choice.prompt.encode("utf-8")
                 choice.row = Row(self.engine.encode(choice.prompt), Continuation(choice.options), data)
+                prompt_logprobs.append(self._prompt_logprobs(choice) if request.echo else [])
                 if not choice.row.done:
                     rows.append(choice.row)
                     sampler.add_row(choice.options.sampling, choice.seed)
@@ -179,23 +180,19 @@ class Scheduler:
             self.batch.leave([c.row for c in request.choices if c.row is not None])
             request.post(Update(0, "", b"", [], [], "error", error=f"{type(exc).__name__}: {exc}"))
             return
-        for choice in request.choices:
+        for choice, logprobs in zip(request.choices, prompt_logprobs):
             row = choice.row
-            prompt_logprobs: list[ByteLogprob] = []
-            if request.echo and choice.top_logprobs is not None:
-                prompt_logprobs = self._prompt_logprobs(choice)
             if request.echo or request.patches:
                 request.post(Update(choice.index, choice.prompt if request.echo else "", row.prompt,
-                                    row.prompt_boundaries, prompt_logprobs, prompt=True))
+                                    row.prompt_boundaries, logprobs, prompt=True))
             if row.done:  # nothing to generate (max_tokens 0)
                 choice.reported_done = True
                 request.post(Update(choice.index, "", b"", [], [], row.continuation.finish_reason))
-        if request.done:
-            return
-        self.running.append(request)
+        if not request.done:
+            self.running.append(request)
 
     def _prompt_logprobs(self, choice: Choice) -> list[ByteLogprob]:
-        if not choice.prompt:
+        if choice.top_logprobs is None or not choice.prompt:
             return []
         table = byte_distributions(self.model, choice.prompt)
         return byte_logprob_entries(table, choice.row.prompt, choice.top_logprobs)
