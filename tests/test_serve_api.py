@@ -264,3 +264,40 @@ def test_a_subword_olmo_model_is_served_too(tmp_path):
         assert out.choices[0].text == expected
         r = httpx.post(running.v1 + "/completions", json={"prompt": "x", "logprobs": 1})
         assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs"
+
+
+def test_return_patches_gives_the_models_boundaries(model, server):
+    from bolmo.generation import generate_ids
+
+    expected = generate_ids(model, ["The json module"], 30)[0]
+    r = httpx.post(server.v1 + "/completions", json={"prompt": "The json module", "max_tokens": 30,
+                                                     "temperature": 0, "return_patches": True}, timeout=60)
+    patches = r.json()["choices"][0]["bolmo"]
+    assert patches == {"prompt_patch_ends": expected.prompt_boundaries, "patch_ends": expected.boundaries}
+    with httpx.stream("POST", server.v1 + "/completions", timeout=60,
+                      json={"prompt": "The json module", "max_tokens": 30, "temperature": 0, "stream": True,
+                            "return_patches": True}) as response:
+        chunks = [json.loads(line[6:])["choices"][0]["bolmo"] for line in response.iter_lines()
+                  if line.startswith("data: {")]
+    assert chunks[0]["prompt"] and chunks[0]["patch_ends"] == expected.prompt_boundaries
+    assert bytes(b for c in chunks[1:] for b in c["bytes"]) == expected.data
+    assert [e for c in chunks[1:] for e in c["patch_ends"]] == expected.boundaries
+
+
+def test_a_failing_step_fails_its_requests_not_the_server(model):
+    with serving(model, ServeConfig(model_name=NAME)) as running:
+        engine = running.app.state.server.scheduler.engine
+
+        def broken(*args):
+            raise RuntimeError("simulated device failure")
+
+        engine.step = broken  # an instance attribute shadows the method
+        r = httpx.post(running.v1 + "/completions", json={"prompt": "a", "max_tokens": 5}, timeout=60)
+        assert r.status_code == 500 and "simulated device failure" in r.json()["error"]["message"]
+        with httpx.stream("POST", running.v1 + "/completions", timeout=60,
+                          json={"prompt": "a", "max_tokens": 5, "stream": True}) as response:
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert "simulated device failure" in events[-2] and events[-1] == "data: [DONE]"
+        del engine.step
+        out = httpx.post(running.v1 + "/completions", json={"prompt": "a", "max_tokens": 5}, timeout=60).json()
+        assert out["usage"]["completion_tokens"] == 5
