@@ -25,3 +25,7 @@ class TokenizerError(BolmoError):
 
 class GenerationError(BolmoError):
     """Invalid generation arguments (empty prompt list, bad max_new_bytes, top_p out of range...)."""
+
+
+class ServeError(BolmoError):
+    """`bolmo serve` cannot start (no chat template where one is needed, a bad option)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bolmo.config import PLAIN_VOCAB
+from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
 from bolmo.errors import TokenizerError
 from bolmo.model.bolmo import BolmoForCausalLM
 
@@ -39,6 +39,25 @@ def folded_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     plain = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     fused = logits.gather(-1, (targets + PLAIN_VOCAB).unsqueeze(-1)).squeeze(-1)
     return torch.logaddexp(plain, fused) - norm
+
+
+def folded_byte_logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """logits [..., 520] -> log p(byte b) [..., 256] in float32 for every byte value b (the
+    boundary decision folded in, as in `folded_logprobs`): a server's top log-probabilities."""
+    logits = logits.float()
+    plain = logits[..., BYTE_OFFSET:PLAIN_VOCAB]
+    fused = logits[..., PLAIN_VOCAB + BYTE_OFFSET :]
+    return torch.logaddexp(plain, fused) - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+
+@torch.inference_mode()
+def byte_distributions(model: BolmoForCausalLM, text: str) -> torch.Tensor:
+    """[n_bytes, 256]: for each UTF-8 byte of `text`, log p(every byte value | BOS and the bytes
+    before it), computed as `score_bolmo` does (its byte_logprobs are this table's diagonal)."""
+    ids, mask = model.tokenizer.batch([text], padding_side="right")
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    out = model(ids, attention_mask=mask)
+    return folded_byte_logprobs(out.logits[0, :-1]).cpu()
 
 
 def score_texts(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "bolmo.cli.checkpoint_commands",
     "bolmo.cli.olmo_commands",
     "bolmo.cli.eval_commands",
+    "bolmo.cli.serve_commands",
 ]
 
 

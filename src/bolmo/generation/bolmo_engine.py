@@ -81,6 +81,17 @@ class DecodeState:
         self.patch_value = self.patch_value[rows]
         self.cache.keep_rows(rows, host_rows)
 
+    # --- Continuous batching (bolmo serve) --------------------------------------------------------
+
+    def extend(self, other: DecodeState) -> DecodeState:
+        """This batch's rows followed by `other`'s (rows that joined between two steps)."""
+        return DecodeState(
+            encoder=[MLSTMState.cat([a, b]) for a, b in zip(self.encoder, other.encoder)],
+            decoder=[MLSTMState.cat([a, b]) for a, b in zip(self.decoder, other.decoder)],
+            patch_value=torch.cat([self.patch_value, other.patch_value]),
+            cache=KVCache.concat([self.cache, other.cache]),
+        )
+
 
 def prefill(model, ids: list[int], generator: torch.Generator | None) -> Prefill:
     """Run one prompt (BOS + byte ids) through the model up to its held-back last id."""
@@ -208,3 +219,13 @@ class BolmoEngine(Engine):
 
     def keep_rows(self, keep: list[int]) -> None:
         self.state.keep_rows(torch.tensor(keep, device=self.device), keep)
+
+    # --- Continuous batching (bolmo serve) --------------------------------------------------------
+
+    def join(self, rows: list[Row], sampler: RowSampler) -> torch.Tensor:
+        running = self.state
+        logits = self.prefill(rows, sampler)  # the new rows alone, in a fresh state
+        if running is not None:
+            self.state = running.extend(self.state)
+        return logits
+

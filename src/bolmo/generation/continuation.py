@@ -86,6 +86,11 @@ class Continuation:
             del self.data[self.max_new_bytes :]
             self.finish_reason = "length"
 
+    @property
+    def shown(self) -> int:
+        """How many bytes `new_text` has returned (as text) so far."""
+        return self._shown
+
     def finish(self, reason: str) -> None:
         """End the row for a reason of the caller's (end of text)."""
         self.finish_reason = reason

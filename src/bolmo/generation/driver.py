@@ -4,7 +4,8 @@
 Per step: sample every running row's next id (`RowSampler`, banned ids masked), copy the ids to
 the host once, turn each into bytes (`Engine.piece`), apply the row's stop strings and byte
 budget (`Continuation`), drop the rows that finished from every device state, and feed the rest
-back (`Engine.step`). Rows never wait for each other and never share positions, so every row of
+back (`Engine.step`): `batch.Batch.step`, which `bolmo serve` also drives while requests join
+and leave. Rows never wait for each other and never share positions, so every row of
 a batch gives exactly what its prompt gives alone.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bolmo.generation.batch import Batch
 from bolmo.generation.bolmo_engine import BolmoEngine
 from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
 from bolmo.generation.engine import Engine, Row
@@ -57,26 +59,11 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
     if options.max_new_bytes == 0:
         yield rows
         return
-    sampler = RowSampler(options.sampling, len(rows), engine.device)
-    banned = engine.banned_ids()
-    logits = engine.prefill(rows, sampler)
-    active = list(range(len(rows)))  # rows[active[i]] is batch row i of the engine
-    while True:
-        tokens = sampler(logits, banned)
-        host_tokens = tokens.tolist()  # the one host synchronisation per step
-        for r, token in zip(active, host_tokens):
-            rows[r].add(engine.piece(token))
+    batch = Batch(engine)
+    batch.join(rows, RowSampler(options.sampling, len(rows), engine.device))
+    while batch.rows:
+        batch.step()
         yield rows
-        keep = [i for i, r in enumerate(active) if not rows[r].done]
-        if not keep:
-            return
-        if len(keep) < len(active):  # drop finished rows from every state
-            engine.keep_rows(keep)
-            sampler.keep_rows(keep)
-            tokens = tokens[torch.tensor(keep, device=tokens.device)]
-            host_tokens = [host_tokens[i] for i in keep]
-            active = [active[i] for i in keep]
-        logits = engine.step(tokens, host_tokens, [rows[r] for r in active])
 
 
 def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,

@@ -88,3 +88,10 @@ class Engine(ABC):
     @abstractmethod
     def keep_rows(self, keep: list[int]) -> None:
         """Keep only batch rows `keep`, in that order (the others finished)."""
+
+    @abstractmethod
+    def join(self, rows: list[Row], sampler: RowSampler) -> torch.Tensor:
+        """Continuous batching: prefill `rows` (their own `sampler`, see `prefill`) and append
+        them after the running rows, between two steps; return the new rows' logits [N, V]. Each
+        new row then decodes exactly as it would alone."""
+

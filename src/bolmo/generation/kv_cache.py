@@ -147,3 +147,28 @@ class KVCache:
         self.values = [v[rows] for v in self.values]
         self.lengths = self.lengths[rows]
         self.host_lengths = [self.host_lengths[r] for r in host_rows]
+
+    # --- Continuous batching (bolmo serve): rows joining a running batch -------------------------
+
+    @classmethod
+    def concat(cls, caches: list[KVCache]) -> KVCache:
+        """One cache holding the rows of `caches` in order (same stack), at the largest capacity.
+
+        Every source's slots go to the same slot indices: a full layer keeps position p in slot p,
+        and a sliding layer whose source held fewer than `window` slots only ever wrote positions
+        below its capacity, where p % window == p; a source at full window size matches exactly."""
+        first = caches[0]
+        merged = cls(first.stack, sum(len(c.host_lengths) for c in caches), max(c.capacity for c in caches),
+                     first.lengths.device, first.dtype)
+        start = 0
+        for cache in caches:
+            rows = slice(start, start + len(cache.host_lengths))
+            for i in range(len(merged.windows)):
+                n = cache.keys[i].shape[2]
+                merged.keys[i][rows, :, :n] = cache.keys[i]
+                merged.values[i][rows, :, :n] = cache.values[i]
+            merged.lengths[rows] = cache.lengths
+            start = rows.stop
+        merged.host_lengths = [n for cache in caches for n in cache.host_lengths]
+        return merged
+

@@ -81,3 +81,12 @@ class OlmoEngine(Engine):
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.lm_head(self.model.model.norm(hidden))
+
+    # --- Continuous batching (bolmo serve) --------------------------------------------------------
+
+    def join(self, rows: list[Row], sampler: RowSampler) -> torch.Tensor:
+        running = self.cache
+        logits = self.prefill(rows, sampler)  # the new rows alone, in a fresh cache
+        if running is not None:
+            self.cache = KVCache.concat([running, self.cache])
+        return logits

@@ -71,6 +71,11 @@ class RowSampler:
             generator = torch.Generator(self.device).manual_seed(seed if seed is not None else random_seed())
         self.generators.append(generator)
 
+    def extend(self, other: RowSampler) -> None:
+        """Append `other`'s rows (with their random streams) after these."""
+        self.params += other.params
+        self.generators += other.generators
+
     def keep_rows(self, rows: list[int]) -> None:
         self.params = [self.params[r] for r in rows]
         self.generators = [self.generators[r] for r in rows]

@@ -1,0 +1,13 @@
+"""`bolmo serve`: an OpenAI-compatible HTTP server with continuous batching.
+
+Layout: `config` (ServeConfig), `schemas` (request bodies, validated by pydantic), `scheduler`
+(one background thread running a `bolmo.generation.batch.Batch` that requests join and leave
+between steps), `responses` (OpenAI response bodies and byte log-probabilities), `chat` (the
+model's chat template), `metrics` (Prometheus), `routes` and `app` (FastAPI), `static/index.html`
+(the demo page at `/`). Tokens in requests and responses are bytes.
+"""
+
+from bolmo.serve.app import create_app
+from bolmo.serve.config import ServeConfig
+
+__all__ = ["ServeConfig", "create_app"]
