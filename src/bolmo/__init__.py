@@ -6,7 +6,8 @@
 """
 
 from bolmo.config import BolmoConfig
-from bolmo.errors import BolmoError, CheckpointError, ConfigError, GenerationError, TokenizerError
+from bolmo.errors import (BolmoError, BolmoWarning, CheckpointError, ConfigError, ContextWarning, DeviceError,
+                          GenerationError, ScoringError, TokenizerError)
 from bolmo.loading import load
 
 __version__ = "0.1.0"
@@ -14,9 +15,13 @@ __version__ = "0.1.0"
 __all__ = [
     "BolmoConfig",
     "BolmoError",
+    "BolmoWarning",
     "CheckpointError",
     "ConfigError",
+    "ContextWarning",
+    "DeviceError",
     "GenerationError",
+    "ScoringError",
     "TokenizerError",
     "load",
 ]

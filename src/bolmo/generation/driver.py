@@ -10,11 +10,13 @@ a batch gives exactly what its prompt gives alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from bolmo.errors import ContextWarning, GenerationError
 from bolmo.generation.bolmo_engine import BolmoEngine
 from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
 from bolmo.generation.engine import Engine, Row
@@ -54,12 +56,15 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
     engine = engine_for(model)
     rows = [Row(engine.encode(p), Continuation(options), p if isinstance(p, bytes) else p.encode("utf-8"))
             for p in prompts]
+    fit_context(rows, engine, options.max_new_bytes, model.config.max_position_embeddings)
     if options.max_new_bytes == 0:
         yield rows
         return
     sampler = RowSampler(options.sampling, len(rows), engine.device)
     banned = engine.banned_ids()
     logits = engine.prefill(rows, sampler)
+    if bool(logits.isnan().any()):  # once per call: a NaN would otherwise decode as an empty text
+        raise GenerationError("the model gave NaN logits (NaN weights, or an overflow in this dtype); nothing generated")
     active = list(range(len(rows)))  # rows[active[i]] is batch row i of the engine
     while True:
         tokens = sampler(logits, banned)
@@ -77,6 +82,26 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
             host_tokens = [host_tokens[i] for i in keep]
             active = [active[i] for i in keep]
         logits = engine.step(tokens, host_tokens, [rows[r] for r in active])
+
+
+def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int) -> None:
+    """Keep each prompt's last ids that leave room for `max_new_bytes` within the model's
+    `positions`, warning about every prompt cut; refuse a budget that cannot fit at all.
+
+    The rule holds for both model kinds: a Bolmo patch has at least one byte and a subword token
+    at least one byte, so start id + prompt ids + max_new_bytes bounds the positions a row uses."""
+    room = positions - 1 - max_new_bytes  # prompt ids after the start id
+    if room < 0:
+        raise GenerationError(f"max_new_bytes={max_new_bytes:,} cannot fit the model's {positions:,} positions "
+                              f"(at most {positions - 1:,} with an empty prompt)")
+    for i, row in enumerate(rows):
+        if len(row.ids) - 1 > room:
+            dropped = len(row.prompt)
+            row.ids = row.ids[:1] + row.ids[len(row.ids) - room :]
+            row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
+            warnings.warn(f"prompt {i} is longer than the model's context ({positions:,} positions, "
+                          f"{max_new_bytes:,} of them for new bytes): kept its last {len(row.prompt):,} "
+                          f"of {dropped:,} bytes", ContextWarning, stacklevel=2)
 
 
 def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
