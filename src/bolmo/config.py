@@ -246,9 +246,10 @@ class BolmoConfig:
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_local_heads", "local_intermediate_size", "subword_vocab_size"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
-        need(self.num_local_encoder_layers >= 0, "num_local_encoder_layers", "must be >= 0")
-        need(self.num_local_decoder_layers >= 0, "num_local_decoder_layers", "must be >= 0")
+            need(type(value) is int and value > 0, name, f"must be a positive integer, got {value!r}")
+        for name in ("num_local_encoder_layers", "num_local_decoder_layers"):
+            value = getattr(self, name)
+            need(type(value) is int and value >= 0, name, f"must be an integer >= 0, got {value!r}")
         need(self.hidden_act == "silu", "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
         need(not self.attention_bias, "attention_bias", "biased attention projections are not supported")
         need(not self.tie_word_embeddings, "tie_word_embeddings", "tied embeddings are not supported")

@@ -131,7 +131,7 @@ class OlmoConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value > 0, name, f"must be a positive integer, got {value!r}")
+            need(type(value) is int and value > 0, name, f"must be a positive integer, got {value!r}")
         need(self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads",
              f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
         if self.head_dim is None:
