@@ -60,18 +60,32 @@ def main(argv: list[str] | None = None) -> int:
     except BolmoError as exc:
         print(f"bolmo {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"bolmo {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"bolmo {args.command}: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
     except BrokenPipeError:  # `bolmo info --json | head -1`: the reader left; stop quietly like Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 128 + signal.SIGPIPE
+    except (KeyboardInterrupt, Terminated, Exception) as exc:
+        # Python wraps a signal that lands inside some machinery (an import defining a class: "Error
+        # calling __set_name__") in another exception; it is still the interruption the user caused.
+        cause = _interruption(exc)
+        if cause is None:
+            raise
+        terminated = isinstance(cause, Terminated)
+        print(f"bolmo {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated that `exc` is or was raised from, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _warning_printer(command: str):
