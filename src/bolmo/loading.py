@@ -55,7 +55,8 @@ def check_device(device: str | torch.device) -> torch.device:
         device = torch.device(device)
         torch.empty(0, device=device)
     except Exception as exc:  # RuntimeError, AssertionError ("not compiled with CUDA"), TypeError...
-        raise DeviceError(f"device {str(device)!r} is not usable here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DeviceError(f"device {str(device)!r} is not usable here: {why}") from None
     return device
 
 
