@@ -231,7 +231,14 @@ def test_existing_destination_needs_overwrite(tmp_path):
     with pytest.raises(CheckpointError, match="destination exists"):
         convert(CKPT_FIXTURES / "olmo2", dst, "hf")
     assert (dst / "keep.txt").read_text() == "old"
-    convert(CKPT_FIXTURES / "olmo2", dst, "hf", overwrite=True)
+    # --overwrite once replaces only what looks like a checkpoint; twice, anything.
+    with pytest.raises(CheckpointError, match="does not look like a checkpoint.*--overwrite twice"):
+        convert(CKPT_FIXTURES / "olmo2", dst, "hf", overwrite=True)
+    assert (dst / "keep.txt").read_text() == "old"
+    convert(CKPT_FIXTURES / "olmo2", dst, "hf", overwrite=2)
+    assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").is_file()
+    (dst / "keep.txt").write_text("old")
+    convert(CKPT_FIXTURES / "olmo2", dst, "hf", overwrite=True)  # now a checkpoint: once is enough
     assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").is_file()
     assert _leftovers(tmp_path) == []
 

@@ -243,8 +243,9 @@ def test_missing_repo_and_revision(hub, tmp_path, capsys):
 
 def test_offline_mode_without_an_earlier_download(hub, tmp_path, capsys, monkeypatch):
     _go_offline(monkeypatch)
-    code, _, error = _cli(capsys, "download", "1b", "-o", str(tmp_path / "off"), "--format", "olmo-core")
+    code, stdout, error = _cli(capsys, "download", "1b", "-o", str(tmp_path / "off"), "--format", "olmo-core")
     assert code == 2 and "offline mode (HF_HUB_OFFLINE=1)" in error and "allenai/Bolmo-1B" in error
+    assert "earlier download" not in stdout  # no claim to use files that are not there
     assert not hub.seen  # nothing was asked of the Hub
 
 

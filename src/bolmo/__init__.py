@@ -6,7 +6,8 @@
 """
 
 from bolmo.config import BolmoConfig
-from bolmo.errors import BolmoError, CheckpointError, ConfigError, GenerationError, TokenizerError
+from bolmo.errors import (BolmoError, BolmoWarning, CheckpointError, ConfigError, ContextWarning, DeviceError,
+                          GenerationError, ScoringError, TokenizerError)
 from bolmo.hf import register_when_imported
 from bolmo.loading import load
 
@@ -17,9 +18,13 @@ register_when_imported()  # transformers' Auto classes load Bolmo repos once tra
 __all__ = [
     "BolmoConfig",
     "BolmoError",
+    "BolmoWarning",
     "CheckpointError",
     "ConfigError",
+    "ContextWarning",
+    "DeviceError",
     "GenerationError",
+    "ScoringError",
     "TokenizerError",
     "load",
 ]

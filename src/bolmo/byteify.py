@@ -70,6 +70,13 @@ class ByteifyOptions:
     final_norm: str = "ones"  # the reference code; or "teacher" (the teacher's final norm)
     out_projection_scaling: str = "column"  # or "row"
 
+    def __post_init__(self) -> None:
+        """Sizes must be positive: 0 used to mean "the default" for some and an empty stack for others."""
+        for flag, value in (("--encoder-layers", self.encoder_layers), ("--decoder-layers", self.decoder_layers),
+                            ("--local-heads", self.local_heads), ("--local-intermediate-size", self.local_intermediate_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}")
+
 
 @dataclass
 class ByteifyResult:

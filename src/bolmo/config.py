@@ -231,7 +231,7 @@ class TransformerConfig:
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+            require(type(value) is int and value > 0, where, name, f"must be a positive integer, got {value!r}")
         require(self.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
         require(not self.attention_bias, where, "attention_bias", "biased attention projections are not supported")
         require(not self.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
@@ -284,10 +284,11 @@ class BolmoConfig(TransformerConfig):
         require(self.vocab_size == FUSED_VOCAB, where, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
         for name in ("num_local_heads", "local_intermediate_size", "subword_vocab_size"):
             value = getattr(self, name)
-            require(isinstance(value, int) and value > 0, where, name, f"must be a positive integer, got {value!r}")
+            require(type(value) is int and value > 0, where, name, f"must be a positive integer, got {value!r}")
         self.validate_transformer(where)
-        require(self.num_local_encoder_layers >= 0, where, "num_local_encoder_layers", "must be >= 0")
-        require(self.num_local_decoder_layers >= 0, where, "num_local_decoder_layers", "must be >= 0")
+        for name in ("num_local_encoder_layers", "num_local_decoder_layers"):
+            value = getattr(self, name)
+            require(type(value) is int and value >= 0, where, name, f"must be an integer >= 0, got {value!r}")
         require(self.hidden_size % (2 * self.num_local_heads) == 0, where, "num_local_heads",
                 f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
         require(self.boundary_predictor_lookahead >= 0, where, "boundary_predictor_lookahead", "must be >= 0")

@@ -29,3 +29,19 @@ class GenerationError(BolmoError):
 
 class ServeError(BolmoError):
     """`bolmo serve` cannot start (no chat template where one is needed, a bad option)."""
+
+
+class ScoringError(BolmoError):
+    """Invalid scoring arguments, or a model whose outputs cannot be a score (NaN)."""
+
+
+class DeviceError(BolmoError):
+    """A torch device that does not exist or that this build of torch cannot use."""
+
+
+class BolmoWarning(UserWarning):
+    """Something the user should know about a result that is still valid; the CLI prints one line."""
+
+
+class ContextWarning(BolmoWarning):
+    """An input was cut to fit the model's positions (the warning says how much was kept)."""

@@ -15,9 +15,10 @@ from bolmo.scoring import ScoreResult, score_texts
 class InferenceMixin:
     """score / generate / stream for a model with `model.tokenizer` attached."""
 
-    def score(self, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
-        """Per text: byte log-probabilities, nats and bits per byte (see bolmo.scoring)."""
-        return score_texts(self, texts, batch_size=batch_size)
+    def score(self, texts: Sequence[str], batch_size: int = 8, context: int | None = None) -> list[ScoreResult]:
+        """Per text: byte log-probabilities, nats and bits per byte (see bolmo.scoring; texts longer
+        than the model's positions are scored in windows with `context` ids of context)."""
+        return score_texts(self, texts, batch_size=batch_size, context=context)
 
     def generate(self, prompts: Sequence[str], max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,

@@ -15,7 +15,7 @@ from bolmo.checkpoint.expected import meta_model
 from bolmo.checkpoint.model_config import model_kind, read_model_config
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.config import BolmoConfig
-from bolmo.errors import CheckpointError, ConfigError, TokenizerError
+from bolmo.errors import CheckpointError, ConfigError, DeviceError, TokenizerError
 from bolmo.inference import Bolmo, Olmo
 from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
@@ -50,6 +50,18 @@ def resolve_source(source: str | Path | None) -> Path:
     raise CheckpointError(f"{source}: no such directory")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device this build can use, or DeviceError before any weight is read
+    (torch raises assorted exception types, deep in the load, for a bogus or missing device)."""
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except Exception as exc:  # RuntimeError, AssertionError ("not compiled with CUDA"), TypeError...
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DeviceError(f"device {str(device)!r} is not usable here: {why}") from None
+    return device
+
+
 def checkpoint_kind(path: Path) -> str:
     """'bolmo' (HF), 'bolmo-olmo-core', 'olmo-core', or the HF model_type of a subword model
     (decided by `bolmo.checkpoint.model_config.model_kind`, as for every other command)."""
@@ -69,6 +81,7 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     default) in eval mode as a `bolmo.inference.Bolmo`, with its tokenizer attached as
     `model.tokenizer`. Subword OLMo 2 / Olmo 3 directories (HF or OLMo-core) load as
     `bolmo.inference.Olmo`, with their tokenizer when the directory has a tokenizer.json."""
+    device = check_device(device)
     path = resolve_source(source)
     config, kind = read_model_config(path)
     tensors = checkpoint_tensors(path, kind)
@@ -96,7 +109,8 @@ def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[st
     checking every name and shape against what the config implies."""
     with torch.device("meta"):
         model = model_class(config)
-    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    reference = model.state_dict()
+    expected = {name: tuple(p.shape) for name, p in reference.items()}
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for name, file, tensor in tensors:
@@ -107,6 +121,8 @@ def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[st
             raise CheckpointError(
                 f"{file}: tensor {name!r} has shape {list(tensor.shape)}, the config implies {list(expected[name])}"
             )
+        if reference[name].is_floating_point():
+            check_weights(name, file, tensor)
         state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -117,6 +133,16 @@ def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[st
                               + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
     model.load_state_dict(state, assign=True, strict=True)
     return model
+
+
+def check_weights(name: str, file: Path, tensor: torch.Tensor) -> None:
+    """A floating-point tensor with only finite values, or CheckpointError: an integer tensor would
+    fail deep inside torch, and a NaN would make every score and generation silently meaningless."""
+    if not tensor.is_floating_point():
+        raise CheckpointError(f"{file}: tensor {name!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+                              "a weight must be floating point")
+    if not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"{file}: tensor {name!r} holds NaN or infinite values")
 
 
 def build_tokenizer(config: BolmoConfig, model_dir: Path | None) -> ByteTokenizer:

@@ -3,18 +3,24 @@
 Bolmo: the 520-way output splits each next id x into "x" and "x, then a patch ends"; the probability of
 the byte itself is the sum of the two: log p(x) = logsumexp(logits[x], logits[x + 260]) -
 logsumexp(logits). (The same value as the reference's softmax-then-add, computed stably.)
+
+Long texts are scored in windows (`windows`) that fit the model's positions: a model never sees
+more ids at once than it has positions, so the numbers stay those of the model card rather than of
+a model run past what it was trained on.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
-from bolmo.errors import TokenizerError
+from bolmo.errors import ScoringError, TokenizerError
 from bolmo.model.bolmo import BolmoForCausalLM
+from bolmo.tokenizer import pad_rows
 
 
 @dataclass
@@ -30,6 +36,41 @@ class ScoreResult:
 
     def as_dict(self) -> dict:
         return {"text": self.text, "n_bytes": self.n_bytes, "nats": self.nats, "bits_per_byte": self.bits_per_byte}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forward pass over a long sequence: the start id, then ids [start, end) of the sequence;
+    ids [start, scored_from) are context only, ids [scored_from, end) are scored."""
+
+    start: int
+    scored_from: int
+    end: int
+
+
+def windows(n: int, max_ids: int, context: int | None = None) -> list[Window]:
+    """Cut a sequence of `n` ids (bytes for Bolmo, tokens for a subword model; the start id not
+    counted) into windows of at most `max_ids` ids that score every id exactly once.
+
+    The rule: the first window scores ids [0, max_ids) with everything before them as context; each
+    later one scores the next `max_ids - context` ids, after the `context` ids before them, which
+    it reads but does not score. So every id is predicted from at least min(its position, context)
+    preceding ids. `context` defaults to max_ids // 2.
+
+    For Bolmo, `max_ids` = max_position_embeddings - 1 bytes: a patch holds at least one byte, so
+    the start id plus max_ids bytes never make more patches than the global model has positions,
+    however short the patches. For a subword model, max_ids = max_position_embeddings - 1 tokens.
+    """
+    if max_ids < 1:
+        raise ScoringError(f"a window must hold at least one id, got max_ids={max_ids}")
+    context = max_ids // 2 if context is None else context
+    if not 0 <= context < max_ids:
+        raise ScoringError(f"context must be in [0, {max_ids - 1}] (the window holds {max_ids} ids), got {context}")
+    result = [Window(0, 0, min(n, max_ids))]
+    while result[-1].end < n:
+        scored_from = result[-1].end
+        result.append(Window(scored_from - context, scored_from, min(n, scored_from + max_ids - context)))
+    return result
 
 
 def folded_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -60,35 +101,80 @@ def byte_distributions(model: BolmoForCausalLM, text: str) -> torch.Tensor:
     return folded_byte_logprobs(out.logits[0, :-1]).cpu()
 
 
-def score_texts(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
-    """Score each text after the start id, with a Bolmo or a subword OLMo model; batches are
-    right-padded and each row is scored exactly as it would be alone."""
+def check_texts(texts: Sequence[str], batch_size: int, context: int | None) -> None:
+    """A list of strings and sane options, or ScoringError saying what is wrong (like generate's
+    prompts, a bare string is refused rather than scored as a list of characters)."""
+    if isinstance(texts, (str, bytes)):
+        raise ScoringError("texts must be a list of strings (wrap a single text in a list)")
+    if not isinstance(texts, Sequence):
+        raise ScoringError(f"texts must be a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ScoringError(f"texts[{i}] is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ScoringError(f"texts[{i}] cannot be encoded as UTF-8 ({exc.reason} at character {exc.start})") from None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScoringError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
+        raise ScoringError(f"context must be a non-negative integer or None, got {context!r}")
+
+
+def score_texts(model, texts: Sequence[str], batch_size: int = 8, context: int | None = None) -> list[ScoreResult]:
+    """Score each text after the start id, with a Bolmo or a subword OLMo model, in windows that
+    fit the model (see `windows`; `context` ids of context per window). Batches are right-padded
+    and each row is scored exactly as it would be alone."""
+    check_texts(texts, batch_size, context)
     if isinstance(model, BolmoForCausalLM):
-        return score_bolmo(model, texts, batch_size)
-    return score_subword(model, texts, batch_size)
+        return score_bolmo(model, texts, batch_size, context)
+    return score_subword(model, texts, batch_size, context)
+
+
+# One forward pass over a padded batch -> log p(next id) [B, L - 1] (float32, any device).
+RowScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def score_windows(score_rows: RowScorer, sequences: list[list[int]], start_id: int, pad_id: int,
+                  max_ids: int, batch_size: int, context: int | None = None,
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """log p(id i | the ids before it, within its window) for every id of every sequence: one float32
+    tensor per sequence. Windows of all sequences are batched together, `batch_size` at a time."""
+    jobs = [(s, w) for s, seq in enumerate(sequences) for w in windows(len(seq), max_ids, context) if w.end > w.start]
+    out = [torch.zeros(len(seq), dtype=torch.float32) for seq in sequences]
+    for first in range(0, len(jobs), batch_size):
+        chunk = jobs[first : first + batch_size]
+        ids, mask = pad_rows([[start_id] + sequences[s][w.start : w.end] for s, w in chunk], pad_id, "right")
+        logprobs = score_rows(ids.to(device), mask.to(device)).cpu()
+        for row, (s, w) in enumerate(chunk):
+            out[s][w.scored_from : w.end] = logprobs[row, w.scored_from - w.start : w.end - w.start]
+    for s, lp in enumerate(out):
+        if not torch.isfinite(lp).all():
+            raise ScoringError(f"texts[{s}]: the model gave non-finite log-probabilities (NaN or infinite weights, "
+                               "or an overflow in this dtype); no score is reported")
+    return out
 
 
 @torch.inference_mode()
-def score_bolmo(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
+def score_bolmo(model, texts: Sequence[str], batch_size: int = 8, context: int | None = None) -> list[ScoreResult]:
     """BOS + each text's UTF-8 bytes through the model; each byte's probability folds the
     boundary decision in."""
-    results: list[ScoreResult] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        ids, mask = model.tokenizer.batch(chunk, padding_side="right")
-        ids, mask = ids.to(model.device), mask.to(model.device)
+    tokenizer = model.tokenizer
+
+    def score_rows(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = model(ids, attention_mask=mask)  # masked even when unpadded: rows stay independent
-        logprobs = folded_logprobs(out.logits[:, :-1], ids[:, 1:])
-        for row, text in enumerate(chunk):
-            n_bytes = int(mask[row].sum()) - 1
-            lp = logprobs[row, :n_bytes].cpu()
-            results.append(ScoreResult(text=text, byte_logprobs=lp, nats=float(-lp.double().sum()), n_bytes=n_bytes))
-    return results
+        return folded_logprobs(out.logits[:, :-1], ids[:, 1:])
+
+    sequences = [tokenizer.encode(text, add_bos=False) for text in texts]
+    logprobs = score_windows(score_rows, sequences, tokenizer.bos_id, tokenizer.pad_id,
+                             model.config.max_position_embeddings - 1, batch_size, context, model.device)
+    return [ScoreResult(text=text, byte_logprobs=lp, nats=float(-lp.double().sum()), n_bytes=lp.numel())
+            for text, lp in zip(texts, logprobs)]
 
 
 @torch.inference_mode()
-def score_subword(model, texts: list[str], batch_size: int = 8) -> list[ScoreResult]:
-    """Score each text with a subword OLMo model.
+def score_subword(model, texts: Sequence[str], batch_size: int = 8, context: int | None = None) -> list[ScoreResult]:
+    """Score each text with a subword OLMo model (windows counted in tokens).
 
     `byte_logprobs` has one entry per UTF-8 byte like Bolmo's, but a subword model only gives
     whole-token probabilities: each token's log-probability sits at the token's last byte and the
@@ -97,24 +183,27 @@ def score_subword(model, texts: list[str], batch_size: int = 8) -> list[ScoreRes
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise TokenizerError("this model was loaded without a tokenizer (its directory has no tokenizer.json)")
-    results: list[ScoreResult] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        ids, mask = tokenizer.batch(chunk, padding_side="right")
-        ids, mask = ids.to(model.device), mask.to(model.device)
+
+    def score_rows(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = model.model(ids, mask if not bool(mask.all()) else None)
-        for row, text in enumerate(chunk):
-            n = int(mask[row].sum())
-            targets = ids[row, 1:n]
-            # One row's logits at a time: [T, vocab] can be large for a 100k vocabulary.
-            logprobs = torch.log_softmax(model.lm_head(hidden[row, : n - 1]).float(), dim=-1)
-            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-            n_bytes = len(text.encode("utf-8"))
-            lengths = torch.tensor([len(tokenizer.decode_bytes([t])) for t in targets.tolist()], dtype=torch.long)
-            ends = (lengths.cumsum(0) - 1).clamp(0, max(n_bytes - 1, 0))
-            byte_lp = torch.zeros(n_bytes, dtype=torch.float32)
-            if n_bytes:
-                byte_lp.index_add_(0, ends, token_lp)
-            results.append(ScoreResult(text=text, byte_logprobs=byte_lp, nats=float(-token_lp.double().sum()),
-                                       n_bytes=n_bytes))
+        rows = []
+        for row in range(ids.shape[0]):  # one row's logits at a time: [T, vocab] is large for 100k ids
+            logprobs = torch.log_softmax(model.lm_head(hidden[row, :-1]).float(), dim=-1)
+            rows.append(logprobs.gather(-1, ids[row, 1:].unsqueeze(-1)).squeeze(-1))
+        return torch.stack(rows)
+
+    start = tokenizer.encode("")[0]
+    sequences = [tokenizer.encode(text)[1:] for text in texts]
+    token_logprobs = score_windows(score_rows, sequences, start, tokenizer.pad_id,
+                                   model.config.max_position_embeddings - 1, batch_size, context, model.device)
+    results: list[ScoreResult] = []
+    for text, targets, token_lp in zip(texts, sequences, token_logprobs):
+        n_bytes = len(text.encode("utf-8"))
+        lengths = torch.tensor([len(tokenizer.decode_bytes([t])) for t in targets], dtype=torch.long)
+        ends = (lengths.cumsum(0) - 1).clamp(0, max(n_bytes - 1, 0))
+        byte_lp = torch.zeros(n_bytes, dtype=torch.float32)
+        if n_bytes:
+            byte_lp.index_add_(0, ends, token_lp)
+        results.append(ScoreResult(text=text, byte_logprobs=byte_lp, nats=float(-token_lp.double().sum()),
+                                   n_bytes=n_bytes))
     return results

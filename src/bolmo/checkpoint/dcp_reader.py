@@ -25,6 +25,7 @@ import zstandard
 
 from bolmo.checkpoint.dcp_metadata import read_metadata
 from bolmo.checkpoint.inventory import Chunk, TensorInfo
+from bolmo.checkpoint.interrupts import signals_held
 from bolmo.errors import CheckpointError
 
 _ZIP_MAGIC = b"PK\x03\x04"  # every torch.save archive starts with a zip local-file header
@@ -168,7 +169,7 @@ class DCPCheckpoint:
         """One stored item, loaded with weights_only=True and checked against the CRC-32s of its archive."""
         file, where = self.path / chunk.file, self._where(info, chunk)
         try:
-            with open(file, "rb") as f:
+            with signals_held(), open(file, "rb") as f:  # Ctrl-C inside torch's reader would pose as damage
                 stream = _item_stream(f, chunk, where)
                 with _open_archive(stream, where) as archive:
                     storage = _check_records(archive, info.is_tensor)

@@ -275,11 +275,16 @@ def _check_sizes(plan: Plan, out: Path) -> None:
             )
 
 
-def _require_layout(plan: Plan, out: Path) -> None:
-    """Catch an offline run that found only part of an earlier download, before reporting success."""
+def missing_layout(plan: Plan, out: Path) -> list[str]:
+    """The files of the requested layout that `out` lacks (an offline run can only use what is there)."""
     needed = {"hf": ["config.json"], "olmo-core": ["config.json", DCP_SUBDIR],
               "all": ["config.json", f"{NATIVE_DIR}/{DCP_SUBDIR}"]}[plan.fmt]
-    missing = [name for name in needed if not (out / name).exists()]
+    return [name for name in needed if not (out / name).exists()]
+
+
+def _require_layout(plan: Plan, out: Path) -> None:
+    """Catch an offline run that found only part of an earlier download, before reporting success."""
+    missing = missing_layout(plan, out)
     if missing:
         why = "offline mode found only part of an earlier download" if plan.commit is None else "the repo lacks it"
         raise CheckpointError(f"{out / missing[0]} is missing after downloading {plan.repo_id} ({why})")

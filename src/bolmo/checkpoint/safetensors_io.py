@@ -11,7 +11,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import torch
@@ -93,6 +93,16 @@ def _entry_fields(path: Path, name: str, entry: Any) -> tuple[torch.dtype, list[
     return dtype, shape, offsets
 
 
+def check_inside(index_file: Path, file: str) -> None:
+    """An index may only name files inside its own directory: never an absolute path, `..`, or a
+    drive. (Checked on the name, not the resolved path: a Hub cache snapshot's shards are symlinks
+    into its blob store, which is fine.)"""
+    pure = PurePosixPath(file)
+    if not file or pure.is_absolute() or ".." in pure.parts or "\\" in file or ":" in file:
+        raise CheckpointError(f"{index_file}: weight_map names {file!r}, which is not a file inside "
+                              f"{index_file.parent}; refusing to read it")
+
+
 class HFWeights:
     """The weights of an HF directory (model.safetensors or index + shards) or one .safetensors file."""
 
@@ -136,6 +146,7 @@ class HFWeights:
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise CheckpointError(f"{index_file}: not a safetensors index (no \"weight_map\" of tensor -> file)")
         for file in sorted(set(weight_map.values())):
+            check_inside(index_file, file)
             if not (self.path / file).is_file():
                 named = [t for t, f in weight_map.items() if f == file]
                 self._problems.append(f"{index_file}: names {file}, which is missing ({len(named)} tensors, e.g. {named[0]})")

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
+import warnings
 
-from bolmo.errors import BolmoError
+from bolmo.errors import BolmoError, BolmoWarning
 
 COMMAND_MODULES = [
     "bolmo.cli.model_commands",
@@ -36,16 +40,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM (sent by `timeout`, schedulers, `docker stop`) raised as an exception, so that it
+    unwinds like Ctrl-C: temporary outputs are removed and the destination is left as it was."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.command)
+            code = int(args.handler(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, not in an "Exception ignored" at exit
+            return code
     except BolmoError as exc:
         print(f"bolmo {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"bolmo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BrokenPipeError:  # `bolmo info --json | head -1`: the reader left; stop quietly like Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
+    except (KeyboardInterrupt, Terminated, Exception) as exc:
+        # Python wraps a signal that lands inside some machinery (an import defining a class: "Error
+        # calling __set_name__") in another exception; it is still the interruption the user caused.
+        cause = _interruption(exc)
+        if cause is None:
+            raise
+        terminated = isinstance(cause, Terminated)
+        print(f"bolmo {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or Terminated that `exc` is or was raised from, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _warning_printer(command: str):
+    """bolmo's own warnings as one line each (`bolmo COMMAND: warning: ...`); others as Python prints them."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BolmoWarning):
+            print(f"bolmo {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

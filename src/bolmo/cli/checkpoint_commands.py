@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="cast floating-point tensors (default: keep the stored dtype)")
     convert.add_argument("--shard-size", default="5GB",
                          help="largest safetensors file, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
-    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    convert.add_argument("--overwrite", action="count", default=0,
+                         help="replace DST if it exists and looks like a checkpoint (twice: whatever it holds)")
     convert.add_argument("--verify-against", type=Path, metavar="REF",
                          help="fail before writing unless the output would have the same tensors (names, shapes, "
                          "dtypes) as REF, an HF directory or .safetensors file")
@@ -86,7 +88,7 @@ def run_convert(args: argparse.Namespace) -> int:
                            allow_missing=args.allow_missing, verify_against=args.verify_against)
     console = Console(stderr=True)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
+                  TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(f"{plan.source.kind.value} -> {args.to}", total=plan.total_bytes)
         result = execute(plan, args.dst, overwrite=args.overwrite, shard_size=shard_size,
                          progress=lambda _, n: bar.advance(task, n))
@@ -133,6 +135,9 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     source = open_checkpoint(args.ckpt)
     infos = list(source.reader.inventory().values())
+    problems = source.reader.problems()  # structural only: headers, missing or short files (no data read)
+    if problems and not infos:
+        raise CheckpointError("; ".join(problems))
     groups = {"prefix": totals_by(infos, 1), "module": totals_by(infos, 2)}
     if args.json:
         print(json.dumps({
@@ -140,9 +145,9 @@ def run_inspect(args: argparse.Namespace) -> int:
             "tensors": [{"name": i.name, "shape": list(i.shape), "dtype": dtype_name(i.dtype), "files": list(i.files)}
                         for i in infos],
             "totals": {level: {k: vars(t) for k, t in totals.items()} for level, totals in groups.items()},
-            "notes": source.notes,
+            "notes": source.notes, "problems": problems,
         }, indent=2))
-        return 0
+        return _report_problems(problems)
     from rich.console import Console
     from rich.table import Table
 
@@ -165,7 +170,14 @@ def run_inspect(args: argparse.Namespace) -> int:
         console.print(f"{objects} non-tensor item(s) (dtype 'object'), not counted above")
     for note in source.notes:
         console.print(f"note: {note}", markup=False, highlight=False)
-    return 0
+    return _report_problems(problems)
+
+
+def _report_problems(problems: list[str]) -> int:
+    """Exit status of `inspect`: 0, or 1 with each problem on stderr (`bolmo verify` checks further)."""
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def run_verify(args: argparse.Namespace) -> int:

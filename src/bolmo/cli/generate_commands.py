@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import os
 import sys
 
 from bolmo.cli.model_commands import add_model_arguments, load_from_args
@@ -35,7 +36,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from bolmo.generation import GenerateOptions, generate_ids
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    # Raw bytes, so a prompt that is not valid UTF-8 (argv decodes with surrogate escapes) reaches a
+    # byte model as the bytes given; a subword model refuses it with a GenerationError.
+    prompt = sys.stdin.buffer.read() if args.prompt == "-" else os.fsencode(args.prompt)
     arguments = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop=args.stop)
     GenerateOptions.build(**arguments)  # reject bad arguments before loading the model

@@ -34,12 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from bolmo.checkpoint.hub import fetch, plan_download, verify
+    from bolmo.checkpoint.hub import fetch, missing_layout, plan_download, verify
 
     if (args.model is None) == (args.model_option is None):
         raise BolmoError("name the model once: `bolmo download 1b -o DIR` or `bolmo download --model 1b -o DIR`")
     plan = plan_download(args.model or args.model_option, args.revision, args.fmt, args.token)
     if plan.commit is None:
+        if missing := missing_layout(plan, Path(args.output_dir)):
+            raise CheckpointError(f"offline mode (HF_HUB_OFFLINE=1) and {args.output_dir} holds no earlier download "
+                                  f"of {plan.repo_id} ({missing[0]} is missing); unset HF_HUB_OFFLINE to download it")
         print(f"offline mode: using the files of an earlier download of {plan.repo_id} in {args.output_dir}")
     else:
         selected = plan.selected

@@ -16,8 +16,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
     parser.add_argument("--model", default=default_model,
                         help="checkpoint directory or downloaded Hub repo id (default: the bundled model)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="dtype the weights are loaded in (default float32)")
 
 
 def load_from_args(args: argparse.Namespace):
@@ -44,10 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(handler=run_info)
 
-    score = subparsers.add_parser("score", help="bits per byte of text files, per file and overall")
-    score.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
+    score = subparsers.add_parser(
+        "score", help="bits per byte of text files, per file and overall",
+        description="Bits per byte of each file and overall. A file longer than the model's positions is "
+                    "scored in windows (see bolmo.scoring.windows): each window reads up to "
+                    "max_position_embeddings - 1 bytes (tokens for a subword model) and scores the ones "
+                    "after its CONTEXT bytes of context, so every byte is scored once.")
+    score.add_argument("files", nargs="+", type=Path, metavar="FILE", help="UTF-8 text files (not empty)")
     add_model_arguments(score)
-    score.add_argument("--batch-size", type=int, default=4)
+    score.add_argument("--batch-size", type=int, default=4, help="windows run together (default 4)")
+    score.add_argument("--context", type=int, default=None,
+                       help="context bytes (tokens) read before each window after the first "
+                            "(default: half a window)")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
     score.set_defaults(handler=run_score)
 
@@ -83,18 +92,13 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    texts = []
-    for file in args.files:
-        try:
-            texts.append(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BolmoError(f"{file}: no such file") from None
-        except UnicodeDecodeError as exc:
-            raise BolmoError(f"{file}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    texts = [read_text_file(file) for file in args.files]
     if args.batch_size < 1:
         raise BolmoError("--batch-size must be at least 1")
+    if args.context is not None and args.context < 0:
+        raise BolmoError("--context must be at least 0")
     model = load_from_args(args)
-    results = model.score(texts, batch_size=args.batch_size)
+    results = model.score(texts, batch_size=args.batch_size, context=args.context)
     total_nats = sum(r.nats for r in results)
     total_bytes = sum(r.n_bytes for r in results)
     overall = total_nats / math.log(2) / total_bytes if total_bytes else float("nan")
@@ -109,10 +113,26 @@ def run_score(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"bits per byte ({args.model or 'bundled model'})")
-    for column in ("file", "bytes", "nats", "bits/byte"):
-        table.add_column(column, justify="left" if column == "file" else "right")
+    table.add_column("file", overflow="fold")  # a long name wraps onto more lines, never cut
+    for column in ("bytes", "nats", "bits/byte"):
+        table.add_column(column, justify="right", no_wrap=True)
     for file, r in zip(args.files, results):
         table.add_row(str(file), f"{r.n_bytes:,}", f"{r.nats:,.2f}", f"{r.bits_per_byte:.4f}")
     table.add_row("overall", f"{total_bytes:,}", f"{total_nats:,.2f}", f"{overall:.4f}", style="bold")
     Console().print(table)
     return 0
+
+
+def read_text_file(file: Path) -> str:
+    """A non-empty UTF-8 text file's contents, or BolmoError naming the file."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BolmoError(f"{file}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise BolmoError(f"{file}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:  # a directory, a symlink loop, no permission...
+        raise BolmoError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    if not text:
+        raise BolmoError(f"{file}: empty, nothing to score")
+    return text

@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--out-projection-scaling", choices=["column", "row"], default="column",
                       help="out_projection rescaling: the reference's column version (default) or the exact row one")
     init.add_argument("--seed", type=int, default=0, help="seed of the fresh initialization (default: 0)")
-    init.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    init.add_argument("--overwrite", action="count", default=0,
+                      help="replace --out if it exists and looks like a checkpoint (twice: whatever it holds)")
     init.set_defaults(handler=run_byteify_init)
 
     merge = subparsers.add_parser("merge", help="task-arithmetic merge of a post-training delta into Bolmo",
@@ -56,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--out", required=True, type=Path, help="directory to create")
     merge.add_argument("--instructify-embeddings", action="store_true",
                        help="also add the input-embedding delta to the subword embedding table")
-    merge.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    merge.add_argument("--overwrite", action="count", default=0,
+                       help="replace --out if it exists and looks like a checkpoint (twice: whatever it holds)")
     merge.set_defaults(handler=run_merge)
 
 
@@ -66,8 +68,10 @@ def _progress(description: str) -> Iterator[Callable[[str, int], None]]:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+    console = Console(stderr=True)
+    # Off when stderr is not a terminal: a log gets no bar, and an error stays the only line.
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=None)
         yield lambda _, n: bar.advance(task, n)
 

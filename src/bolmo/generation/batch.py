@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from bolmo.errors import GenerationError
 from bolmo.generation.engine import Engine, Row
 from bolmo.generation.sampling import RowSampler
 
@@ -29,11 +30,14 @@ class Batch:
         """Add unfinished rows, sampled by `sampler` (one row of it per new row)."""
         if not rows:
             return
+        logits = self.engine.join(rows, sampler) if self.rows else self.engine.prefill(rows, sampler)
+        if bool(logits.isnan().any()):  # checked once per prompt: a NaN would decode as an empty text
+            raise GenerationError("the model gave NaN logits (NaN weights, or an overflow in this dtype); "
+                                  "nothing generated")
         if self.rows:
-            logits = self.engine.join(rows, sampler)
             self.logits = torch.cat([self.logits, logits])
-        else:  # nothing running: start a fresh state
-            self.logits = self.engine.prefill(rows, sampler)
+        else:  # nothing running: a fresh state
+            self.logits = logits
             self.sampler = RowSampler(device=self.engine.device)
         self.sampler.extend(sampler)
         self.rows += rows

@@ -32,11 +32,11 @@ class GenerateOptions:
         """Validate user arguments (GenerationError names the bad one)."""
         if isinstance(max_new_bytes, bool) or not isinstance(max_new_bytes, int) or not 0 <= max_new_bytes <= MAX_NEW_BYTES:
             raise GenerationError(f"max_new_bytes must be an integer in [0, {MAX_NEW_BYTES:,}], got {max_new_bytes!r}")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, (list, tuple)) or any(not isinstance(s, str) or not s for s in stops):
             raise GenerationError(f"stop must be a non-empty string or a list of them, got {stop!r}")
         return cls(max_new_bytes, SamplingParams(temperature, top_k, top_p, seed),
-                   tuple(s.encode("utf-8") for s in stops))
+                   tuple(utf8(s, "stop") for s in stops))
 
 
 def check_prompts(prompts: Sequence[str | bytes]) -> None:
@@ -48,6 +48,17 @@ def check_prompts(prompts: Sequence[str | bytes]) -> None:
     bad = [type(p).__name__ for p in prompts if not isinstance(p, (str, bytes))]
     if bad:
         raise GenerationError(f"prompts must be strings, got {', '.join(sorted(set(bad)))}")
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            utf8(prompt, f"prompts[{i}]")
+
+
+def utf8(text: str, what: str) -> bytes:
+    """`text` in UTF-8, or GenerationError (a string with lone surrogates has no encoding)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GenerationError(f"{what} cannot be encoded as UTF-8 ({exc.reason} at character {exc.start})") from None
 
 
 class Continuation:

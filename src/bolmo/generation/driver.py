@@ -11,11 +11,13 @@ a batch gives exactly what its prompt gives alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from bolmo.errors import ContextWarning
 from bolmo.generation.batch import Batch
 from bolmo.generation.bolmo_engine import BolmoEngine
 from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
@@ -56,6 +58,7 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
     engine = engine_for(model)
     rows = [Row(engine.encode(p), Continuation(options), p if isinstance(p, bytes) else p.encode("utf-8"))
             for p in prompts]
+    fit_context(rows, engine, options.max_new_bytes, model.config.max_position_embeddings)
     if options.max_new_bytes == 0:
         yield rows
         return
@@ -64,6 +67,26 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
     while batch.rows:
         batch.step()
         yield rows
+
+
+def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int) -> None:
+    """Keep each prompt's last ids that fit the model's `positions` with room for the new bytes,
+    warning about every prompt cut.
+
+    A Bolmo patch and a subword token each hold at least one byte, so start id + prompt ids +
+    new bytes bounds the positions a row can use. The room kept for new bytes is `max_new_bytes`,
+    but at most half the context: a long generation never cuts a prompt below half the context
+    (new positions past the trained range are the caller's choice, as in transformers)."""
+    reserve = min(max_new_bytes, (positions - 1) // 2)
+    room = positions - 1 - reserve  # prompt ids after the start id
+    for i, row in enumerate(rows):
+        if len(row.ids) - 1 > room:
+            dropped = len(row.prompt)
+            row.ids = row.ids[:1] + row.ids[len(row.ids) - room :]
+            row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
+            warnings.warn(f"prompt {i} is longer than the model's context ({positions:,} positions, "
+                          f"{reserve:,} of them for new bytes): kept its last {len(row.prompt):,} "
+                          f"of {dropped:,} bytes", ContextWarning, stacklevel=2)
 
 
 def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,

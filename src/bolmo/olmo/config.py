@@ -98,7 +98,7 @@ class OlmoConfig(TransformerConfig):
 
     def validate(self, where: str) -> None:
         """Reject values our transformer cannot honour, naming the field."""
-        require(isinstance(self.vocab_size, int) and self.vocab_size > 0, where, "vocab_size",
+        require(type(self.vocab_size) is int and self.vocab_size > 0, where, "vocab_size",
                 f"must be a positive integer, got {self.vocab_size!r}")
         self.validate_transformer(where)
 

@@ -47,6 +47,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from bolmo import __version__
 from bolmo.checkpoint import keymaps
 from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core
@@ -207,6 +208,8 @@ class Checkpointer:
         if self.dist.is_main:
             (tmp / "config.json").write_text(json.dumps(self.config_json, indent=2) + "\n")
             self.desc.write_side_files(tmp)
+            # OLMo-core's completeness marker, written last: without it readers call the save interrupted.
+            (tmp / ".metadata.json").write_text(json.dumps({"ephemeral": False, "version": f"bolmo {__version__}"}) + "\n")
             if final.exists():  # the same step saved again after a resume
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -233,7 +236,12 @@ class Checkpointer:
         set_optimizer_state_dict(root, optimizer, _rename_optim(optim_state, lambda n: MODEL_PREFIX + self.desc.hf(n)),
                                  options=_OPTIM)
         own = path / "train" / f"rank{self.dist.rank}.pt"
-        state = torch.load(own if own.is_file() else path / "train" / "rank0.pt", weights_only=True)
+        file = own if own.is_file() else path / "train" / "rank0.pt"
+        try:
+            state = torch.load(file, weights_only=True)
+        except Exception as exc:  # missing, unreadable, truncated or not a weights-only archive
+            raise CheckpointError(f"{file}: cannot read the trainer state to resume from "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         _set_rng_state(state["rng"])
         return state
 

@@ -14,8 +14,10 @@ are used; the 7B recipe differs only in the peak LRs (stage 1 5e-4, stage 2 3.66
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +185,10 @@ class TrainConfig:
                 raise ConfigError(f"{key}: {msg}")
 
         need(self.stage in STAGES, "stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for key, value in _leaves(self.to_dict()):  # a NaN learning rate would train to NaN without a word
+            need(not isinstance(value, float) or math.isfinite(value), key, f"must be a finite number, got {value}")
+        need(self.optim.lr > 0, "optim.lr", f"must be positive, got {self.optim.lr}")
+        need(self.optim.eps > 0 and self.optim.weight_decay >= 0, "optim", "eps must be positive, weight_decay >= 0")
         need(bool(self.run_dir), "run_dir", "is required")
         need(bool(self.model.path), "model.path", "is required")
         need(bool(self.data.dir), "data.dir", "is required")
@@ -232,6 +238,18 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _leaves(tree: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every scalar in a nested dict / list."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield from _leaves(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{key}[{i}]")
+    else:
+        yield key, tree
 
 
 # ----------------------------------------------------------------------------- loading

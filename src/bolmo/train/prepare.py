@@ -45,6 +45,10 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         self.inputs = [Path(p) for p in self.inputs]
         self.tokenizer, self.out = Path(self.tokenizer), Path(self.out)
+        for flag, value in (("--workers", self.workers), ("--max-documents", self.max_documents),
+                            ("--docs-per-shard", self.docs_per_shard)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
 
 
 @dataclass
