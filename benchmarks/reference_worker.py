@@ -1,0 +1,43 @@
+# Runs inside the REFERENCE implementation's own venv (never imported by bolmo): started by
+# benchmarks/reference.py as a subprocess, it loads an HF model directory with the reference's
+# BolmoForCausalLM and answers timing requests, one JSON object per line on stdin/stdout.
+"""Reference-side timing worker. Requests: {"op": "generate", "ids": [[...], ...], "new_bytes": N}
+and {"op": "forward", "ids": [[...]]}; replies {"seconds": s, ...}."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+
+def main() -> None:
+    model_dir, threads = sys.argv[1], int(sys.argv[2])
+    torch.set_num_threads(threads)
+    from refbolmo.modeling_bolmo import BolmoForCausalLM  # the reference's HF code (PYTHONPATH)
+
+    model = BolmoForCausalLM.from_pretrained(model_dir).eval()
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        ids = torch.tensor(request["ids"])
+        with torch.no_grad():
+            start = time.perf_counter()
+            if request["op"] == "generate":
+                # The reference's generate returns max_new_tokens + len(prompt ids) - 3 new bytes.
+                n = request["new_bytes"] - ids.shape[1] + 3
+                out = model.generate(ids, max_new_tokens=n, do_sample=False)
+                seconds = time.perf_counter() - start
+                reply = {"seconds": seconds, "new_ids": out[:, ids.shape[1]:].tolist()}
+                model.model.local_encoder.free_inference_cache()
+                model.model.local_decoder.free_inference_cache()
+            else:
+                model(ids)
+                reply = {"seconds": time.perf_counter() - start}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()
