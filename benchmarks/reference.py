@@ -33,7 +33,7 @@ def save_hf(model, directory: Path) -> Path:
     config.setdefault("architectures", ["BolmoForCausalLM"])
     config["model_type"] = "bolmo"
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     return directory
 
@@ -41,13 +41,14 @@ def save_hf(model, directory: Path) -> Path:
 class Reference:
     """A running reference worker for one model directory."""
 
-    def __init__(self, reference: Path, model_dir: Path, threads: int, python: Path = DEFAULT_PYTHON) -> None:
+    def __init__(self, reference: Path, model_dir: Path, threads: int, python: Path = DEFAULT_PYTHON,
+                 device: str = "cpu", dtype: str = "float32") -> None:
         if not (reference / "refbolmo" / "modeling_bolmo.py").is_file():
             sys.exit(f"--reference {reference}: no refbolmo/modeling_bolmo.py there")
         if not python.is_file():
             sys.exit(f"the reference venv is missing ({python}): run {reference}/setup.sh")
         env = dict(os.environ, PYTHONPATH=str(reference), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-        self.process = subprocess.Popen([str(python), "-u", str(WORKER), str(model_dir), str(threads)],
+        self.process = subprocess.Popen([str(python), "-u", str(WORKER), str(model_dir), str(threads), device, dtype],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                         cwd=str(model_dir))
         self._read()  # {"ready": true}

@@ -54,7 +54,10 @@ class GlobalLayerWeights:
 
 
 def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm with float32 statistics (bolmo.nn.norm.RMSNorm's arithmetic, fewer ops)."""
+    """RMSNorm with float32 statistics (bolmo.nn.norm.RMSNorm's arithmetic): torch's fused kernel
+    for float32/float64 inputs, one op instead of seven."""
+    if x.dtype in (torch.float32, torch.float64):
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     x32 = x.float()
     return (weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
 
@@ -206,7 +209,9 @@ _KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _fingerprint(model) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in model.parameters())
+    # Inference tensors (a model loaded under torch.inference_mode) have no version counter.
+    return tuple((p.data_ptr(), None if p.is_inference() else p._version, p.device, p.dtype)
+                 for p in model.parameters())
 
 
 def kernels_for(model) -> StepKernels:
