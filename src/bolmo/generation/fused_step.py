@@ -76,7 +76,7 @@ class StepKernels:
         self.cap, self.mlstm_eps, self.head_eps = first.gate_soft_cap, first.eps, first.multihead_norm.eps
         self.local_eps = config.rms_norm_eps  # the local pre-norms use the global eps (a model quirk)
         self.split = (self.heads * self.dqk, self.heads * self.dqk, self.heads * self.dv, self.d,
-                      self.heads, self.heads)
+                      2 * self.heads)  # q, k, v, o-gate, then the i and f gates together
         self.ff = config.local_intermediate_size
         self.byte_embedding = encoder.byte_embedding.weight
         self.subword_embedding = None if encoder.subword_embedding is None else encoder.subword_embedding.weight
@@ -121,28 +121,32 @@ class StepKernels:
     # ------------------------------------------------------------------ local model
     def local_layer(self, x: Tensor, w: LocalLayerWeights, C: Tensor, n: Tensor, m: Tensor) -> Tensor:
         """x [B, D] through one local layer; the mLSTM state (C, n, m) is updated in place."""
-        B = x.shape[0]
+        B, NH = x.shape[0], self.heads
         sdt = C.dtype  # state arithmetic: float32 (float64 for float64 models)
+        cast = x.dtype != sdt  # a float32 model skips every cast (each would still be a dispatch)
         p = F.linear(_rms(x, w.norm1, self.local_eps), w.w_in, w.b_in)
-        q, k, v, o, i, f = p.split(self.split, dim=-1)
-        gates = self.cap * torch.tanh(torch.cat([i, f], -1).to(sdt) / self.cap)
-        i, f = gates[:, : self.heads], gates[:, self.heads:]
-        lf_m = F.logsigmoid(f) + m  # [B, NH]
+        q, k, v, o, gates = p.split(self.split, dim=-1)
+        if cast:
+            q, k, v, gates = q.to(sdt), k.to(sdt), v.to(sdt), gates.to(sdt)
+        gates = torch.tanh(gates / self.cap).mul_(self.cap)  # soft cap, [B, 2 NH]: i then f
+        i = gates[:, :NH]
+        lf_m = F.logsigmoid(gates[:, NH:]).add_(m)  # log f + m_old
         m_new = torch.maximum(lf_m, i)
-        f_act = torch.exp(lf_m - m_new).view(B, self.heads, 1)
-        i_act = torch.exp(i - m_new).view(B, self.heads, 1)
-        q = q.to(sdt).view(B, self.heads, self.dqk) * self.dqk ** -0.5
-        k = k.to(sdt).view(B, self.heads, self.dqk)
-        v = v.to(sdt).view(B, self.heads, self.dv)
-        C.mul_(f_act.unsqueeze(-1)).add_((i_act * k).unsqueeze(-1) * v.unsqueeze(-2))
-        n.mul_(f_act).add_(i_act * k)
+        f_act = torch.exp(lf_m.sub_(m_new)).view(B, NH, 1)
+        ik = torch.exp(i - m_new).view(B, NH, 1) * k.view(B, NH, self.dqk)  # i_act * k
+        C.mul_(f_act.unsqueeze(-1)).addcmul_(ik.unsqueeze(-1), v.view(B, NH, 1, self.dv))
+        n.mul_(f_act).add_(ik)
         m.copy_(m_new)
-        num = torch.matmul(q.unsqueeze(-2), C).squeeze(-2)  # [B, NH, DV]
-        qn = torch.matmul(q.unsqueeze(-2), n.unsqueeze(-1)).squeeze(-1)  # [B, NH, 1]
-        h = num / (torch.maximum(qn.abs(), torch.exp(-m_new).unsqueeze(-1)) + self.mlstm_eps)
-        h = h.to(x.dtype).to(torch.promote_types(x.dtype, torch.float32))
-        h = F.layer_norm(h, (self.dv,), eps=self.head_eps).to(x.dtype) * w.head_norm
-        x = x + F.linear(torch.sigmoid(o) * h.view(B, -1), w.w_out)
+        q = q.view(B, NH, 1, self.dqk) * self.dqk ** -0.5
+        num = torch.matmul(q, C)  # [B, NH, 1, DV]
+        qn = torch.matmul(q, n.unsqueeze(-1))  # [B, NH, 1, 1]
+        h = num / (torch.maximum(qn.abs(), torch.exp(-m_new).view(B, NH, 1, 1)) + self.mlstm_eps)
+        if cast:  # the model's dtype, then float32 statistics (MultiHeadLayerNorm's order)
+            h = h.to(x.dtype).to(torch.promote_types(x.dtype, torch.float32))
+        h = F.layer_norm(h.view(B, NH, self.dv), (self.dv,), eps=self.head_eps)
+        if cast:
+            h = h.to(x.dtype)
+        x = x + F.linear(torch.sigmoid(o) * (h * w.head_norm).view(B, -1), w.w_out)
         gate, up = F.linear(_rms(x, w.norm2, self.local_eps), w.w_gate_up).split(self.ff, dim=-1)
         return x + F.linear(F.silu(gate) * up, w.w_down)
 
