@@ -107,7 +107,7 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
         # Only the rows that closed a patch run the global model (on a batch: a gathered subset).
         rows = None if len(closing) == h.shape[0] else torch.tensor(closing, device=h.device)
         patches = k.fused.patch_in(h if rows is None else h[rows])
-        value = k.fused.patch_value(state.cache.step(patches, rows, closing, k.fused))
+        value = k.fused.patch_value(state.cache.step(patches, rows, closing, k))
         state.patch_value = value if rows is None else state.patch_value.index_copy(0, rows, value)
     return k.decode(h, state.patch_value, *state_tensors(state.decoder))
 

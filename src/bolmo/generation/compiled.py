@@ -34,7 +34,12 @@ class StepFunctions:
     fused: StepKernels
     encode: Callable[..., torch.Tensor]
     decode: Callable[..., torch.Tensor]
+    global_layer: Callable[..., torch.Tensor]  # one global block's step (see KVCache.step)
     compiled: bool
+
+    @property
+    def global_layers(self) -> list:
+        return self.fused.global_layers
 
 
 class _CompiledOrEager:
@@ -70,12 +75,13 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     weights, so compilation (and its warm-up) is paid once per model and process."""
     kernels = kernels_for(model)
     if not (compile_by_default() if compile is None else compile):
-        return StepFunctions(kernels, kernels.encode, kernels.decode, False)
+        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_layer, False)
     functions = _COMPILED.get(kernels)
     if functions is None:
         # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
         mode = "reduce-overhead" if model.device.type == "cuda" else None
         functions = StepFunctions(kernels, _CompiledOrEager(kernels.encode, mode),
-                                  _CompiledOrEager(kernels.decode, mode), True)
+                                  _CompiledOrEager(kernels.decode, mode),
+                                  _CompiledOrEager(kernels.global_layer, mode), True)
         _COMPILED[kernels] = functions
     return functions

@@ -17,7 +17,7 @@ import torch
 from bolmo.model.transformer import OlmoBlockStack
 
 if TYPE_CHECKING:
-    from bolmo.generation.fused_step import StepKernels
+    from bolmo.generation.compiled import StepFunctions as GlobalStep
 
 
 def prefill(stack: OlmoBlockStack, x: torch.Tensor, positions: torch.Tensor | None = None,
@@ -114,11 +114,12 @@ class KVCache:
         self.host_lengths[row] = n
 
     def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int],
-             kernels: StepKernels | None = None) -> torch.Tensor:
+             kernels: GlobalStep | None = None) -> torch.Tensor:
         """Append one position for each of `rows` (batch row indices, None = every row; `host_rows`
         the same as a list), each at its row's own next position: x [R, 1, D] -> the blocks'
         output [R, 1, D]. The other rows are not computed at all. With `kernels` (the model's
-        fused step kernels) x is [R, D] and the fused global layers run instead of the blocks."""
+        fused step functions, bolmo.generation.compiled.StepFunctions) x is [R, D] and the fused
+        global layers run instead of the blocks."""
         needed = max(self.host_lengths[r] for r in host_rows) + 1
         self.reserve(needed)
         pos = self.lengths if rows is None else self.lengths[rows]
@@ -129,7 +130,9 @@ class KVCache:
         for i, block in enumerate(self.stack):
             window = self.windows[i]
             if window not in per_window:
-                n = needed if window is None else min(window, needed)
+                # The fused step attends over every slot (masked beyond each row's position):
+                # shapes then change only when the cache grows, which suits a compiled step.
+                n = self.slots(i) if kernels is not None else needed if window is None else min(window, needed)
                 visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
                 per_window[window] = (pos if window is None else pos % window, n, visible[:, None, None, :])
             slot, n, mask = per_window[window]
