@@ -1,13 +1,13 @@
-"""The decode step's local-model functions, eager or compiled with `torch.compile`.
+"""The decode step's functions, eager or compiled with `torch.compile`.
 
-Compiling turns each step function (encoder step; decoder step + LM head) into one graph of
+Compiling turns each step function (encoder step; decoder step + LM head; one global block) into one graph of
 fused kernels (inductor's C++ on a CPU, Triton + CUDA graphs on a GPU), which removes most of the
 per-operation dispatch cost of a step. It costs a one-off compilation (tens of seconds on a small
 CPU; inductor's on-disk cache makes later processes faster), so it pays off for long generations
 and servers, not for a single short command; it is therefore opt-in (`BOLMO_COMPILE=1`, or
 `compile=True`). Where compilation is unavailable (no C++ compiler, an unsupported platform) the
-step runs eagerly after a one-line notice. The global model's step stays eager: it runs once per
-patch, with shapes that change as the cache grows.
+step runs eagerly after a one-line notice. The global block's step attends over every slot of
+the cache (masked), so its shapes change only when the cache grows (by doubling).
 """
 
 from __future__ import annotations
