@@ -91,7 +91,7 @@ def test_compile_failure_falls_back_with_one_notice(tiny_model_dir, monkeypatch,
     with caplog.at_level(logging.WARNING, logger="bolmo"):
         result = generate_ids(model, ["Hello there"], max_new_bytes=12)[0]
         again = generate_ids(model, ["Hello there"], max_new_bytes=12)[0]
-    assert (result.ids, again.ids) == (expected.ids, expected.ids)
+    assert (result.data, again.data) == (expected.data, expected.data)
     notices = [r.getMessage() for r in caplog.records if r.name == "bolmo"]
     assert len(notices) == 3  # one per compiled function (encoder, decoder, global block), then eager for good
     assert all("C++ compiler not found" in n and "\n" not in n for n in notices)
@@ -106,7 +106,7 @@ def test_compiled_step_equals_eager(tiny_model_dir, monkeypatch):
     functions = compiled.step_functions(model)
     assert functions.compiled
     fast = generate_ids(model, prompts, max_new_bytes=40)
-    assert [(r.ids, r.boundaries) for r in fast] == [(r.ids, r.boundaries) for r in eager]
+    assert [(r.data, r.boundaries) for r in fast] == [(r.data, r.boundaries) for r in eager]
     # Logits, step by step, against the eager kernels.
     with torch.inference_mode(), cpu_threads(model):
         ids = model.tokenizer.encode("Hello")
