@@ -53,6 +53,14 @@ def random_model(config: BolmoConfig, dtype: torch.dtype = torch.float32, seed: 
     return model.to(dtype).eval()
 
 
+def stream_bandwidth(megabytes: int = 512, repeats: int = 3) -> float:
+    """Memory bandwidth in GB/s as this process sees it: the best of `repeats` sums over a
+    float32 tensor far larger than any cache (same thread setting as the caller)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    best = min(time_call(lambda: x.sum(), 1, warmup=1 if i == 0 else 0) for i in range(repeats))
+    return x.numel() * 4 / best / 1e9
+
+
 def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of `fn` in seconds."""
     for _ in range(warmup):
@@ -75,7 +83,7 @@ def report(name: str, rows: list[dict], columns: list[str], settings: dict) -> N
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*(f"{row[c]:,.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
-    Console().print(table)
+    Console(width=240).print(table)  # wide tables stay readable in logs and pipes
     payload = {
         "benchmark": name,
         "settings": settings,

@@ -1,54 +1,108 @@
-# python benchmarks/forward.py [--lengths 1000 8000] [--repeats 3] [--skip-1b]
-"""Forward-pass throughput (bytes/s) on CPU, float32 and bfloat16, for the fixture model and a
-random model with Bolmo-1B's local sizes and 2 global layers."""
+# python benchmarks/forward.py [--reference ../shared/reference] [--models d256 fixture 1b-local] [--lengths 1000 8000]
+#                              [--dtypes float32 bfloat16] [--repeats 3] [--threads N]
+"""Forward-pass (scoring) throughput in bytes/s on CPU at batch 1, against the reference
+implementation in the same run: the same random weights (saved as an HF directory and loaded by
+the reference's own code in a subprocess), the same text (this repository's README, as bytes),
+the same thread count, interleaved, best of `--repeats`. Both sides compute the subword
+expansion inside the call (the reference always does); `expand_bytes_per_s` is that host-side
+part alone. The reference runs float32 only."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
-from common import bolmo_1b_local_config, fixture_model, random_model, report, time_call
+from common import ROOT, bolmo_1b_local_config, fixture_model, random_model, report
+from generate import d256_config
 
 
-def random_ids(model, length: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    # Printable ASCII bytes, so the boundary predictor sees text-like input.
-    body = torch.randint(32 + 4, 127 + 4, (1, length), generator=g)
-    return torch.cat([torch.ones(1, 1, dtype=torch.long), body], dim=1)
+def text_ids(model, length: int) -> torch.Tensor:
+    """BOS + the first `length` bytes of real text (the README, repeated if needed)."""
+    data = (ROOT / "README.md").read_bytes()
+    data = (data * (length // len(data) + 1))[:length]
+    return torch.tensor([model.tokenizer.encode(data.decode("utf-8", errors="ignore"))[: length + 1]])
+
+
+def build(name: str, dtype: torch.dtype):
+    if name == "fixture":
+        return "tiny-gqa", fixture_model(dtype)
+    if name == "d256":
+        return "d256", random_model(d256_config(), dtype)
+    return "1B-local", random_model(bolmo_1b_local_config(), dtype)
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="checkout of the reference implementation (e.g. ../shared/reference); default: bolmo only")
+    parser.add_argument("--models", nargs="+", default=["d256"], choices=["d256", "fixture", "1b-local"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 8000])
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-1b", action="store_true", help="only the fixture model")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads, both sides (more than the idle cores makes OpenMP spin)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    threads = args.threads
+    if args.reference is None:
+        print("no --reference given: timing bolmo only (pass --reference ../shared/reference for the ratio)")
 
-    models = [("fixture tiny-gqa", fixture_model)]
-    if not args.skip_1b:
-        config = bolmo_1b_local_config()
-        models.append(("1B local sizes, 2 global layers", lambda dtype: random_model(config, dtype)))
     rows = []
-    for label, build in models:
-        for dtype in (torch.float32, torch.bfloat16):
-            model = build(dtype)
+    for name in args.models:
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            label, model = build(name, dtype)
+            reference = None
+            if args.reference is not None and dtype == torch.float32:
+                from reference import Reference, save_hf
+
+                workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
+                reference = Reference(args.reference, save_hf(model, workdir), threads)
             for length in args.lengths:
-                ids = random_ids(model, length)
-                expanded = model.expand(ids)  # host-side work, timed separately below
+                ids = text_ids(model, length)
 
                 def forward() -> None:
                     with torch.inference_mode():
-                        model(ids, expanded_ids=expanded)
+                        model(ids)
 
-                seconds = time_call(forward, args.repeats)
-                expand_seconds = time_call(lambda: model.expand(ids), args.repeats, warmup=0)
-                rows.append({"model": label, "dtype": str(dtype).removeprefix("torch."), "bytes": length,
-                             "seconds": round(seconds, 4), "bytes_per_s": length / seconds,
-                             "expand_bytes_per_s": length / expand_seconds})
+                ours, theirs = math.inf, math.inf
+                forward()
+                if reference is not None:
+                    reference.forward(ids)  # warm-up
+                for _ in range(args.repeats):  # interleaved
+                    if reference is not None:
+                        theirs = min(theirs, reference.forward(ids))
+                    start = time.perf_counter()
+                    forward()
+                    ours = min(ours, time.perf_counter() - start)
+                expand_s = best_of(lambda: model.expand(ids), args.repeats)
+                row = {"model": label, "dtype": dtype_name, "bytes": length, "seconds": round(ours, 4),
+                       "bytes_per_s": length / ours, "reference_bytes_per_s": length / theirs if reference else "",
+                       "vs_reference": round(theirs / ours, 2) if reference else "",
+                       "expand_bytes_per_s": length / expand_s}
+                rows.append(row)
+            if reference is not None:
+                reference.close()
             del model
-    report("forward", rows, ["model", "dtype", "bytes", "seconds", "bytes_per_s", "expand_bytes_per_s"],
-           {"device": "cpu", "repeats": args.repeats, "batch": 1})
+    report("forward", rows, ["model", "dtype", "bytes", "seconds", "bytes_per_s", "reference_bytes_per_s",
+                             "vs_reference", "expand_bytes_per_s"],
+           {"device": "cpu", "repeats": args.repeats, "batch": 1, "threads": threads,
+            "reference": str(args.reference) if args.reference else None, "text": "README.md bytes"})
 
 
 if __name__ == "__main__":

@@ -1,33 +1,44 @@
-# python benchmarks/generate.py [--models fixture 1b-local] [--lengths 128 512 2048] [--batches 1 8] [--threads N] [--temperature T] [--name generate]
-"""Generation throughput of the cached engine (bolmo.generation): new bytes per second at batch 1
-and 8, for the fixture model and for a random model with Bolmo-1B's local sizes (d 2048, 1
-encoder + 4 decoder mLSTM layers, local FF 2816, expanded embeddings through the fixture's subword
-tokenizer) and 2 global layers.
+# python benchmarks/generate.py [--reference ../shared/reference] [--models d256 fixture 1b-local] [--lengths 128 512 2048]
+#                               [--batches 1 32] [--engines eager compiled] [--repeats 3] [--threads 1] [--name generate]
+"""Generation throughput of the cached engine (bolmo.generation), against the reference
+implementation in the same run.
 
-Decode steps are timed one by one and split into local-only steps (no row closed a patch: encoder
-and decoder steps) and global steps (some row closed a patch: the global layers run too, with
-attention over every cached patch). Per-step cost must not grow with the amount generated: the
-`*_vs_first` columns give each kind's mean step time relative to the shortest run of the same
-model and batch (1.00 = flat). The plain per-byte ratio (`step_vs_first`) also moves with how often
-the model closes patches (`bytes_per_patch`), which for random weights drifts as a run goes on.
+Models: `d256`, the random Bolmo of issue 15 (d_model 256, 4 global layers, 1 encoder + 4 decoder
+mLSTM layers with 2 heads, local MLP 352, a 1,000-entry subword table); `fixture` (the tiny-gqa
+test model); `1b-local` (Bolmo-1B's local sizes with 2 global layers). Prompt "Language modeling
+is " at batch 1; at larger batches, prompts of mixed lengths (every row is checked to equal its
+prompt generated alone, at the shortest length). Greedy. Engines: `eager` (the fused step
+kernels) and `compiled` (the same under torch.compile; its compilation is timed separately).
 
-The special ids' LM-head rows of the random model are zeroed like the fixtures' so that no row
-stops early at EOS; `generated` reports the bytes actually generated.
+With `--reference PATH` (a checkout of the reference code with its venv, see
+benchmarks/reference.py) the reference generates the same bytes from the same random weights
+in a subprocess, interleaved with bolmo's runs: best of `--repeats` each, same thread count.
+
+Decode steps are timed one by one and split into local-only steps and steps that also run the
+global model; `local_vs_first` / `global_vs_first` give each kind's mean step time relative to the
+shortest run (1.00 = flat: the cost of a step does not grow with what was generated).
+The special ids' LM-head rows of random models are zeroed like the fixtures' (no early EOS).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from bolmo.config import BYTE_OFFSET, BolmoConfig
 from bolmo.generation import GenerateOptions, decode
-from common import bolmo_1b_local_config, fixture_model, random_model, report
+from bolmo.generation.compiled import COMPILE_ENV
+from common import FIXTURE_MODEL, bolmo_1b_local_config, fixture_model, random_model, report, stream_bandwidth
 
-PROMPTS = [
+PROMPT = "Language modeling is "
+TEXTS = [
     "The quick brown fox jumps over the lazy dog while the committee reviews the budget. ",
     "def fibonacci(n):\n    if n < 2:\n        return n\n",
     "Byte-level models read text one byte at a time, so spelling is visible to them. ",
@@ -39,13 +50,28 @@ PROMPTS = [
 ]
 
 
+def batch_prompts(batch: int) -> list[str]:
+    """`batch` prompts of mixed lengths (3 to ~250 bytes), PROMPT alone at batch 1."""
+    if batch == 1:
+        return [PROMPT]
+    return [(TEXTS[i % len(TEXTS)] * 4)[: 3 + (37 * i) % 250] for i in range(batch)]
+
+
+def d256_config() -> BolmoConfig:
+    config = BolmoConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                         num_local_heads=2, local_intermediate_size=352, num_local_encoder_layers=1,
+                         num_local_decoder_layers=4, subword_vocab_size=1000)
+    config.tokenizer_config.original_identifier = str(FIXTURE_MODEL / "subword_tokenizer")
+    return config
+
+
 def build(name: str):
     if name == "fixture":
         return "tiny-gqa", fixture_model()
-    model = random_model(bolmo_1b_local_config())
+    model = random_model(d256_config() if name == "d256" else bolmo_1b_local_config())
     with torch.no_grad():  # no early EOS, no special ids: the fixtures' convention
         model.lm_head.weight[[0, 1, 2, 3, 260, 261, 262, 263]] = 0.0
-    return "1B-local", model
+    return ("d256" if name == "d256" else "1B-local"), model
 
 
 @dataclass
@@ -55,10 +81,15 @@ class Timing:
     global_step: list[bool] = field(default_factory=list)  # did the global model run in that step
     new_bytes: int = 0
     new_patches: int = 0
+    data: list[bytes] = field(default_factory=list)  # every row's new bytes
 
     @property
     def seconds(self) -> float:
         return self.prefill_s + sum(self.step_s)
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.new_bytes / self.seconds
 
     def mean_ms(self, kind: bool | None = None) -> float:
         """Mean step time in ms: all steps (None), global steps (True) or local-only steps (False)."""
@@ -66,69 +97,161 @@ class Timing:
         return 1e3 * sum(times) / len(times) if times else math.nan
 
 
-def timed_run(model, prompts: list[str], options: GenerateOptions) -> Timing:
-    """Time the prefill and every decode step of one generation."""
+LOCAL_COMPONENTS = ("encoder mLSTM layers", "encoder norm + out_projection", "decoder initial_norm + in_projection",
+                    "decoder mLSTM layers", "final norm", "lm_head")
+
+
+def weight_bytes_per_step(model, global_fraction: float) -> float:
+    """Bytes of weights a batch-1 decode step reads: every local layer and the LM head, plus the
+    global transformer in the fraction of steps that run it (embeddings: one row, ignored)."""
+    counts = model.num_parameters_by_component()
+    size = model.lm_head.weight.element_size()
+    return size * (sum(counts[c] for c in LOCAL_COMPONENTS) + global_fraction * counts["global transformer"])
+
+
+def same_prefix(a: bytes, b: bytes) -> bool:
+    """Equal over their common length (the reference cannot be asked for fewer new bytes than
+    its prompt has ids minus 3, so at short lengths it returns more)."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+# The driver's row objects, read in one place.
+def new_data(row) -> bytes:
+    return bytes(row.continuation.data)
+
+
+def new_boundaries(row) -> list[bool]:
+    return row.boundaries
+
+
+def closed_patch(row) -> bool:
+    """Does the id the row feeds next end a patch (so the global model runs)? (A lone BOS ends one.)"""
+    return (row.boundaries or row.prompt_boundaries or [True])[-1]
+
+
+def timed_run(model, prompts: list[str], n: int, compiled: bool) -> Timing:
+    """Time the prefill and every decode step of one greedy generation."""
+    os.environ[COMPILE_ENV] = "1" if compiled else "0"
     start = time.perf_counter()
-    steps = decode(model, prompts, options)
+    steps = decode(model, prompts, GenerateOptions.build(n))
     rows = next(steps)  # after the prefill and the first new byte
     timing = Timing(prefill_s=time.perf_counter() - start)
     while not all(r.done for r in rows):
         # A step feeds each running row's latest id; the global model runs if any of them closed a patch.
-        timing.global_step.append(any((r.boundaries or r.prompt_boundaries or [True])[-1]
-                                      for r in rows if not r.done))
+        timing.global_step.append(any(closed_patch(r) for r in rows if not r.done))
         start = time.perf_counter()
         rows = next(steps)
         timing.step_s.append(time.perf_counter() - start)
-    timing.new_bytes = sum(len(r.continuation.data) for r in rows)
-    timing.new_patches = sum(sum(r.boundaries) for r in rows)
+    timing.data = [new_data(r) for r in rows]
+    timing.new_bytes = sum(len(d) for d in timing.data)
+    timing.new_patches = sum(sum(new_boundaries(r)) for r in rows)
     return timing
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["fixture", "1b-local"], choices=["fixture", "1b-local"])
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="checkout of the reference implementation (e.g. ../shared/reference); default: bolmo only")
+    parser.add_argument("--models", nargs="+", default=["d256"], choices=["d256", "fixture", "1b-local"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--reference-lengths", type=int, nargs="+", default=[512],
+                        help="lengths the reference runs (batch 1)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--engines", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per figure")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
+    parser.add_argument("--bandwidth", action="store_true",
+                        help="measure memory bandwidth and report batch-1 decoding as a fraction of its bound")
     parser.add_argument("--name", default="generate", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    if args.reference is None:
+        print("no --reference given: timing bolmo only (pass --reference ../shared/reference for the ratio)")
 
-    rows = []
+    bandwidth = stream_bandwidth() if args.bandwidth else None
+    rows: list[dict] = []
     for name in args.models:
         label, model = build(name)
+        reference = None
+        if args.reference is not None:
+            from reference import Reference, save_hf
 
-        def run(batch: int, n: int) -> Timing:
-            seed = 0 if args.temperature else None
-            return timed_run(model, PROMPTS[:batch], GenerateOptions.build(n, args.temperature, seed=seed))
-
-        run(1, 16)  # warm-up: first-call allocations and lazy initialisation
+            workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
+            reference = Reference(args.reference, save_hf(model, workdir), args.threads)
+            reference.generate([model.tokenizer.encode(PROMPT)], 8)  # warm-up
+        compile_s = math.nan
+        for engine in args.engines:  # warm-up; for the compiled engine this is the compilation
+            start = time.perf_counter()
+            timed_run(model, [PROMPT], 8, engine == "compiled")
+            if engine == "compiled":
+                compile_s = time.perf_counter() - start
         for batch in args.batches:
-            first: dict[bool | None, float] = {}  # first run's mean step time per kind (that has one)
+            prompts = batch_prompts(batch)
+            first: dict[tuple[str, bool | None], float] = {}
             for n in sorted(args.lengths):
-                t = run(batch, n)
-                ms = {kind: t.mean_ms(kind) for kind in (None, False, True)}
-                for kind, value in ms.items():
-                    if not math.isnan(value):
-                        first.setdefault(kind, value)
-                rows.append({
-                    "model": label, "batch": batch, "new_bytes": n, "generated": t.new_bytes,
-                    "seconds": round(t.seconds, 3), "prefill_s": round(t.prefill_s, 3),
-                    "bytes_per_s": t.new_bytes / t.seconds, "ms_per_step": ms[None],
-                    "bytes_per_patch": t.new_bytes / max(t.new_patches, 1),
-                    "local_step_ms": ms[False], "global_step_ms": ms[True],
-                    **{f"{name}_vs_first": f"{ms[kind] / first.get(kind, math.nan):.2f}"
-                       for name, kind in (("step", None), ("local", False), ("global", True))},
-                })
+                best: dict[str, Timing] = {}
+                ref_best, ref_ids = math.inf, None
+                run_reference = reference is not None and batch == 1 and n in args.reference_lengths
+                for _ in range(args.repeats):  # interleaved: reference, then each bolmo engine
+                    if run_reference:
+                        reply = reference.generate([model.tokenizer.encode(PROMPT)], n)
+                        ref_best, ref_ids = min(ref_best, reply["seconds"]), reply["new_ids"][0]
+                    for engine in args.engines:
+                        t = timed_run(model, prompts, n, engine == "compiled")
+                        if engine not in best or t.seconds < best[engine].seconds:
+                            best[engine] = t
+                eager_data = best[args.engines[0]].data
+                if run_reference:
+                    rows.append({"model": label, "engine": "reference", "batch": 1, "new_bytes": n,
+                                 "bytes_per_s": len(ref_ids) / ref_best, "ms_per_step": 1e3 * ref_best / len(ref_ids),
+                                 "same_bytes": same_prefix(bytes(i - BYTE_OFFSET for i in ref_ids), eager_data[0])})
+                alone = ""
+                if batch > 1 and n == min(args.lengths):  # every row equals its prompt alone
+                    alone = all(timed_run(model, [p], n, False).data[0] == d for p, d in zip(prompts, eager_data))
+                for engine, t in best.items():
+                    ms = {kind: t.mean_ms(kind) for kind in (None, False, True)}
+                    for kind, value in ms.items():
+                        if not math.isnan(value):
+                            first.setdefault((engine, kind), value)
+                    row = {"model": label, "engine": engine, "batch": batch, "new_bytes": n,
+                           "bytes_per_s": t.bytes_per_s, "ms_per_step": ms[None],
+                           "local_step_ms": ms[False], "global_step_ms": ms[True],
+                           "bytes_per_patch": t.new_bytes / max(t.new_patches, 1),
+                           "same_bytes": t.data == eager_data, "rows_equal_alone": alone,
+                           "local_vs_first": round(ms[False] / first.get((engine, False), math.nan), 2),
+                           "global_vs_first": round(ms[True] / first.get((engine, True), math.nan), 2)}
+                    if batch == 1 and bandwidth:  # the memory-bandwidth bound of batch-1 decoding
+                        per_byte = weight_bytes_per_step(model, sum(t.global_step) / len(t.global_step))
+                        row["weight_mb_per_byte"] = round(per_byte / 1e6, 1)
+                        row["bandwidth_fraction"] = round(per_byte * t.bytes_per_s / 1e9 / bandwidth, 2)
+                    if run_reference:
+                        row["vs_reference"] = round(t.bytes_per_s * ref_best / len(ref_ids), 2)
+                    if batch > 1:
+                        single = next((r for r in rows if r["model"] == label and r["engine"] == engine
+                                       and r["batch"] == 1 and r["new_bytes"] == n), None)
+                        if single is not None:
+                            row["vs_batch_1"] = round(t.bytes_per_s / single["bytes_per_s"], 2)
+                    rows.append(row)
+        for r in rows:
+            if r["model"] == label and r["engine"] == "compiled":
+                r["compile_s"] = round(compile_s, 1)
+        if reference is not None:
+            reference.close()
         del model
-    report(args.name, rows, ["model", "batch", "new_bytes", "bytes_per_s", "ms_per_step", "bytes_per_patch",
-                             "local_step_ms", "global_step_ms", "step_vs_first", "local_vs_first",
-                             "global_vs_first"],
-           {"device": "cpu", "dtype": "float32", "temperature": args.temperature, "prompts": "PROMPTS[:batch]",
-            "threads": torch.get_num_threads(), "lengths": sorted(args.lengths),
-            "note": "the engine decodes models narrower than 1024 on one CPU thread (bolmo.generation.bolmo_engine.cpu_threads)"})
+    for r in rows:
+        for column in ("vs_reference", "vs_batch_1", "compile_s", "weight_mb_per_byte", "bandwidth_fraction",
+                       "local_step_ms", "global_step_ms",
+                       "bytes_per_patch", "rows_equal_alone", "local_vs_first", "global_vs_first"):
+            r.setdefault(column, "")
+    report(args.name, rows, ["model", "engine", "batch", "new_bytes", "bytes_per_s", "vs_reference", "vs_batch_1",
+                             "ms_per_step", "local_step_ms", "global_step_ms", "bytes_per_patch",
+                             "local_vs_first", "global_vs_first", "same_bytes", "rows_equal_alone", "compile_s",
+                             "weight_mb_per_byte", "bandwidth_fraction"],
+           {"device": "cpu", "dtype": "float32", "greedy": True, "prompt": PROMPT, "threads": args.threads,
+            "repeats": args.repeats, "reference": str(args.reference) if args.reference else None,
+            "batch_prompts": "benchmarks/generate.py batch_prompts (mixed lengths)",
+            "stream_bandwidth_gb_s": bandwidth})
 
 
 if __name__ == "__main__":

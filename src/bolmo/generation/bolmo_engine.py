@@ -26,10 +26,12 @@ import torch
 
 from bolmo.config import BYTE_OFFSET, FUSED_VOCAB, PLAIN_VOCAB
 from bolmo.errors import GenerationError
+from bolmo.generation.compiled import StepFunctions, step_functions
 from bolmo.generation.engine import Engine, Piece, Row
-from bolmo.generation.sampling import RowSampler
+from bolmo.generation.fused_step import state_tensors
 from bolmo.generation.kv_cache import KVCache
 from bolmo.generation.kv_cache import prefill as global_prefill
+from bolmo.generation.sampling import RowSampler
 from bolmo.model.local import pool
 from bolmo.nn.mlstm import MLSTMState
 
@@ -68,12 +70,14 @@ class Prefill:
 
 @dataclass
 class DecodeState:
-    """Everything a decode step reads and writes, batch dimension first (running rows only)."""
+    """Everything a decode step reads and writes, batch dimension first (running rows only).
+    The mLSTM states are updated in place by the step kernels."""
 
     encoder: list[MLSTMState]
     decoder: list[MLSTMState]
     patch_value: torch.Tensor  # [B, D]
     cache: KVCache
+    kernels: StepFunctions
 
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         self.encoder = [s.index_select(rows) for s in self.encoder]
@@ -90,6 +94,7 @@ class DecodeState:
             decoder=[MLSTMState.cat([a, b]) for a, b in zip(self.decoder, other.decoder)],
             patch_value=torch.cat([self.patch_value, other.patch_value]),
             cache=KVCache.concat([self.cache, other.cache]),
+            kernels=self.kernels,
         )
 
 
@@ -123,21 +128,21 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
                 closing: list[int]) -> torch.Tensor:
     """Feed each row's last byte ([B] plain ids; `closing`: the rows whose byte ends a patch) and
     return the logits [B, 520] for the next one."""
-    inner = model.model
-    encoder, decoder = inner.local_encoder, inner.local_decoder
-    h, state.encoder = encoder.step(byte_ids, expanded, state.encoder)
+    k = state.kernels
+    h = k.encode(byte_ids, expanded, *state_tensors(state.encoder))
     if closing:
         # Only the rows that closed a patch run the global model (on a batch: a gathered subset).
         rows = None if len(closing) == h.shape[0] else torch.tensor(closing, device=h.device)
-        patches = encoder.out_projection(h if rows is None else h[rows]).unsqueeze(1)
-        value = decoder.initial_norm(state.cache.step(patches, rows, closing)[:, 0])
+        patches = k.fused.patch_in(h if rows is None else h[rows])
+        value = k.fused.patch_value(state.cache.step(patches, rows, closing, k))
         state.patch_value = value if rows is None else state.patch_value.index_copy(0, rows, value)
-    y, state.decoder = decoder.step(h, state.patch_value, state.decoder)
-    return model.lm_head(inner.norm(y))
+    return k.decode(h, state.patch_value, *state_tensors(state.decoder))
 
 
-def initial_state(model, prefills: list[Prefill]) -> DecodeState:
-    """Batch the rows' prefill results into one DecodeState."""
+def initial_state(model, prefills: list[Prefill], compile: bool | None = None) -> DecodeState:
+    """Batch the rows' prefill results into one DecodeState (fresh tensors: the steps update the
+    mLSTM states in place). `compile`: run the steps through torch.compile (None: the default of
+    `bolmo.generation.compiled.step_functions`)."""
     cache = KVCache.from_rows(model.model.layers, [p.keys for p in prefills], [p.values for p in prefills],
                               model.device, model.dtype)
     return DecodeState(
@@ -145,6 +150,7 @@ def initial_state(model, prefills: list[Prefill]) -> DecodeState:
         decoder=[MLSTMState.cat(list(states)) for states in zip(*(p.decoder for p in prefills))],
         patch_value=torch.cat([p.patch_value for p in prefills]),
         cache=cache,
+        kernels=step_functions(model, compile),
     )
 
 

@@ -10,9 +10,14 @@ row can run ahead of the others (Bolmo rows close patches at different bytes).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from bolmo.model.transformer import OlmoBlockStack
+
+if TYPE_CHECKING:
+    from bolmo.generation.compiled import StepFunctions as GlobalStep
 
 
 def prefill(stack: OlmoBlockStack, x: torch.Tensor, positions: torch.Tensor | None = None,
@@ -108,10 +113,13 @@ class KVCache:
         self.lengths[row] = n
         self.host_lengths[row] = n
 
-    def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int]) -> torch.Tensor:
+    def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int],
+             kernels: GlobalStep | None = None) -> torch.Tensor:
         """Append one position for each of `rows` (batch row indices, None = every row; `host_rows`
         the same as a list), each at its row's own next position: x [R, 1, D] -> the blocks'
-        output [R, 1, D]. The other rows are not computed at all."""
+        output [R, 1, D]. The other rows are not computed at all. With `kernels` (the model's
+        fused step functions, bolmo.generation.compiled.StepFunctions) x is [R, D] and the fused
+        global layers run instead of the blocks."""
         needed = max(self.host_lengths[r] for r in host_rows) + 1
         self.reserve(needed)
         pos = self.lengths if rows is None else self.lengths[rows]
@@ -122,13 +130,20 @@ class KVCache:
         for i, block in enumerate(self.stack):
             window = self.windows[i]
             if window not in per_window:
-                n = needed if window is None else min(window, needed)
+                # The fused step attends over every slot (masked beyond each row's position):
+                # shapes then change only when the cache grows, which suits a compiled step.
+                n = self.slots(i) if kernels is not None else needed if window is None else min(window, needed)
                 visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
                 per_window[window] = (pos if window is None else pos % window, n, visible[:, None, None, :])
             slot, n, mask = per_window[window]
             cos, sin = self.rope[i]
             if id(cos) not in per_table:
                 per_table[id(cos)] = (cos[pos].unsqueeze(1), sin[pos].unsqueeze(1))  # [R, 1, hd]
+            if kernels is not None:
+                cos_r, sin_r = per_table[id(cos)]
+                x = kernels.global_layer(x, kernels.global_layers[i], cos_r.unsqueeze(1), sin_r.unsqueeze(1),
+                                         self.keys[i], self.values[i], write_rows, slot, mask, rows)
+                continue
             q, k, v = block.self_attn.project(x, *per_table[id(cos)])
             self.keys[i][write_rows, :, slot] = k[:, :, 0]
             self.values[i][write_rows, :, slot] = v[:, :, 0]

@@ -1,0 +1,87 @@
+"""The decode step's functions, eager or compiled with `torch.compile`.
+
+Compiling turns each step function (encoder step; decoder step + LM head; one global block) into one graph of
+fused kernels (inductor's C++ on a CPU, Triton + CUDA graphs on a GPU), which removes most of the
+per-operation dispatch cost of a step. It costs a one-off compilation (tens of seconds on a small
+CPU; inductor's on-disk cache makes later processes faster), so it pays off for long generations
+and servers, not for a single short command; it is therefore opt-in (`BOLMO_COMPILE=1`, or
+`compile=True`). Where compilation is unavailable (no C++ compiler, an unsupported platform) the
+step runs eagerly after a one-line notice. The global block's step attends over every slot of
+the cache (masked), so its shapes change only when the cache grows (by doubling).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bolmo.generation.fused_step import StepKernels, kernels_for
+
+log = logging.getLogger("bolmo")
+
+COMPILE_ENV = "BOLMO_COMPILE"  # "1": compile the decode step by default
+
+
+@dataclass
+class StepFunctions:
+    """What a decode step calls: the fused kernels and their encode/decode functions."""
+
+    fused: StepKernels
+    encode: Callable[..., torch.Tensor]
+    decode: Callable[..., torch.Tensor]
+    global_layer: Callable[..., torch.Tensor]  # one global block's step (see KVCache.step)
+    compiled: bool
+
+    @property
+    def global_layers(self) -> list:
+        return self.fused.global_layers
+
+
+class _CompiledOrEager:
+    """A torch.compile'd function that falls back to its eager version for good, with one
+    notice, when compilation fails (the failure happens at the first call, before anything runs)."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], mode: str | None) -> None:
+        self.eager = fn
+        self.fn = torch.compile(fn, mode=mode, dynamic=None)
+
+    def __call__(self, *args):
+        try:
+            return self.fn(*args)
+        except Exception as error:  # noqa: BLE001 - any compiler failure means "run eagerly"
+            if self.fn is self.eager:
+                raise
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.warning("bolmo: torch.compile is unavailable here (%s); decoding without it", reason[:200])
+            self.fn = self.eager
+            return self.fn(*args)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # StepKernels -> StepFunctions
+
+
+def compile_by_default() -> bool:
+    return os.environ.get(COMPILE_ENV, "0").strip() not in ("", "0", "false", "no")
+
+
+def step_functions(model, compile: bool | None = None) -> StepFunctions:
+    """The step functions for `model`: its fused kernels, compiled when `compile` (None: the
+    BOLMO_COMPILE environment variable) asks for it. Compiled functions are kept per set of fused
+    weights, so compilation (and its warm-up) is paid once per model and process."""
+    kernels = kernels_for(model)
+    if not (compile_by_default() if compile is None else compile):
+        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_layer, False)
+    functions = _COMPILED.get(kernels)
+    if functions is None:
+        # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
+        mode = "reduce-overhead" if model.device.type == "cuda" else None
+        functions = StepFunctions(kernels, _CompiledOrEager(kernels.encode, mode),
+                                  _CompiledOrEager(kernels.decode, mode),
+                                  _CompiledOrEager(kernels.global_layer, mode), True)
+        _COMPILED[kernels] = functions
+    return functions

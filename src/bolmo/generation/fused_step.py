@@ -1,0 +1,234 @@
+"""Fused decode-step kernels: Bolmo's per-byte work (local encoder step, local decoder step, LM
+head, and the global model's one-patch step) with as few tensor operations as the arithmetic allows.
+
+Why this exists: at batch 1 a decode step is hundreds of tiny operations whose dispatch costs far
+more than their arithmetic. Here every mLSTM layer takes one matmul for q, k, v, the output gate
+and both gate pre-activations (their weights concatenated once), one for the MLP's gate and up
+projections, the recurrence over all heads at once, and writes its state in place; every global
+block takes one matmul for q, k, v. `StepKernels` derives the fused weights from the model's own
+parameters (the checkpoint's names and tensors are untouched) and rebuilds them when a parameter
+changes (`kernels_for`). The same functions run eagerly or compiled by `torch.compile`
+(`bolmo.generation.compiled`); compilation never changes the arithmetic's order of operations
+within the tolerance the tests check (logits within 1e-4, identical greedy bytes).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bolmo.nn.mlstm import MLSTMState
+
+
+@dataclass
+class LocalLayerWeights:
+    """One local (mLSTM + SwiGLU) layer, its projections fused. Shapes for width D, NH heads,
+    DQK = D / (2 NH), DV = D / NH, MLP width FF."""
+
+    norm1: Tensor  # [D] pre_xlstm_layernorm
+    w_in: Tensor  # [D/2 + D/2 + D + D + NH + NH, D]: q, k, v, o-gate, i-gate, f-gate
+    b_in: Tensor  # [same]: zeros except the i/f gate biases
+    head_norm: Tensor  # [NH, DV] multihead_norm weight
+    w_out: Tensor  # [D, D] out_proj
+    norm2: Tensor  # [D] pre_feedforward_layernorm
+    w_gate_up: Tensor  # [2 FF, D]
+    w_down: Tensor  # [D, FF]
+
+
+@dataclass
+class GlobalLayerWeights:
+    """One global (OLMo) block with q, k, v fused."""
+
+    w_qkv: Tensor  # [H hd + 2 KV hd, D]
+    q_norm: Tensor
+    k_norm: Tensor
+    w_o: Tensor
+    post_attn_norm: Tensor
+    w_gate_up: Tensor
+    w_down: Tensor
+    post_ff_norm: Tensor
+
+
+def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm with float32 statistics (bolmo.nn.norm.RMSNorm's arithmetic): torch's fused kernel
+    for float32/float64 inputs, one op instead of seven."""
+    if x.dtype in (torch.float32, torch.float64):
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    x32 = x.float()
+    return (weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps))).to(x.dtype)
+
+
+class StepKernels:
+    """Fused weights of one model plus the step functions that use them (eager functions; the
+    compiled variants wrap these same methods)."""
+
+    def __init__(self, model) -> None:
+        config = model.config
+        inner = model.model
+        encoder, decoder = inner.local_encoder, inner.local_decoder
+        self.d = config.hidden_size
+        first = encoder.layers[0].xlstm if len(encoder.layers) else decoder.layers[0].xlstm
+        self.heads, self.dqk, self.dv = first.num_heads, first.dqk, first.dv
+        self.cap, self.mlstm_eps, self.head_eps = first.gate_soft_cap, first.eps, first.multihead_norm.eps
+        self.local_eps = config.rms_norm_eps  # the local pre-norms use the global eps (a model quirk)
+        self.split = (self.heads * self.dqk, self.heads * self.dqk, self.heads * self.dv, self.d,
+                      2 * self.heads)  # q, k, v, o-gate, then the i and f gates together
+        self.ff = config.local_intermediate_size
+        self.byte_embedding = encoder.byte_embedding.weight
+        self.subword_embedding = None if encoder.subword_embedding is None else encoder.subword_embedding.weight
+        self.encoder_layers = [self._local(layer) for layer in encoder.layers]
+        self.decoder_layers = [self._local(layer) for layer in decoder.layers]
+        self.enc_norm, self.enc_norm_eps = encoder.post_last_block_norm.weight, encoder.post_last_block_norm.eps
+        self.out_projection = (encoder.out_projection.weight, encoder.out_projection.bias)
+        self.in_projection = (decoder.in_projection.weight, decoder.in_projection.bias)
+        self.initial_norm, self.initial_norm_eps = decoder.initial_norm.weight, decoder.initial_norm.eps
+        self.final_norm, self.final_norm_eps = inner.norm.weight, inner.norm.eps
+        self.lm_head = model.lm_head.weight
+        spec = inner.layers.spec
+        self.global_eps = spec.rms_norm_eps
+        self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        self.global_ff = spec.intermediate_size
+        self.global_layers = [self._global(block) for block in inner.layers]
+
+    @staticmethod
+    def _local(layer) -> LocalLayerWeights:
+        x = layer.xlstm
+        w_in = torch.cat([x.q.weight, x.k.weight, x.v.weight, x.ogate_preact.weight,
+                          x.igate_preact.weight, x.fgate_preact.weight])
+        b_in = torch.zeros(w_in.shape[0], dtype=w_in.dtype, device=w_in.device)
+        b_in[-2 * x.num_heads:] = torch.cat([x.igate_preact.bias, x.fgate_preact.bias])
+        return LocalLayerWeights(
+            norm1=layer.pre_xlstm_layernorm.weight, w_in=w_in, b_in=b_in,
+            head_norm=x.multihead_norm.weight.view(x.num_heads, x.dv), w_out=x.out_proj.weight,
+            norm2=layer.pre_feedforward_layernorm.weight,
+            w_gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
+            w_down=layer.mlp.down_proj.weight)
+
+    @staticmethod
+    def _global(block) -> GlobalLayerWeights:
+        a = block.self_attn
+        return GlobalLayerWeights(
+            w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+            q_norm=a.q_norm.weight, k_norm=a.k_norm.weight, w_o=a.o_proj.weight,
+            post_attn_norm=block.post_attention_layernorm.weight,
+            w_gate_up=torch.cat([block.mlp.gate_proj.weight, block.mlp.up_proj.weight]),
+            w_down=block.mlp.down_proj.weight, post_ff_norm=block.post_feedforward_layernorm.weight)
+
+    # ------------------------------------------------------------------ local model
+    def local_layer(self, x: Tensor, w: LocalLayerWeights, C: Tensor, n: Tensor, m: Tensor) -> Tensor:
+        """x [B, D] through one local layer; the mLSTM state (C, n, m) is updated in place."""
+        B, NH = x.shape[0], self.heads
+        sdt = C.dtype  # state arithmetic: float32 (float64 for float64 models)
+        cast = x.dtype != sdt  # a float32 model skips every cast (each would still be a dispatch)
+        p = F.linear(_rms(x, w.norm1, self.local_eps), w.w_in, w.b_in)
+        q, k, v, o, gates = p.split(self.split, dim=-1)
+        if cast:
+            q, k, v, gates = q.to(sdt), k.to(sdt), v.to(sdt), gates.to(sdt)
+        gates = torch.tanh(gates / self.cap).mul_(self.cap)  # soft cap, [B, 2 NH]: i then f
+        i = gates[:, :NH]
+        lf_m = F.logsigmoid(gates[:, NH:]).add_(m)  # log f + m_old
+        m_new = torch.maximum(lf_m, i)
+        f_act = torch.exp(lf_m.sub_(m_new)).view(B, NH, 1)
+        ik = torch.exp(i - m_new).view(B, NH, 1) * k.view(B, NH, self.dqk)  # i_act * k
+        C.mul_(f_act.unsqueeze(-1)).addcmul_(ik.unsqueeze(-1), v.view(B, NH, 1, self.dv))
+        n.mul_(f_act).add_(ik)
+        m.copy_(m_new)
+        q = q.view(B, NH, 1, self.dqk) * self.dqk ** -0.5
+        num = torch.matmul(q, C)  # [B, NH, 1, DV]
+        qn = torch.matmul(q, n.unsqueeze(-1))  # [B, NH, 1, 1]
+        h = num / (torch.maximum(qn.abs(), torch.exp(-m_new).view(B, NH, 1, 1)) + self.mlstm_eps)
+        if cast:  # the model's dtype, then float32 statistics (MultiHeadLayerNorm's order)
+            h = h.to(x.dtype).to(torch.promote_types(x.dtype, torch.float32))
+        h = F.layer_norm(h.view(B, NH, self.dv), (self.dv,), eps=self.head_eps)
+        if cast:
+            h = h.to(x.dtype)
+        x = x + F.linear(torch.sigmoid(o) * (h * w.head_norm).view(B, -1), w.w_out)
+        gate, up = F.linear(_rms(x, w.norm2, self.local_eps), w.w_gate_up).split(self.ff, dim=-1)
+        return x + F.linear(F.silu(gate) * up, w.w_down)
+
+    def encode(self, ids: Tensor, expanded: Tensor | None, C: list[Tensor], n: list[Tensor], m: list[Tensor]
+               ) -> Tensor:
+        """ids [B] -> encoder output h [B, D] (after post_last_block_norm); states in place."""
+        x = F.embedding(ids, self.byte_embedding)
+        if self.subword_embedding is not None:
+            x = x + F.embedding(expanded, self.subword_embedding)
+        for j, w in enumerate(self.encoder_layers):
+            x = self.local_layer(x, w, C[j], n[j], m[j])
+        return _rms(x, self.enc_norm, self.enc_norm_eps)
+
+    def decode(self, h: Tensor, patch_value: Tensor, C: list[Tensor], n: list[Tensor], m: list[Tensor]
+               ) -> Tensor:
+        """Encoder output h [B, D] and patch values [B, D] -> logits [B, 520]; states in place."""
+        x = F.linear(h, *self.in_projection) + patch_value
+        for j, w in enumerate(self.decoder_layers):
+            x = self.local_layer(x, w, C[j], n[j], m[j])
+        return F.linear(_rms(x, self.final_norm, self.final_norm_eps), self.lm_head)
+
+    def patch_in(self, h: Tensor) -> Tensor:
+        """Encoder output [R, D] -> the global model's input for a new patch [R, D]."""
+        return F.linear(h, *self.out_projection)
+
+    def patch_value(self, g: Tensor) -> Tensor:
+        """Global output [R, D] -> the decoder's patch value (initial_norm)."""
+        return _rms(g, self.initial_norm, self.initial_norm_eps)
+
+    # ------------------------------------------------------------------ global model
+    def global_layer(self, x: Tensor, w: GlobalLayerWeights, cos: Tensor, sin: Tensor,
+                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, mask: Tensor,
+                     rows: Tensor | None) -> Tensor:
+        """x [R, D]: one new position per row through one block (cos/sin [R, 1, 1, hd]). Its
+        key/value go to keys/values[write_rows, :, slot] ([B, KV, S, hd] caches, written in
+        place); attention sees the first `mask.shape[-1]` slots where mask [R, 1, 1, n] is True."""
+        R = x.shape[0]
+        hq, hk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q, k, v = F.linear(x, w.w_qkv).split((hq, hk, hk), dim=-1)
+        q = _rope(_rms(q, w.q_norm, self.global_eps).view(R, self.n_heads, 1, self.head_dim), cos, sin)
+        k = _rope(_rms(k, w.k_norm, self.global_eps).view(R, self.n_kv, 1, self.head_dim), cos, sin)
+        keys[write_rows, :, slot] = k[:, :, 0]
+        values[write_rows, :, slot] = v.view(R, self.n_kv, self.head_dim)
+        n = mask.shape[-1]
+        ks, vs = keys[:, :, :n], values[:, :, :n]
+        if rows is not None:
+            ks, vs = ks[rows], vs[rows]
+        out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv)
+        x = x + _rms(F.linear(out.view(R, hq), w.w_o), w.post_attn_norm, self.global_eps)
+        gate, up = F.linear(x, w.w_gate_up).split(self.global_ff, dim=-1)
+        return x + _rms(F.linear(F.silu(gate) * up, w.w_down), w.post_ff_norm, self.global_eps)
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE (bolmo.nn.rope's arithmetic); x [R, H, 1, hd], cos/sin [R, 1, 1, hd]."""
+    half = x.shape[-1] // 2
+    return (x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin).to(x.dtype)
+
+
+# One set of fused weights per model, rebuilt when any source parameter is replaced or modified
+# in place (its data pointer or version counter changes). A weak map: no attribute on the model,
+# so its state dict and module tree stay exactly the checkpoint's.
+_KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model) -> tuple:
+    # Inference tensors (a model loaded under torch.inference_mode) have no version counter.
+    return tuple((p.data_ptr(), None if p.is_inference() else p._version, p.device, p.dtype)
+                 for p in model.parameters())
+
+
+def kernels_for(model) -> StepKernels:
+    """The model's fused step kernels (built on first use, reused while its weights are unchanged)."""
+    fingerprint = _fingerprint(model)
+    cached = _KERNELS.get(model)
+    if cached is None or cached[0] != fingerprint:
+        with torch.no_grad():
+            cached = (fingerprint, StepKernels(model))
+        _KERNELS[model] = cached
+    return cached[1]
+
+
+def state_tensors(states: list[MLSTMState]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """(C, n, m) lists of a layer stack's states, for the kernels' in-place updates."""
+    return [s.C for s in states], [s.n for s in states], [s.m for s in states]
