@@ -11,7 +11,7 @@ from bolmo.errors import (BolmoError, BolmoWarning, CheckpointError, ConfigError
 from bolmo.hf import register_when_imported
 from bolmo.loading import load
 
-__version__ = "0.1.0"
+from bolmo.version import __version__
 
 register_when_imported()  # transformers' Auto classes load Bolmo repos once transformers is imported
 

@@ -48,10 +48,10 @@ class BolmoLM(LM):
         if isinstance(dtype, str) and dtype not in DTYPES:
             raise BolmoError(f"model argument dtype={dtype!r}: choose from {', '.join(DTYPES)}")
         if model is None:
-            import bolmo
+            from bolmo.loading import load
 
             dtype = DTYPES[dtype] if isinstance(dtype, str) else (dtype or torch.float32)
-            model = bolmo.load(pretrained or None, device=device or "cpu", dtype=dtype)
+            model = load(pretrained or None, device=device or "cpu", dtype=dtype)
         self.model = model
         self.scorer = Scorer(model, _int_or_default(batch_size, DEFAULT_BATCH_SIZE, "batch_size"),
                              None if max_length in (None, "auto") else _int_or_default(max_length, 0, "max_length"))

@@ -47,7 +47,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from bolmo import __version__
+from bolmo.version import __version__
 from bolmo.checkpoint import keymaps
 from bolmo.checkpoint.atomic import atomic_directory
 from bolmo.checkpoint.config_maps import hf_to_olmo_core

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import bolmo
 from bolmo.errors import ConfigError
+from bolmo.loading import load
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.olmo import OlmoForCausalLM
 from bolmo.olmo.config import OlmoConfig
@@ -104,12 +104,12 @@ def build_model(config: TrainConfig, data: ByteDataset) -> tuple[nn.Module, Path
             model = OlmoForCausalLM(olmo_config)
             init_olmo_weights(model, olmo_config.initializer_range)
         else:
-            model = bolmo.load(path)
+            model = load(path)
         if not isinstance(model, OlmoForCausalLM):
             raise ConfigError(f"model.path: {path} is not a subword OLMo model (stage subword trains one)")
         tokenizer = path if (path / "tokenizer.json").is_file() else data.data_dir / "tokenizer"
     else:
-        model = bolmo.load(path)
+        model = load(path)
         if not isinstance(model, BolmoForCausalLM):
             raise ConfigError(f"model.path: {path} is not a Bolmo model ({config.stage} trains one)")
         tokenizer = resolve_subword_tokenizer(model.config.tokenizer_config.original_identifier, path)
@@ -120,7 +120,7 @@ def build_model(config: TrainConfig, data: ByteDataset) -> tuple[nn.Module, Path
 def build_teacher(config: TrainConfig, model: BolmoForCausalLM, data: ByteDataset) -> TeacherParts:
     """The stage-1 teacher's embeddings, final norm and head. Its blocks must equal the student's
     global blocks (byteify-init copies them), which stand in for them from then on."""
-    teacher = bolmo.load(config.model.teacher)
+    teacher = load(config.model.teacher)
     if not isinstance(teacher, OlmoForCausalLM):
         raise ConfigError(f"model.teacher: {config.model.teacher} is not a subword OLMo model")
     ours, theirs = model.model.layers.state_dict(), teacher.model.layers.state_dict()
