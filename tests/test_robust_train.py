@@ -72,3 +72,20 @@ def test_trainer_checkpoint_is_complete_and_unreadable_state_is_an_error(env: Tr
     resumed = {**config, "resume": True, "schedule": {**config["schedule"], "steps": 3}}
     with pytest.raises(CheckpointError, match="rank0.pt: cannot read the trainer state"):
         train(as_config(resumed))
+
+
+def test_a_kill_while_a_step_is_saved_again_loses_nothing(tmp_path: Path):
+    """Saving step N again after a resume moves the old copy aside, renames the new one in, then
+    deletes the old: a kill between the two renames leaves `latest` naming a missing directory,
+    and the next `latest()` puts the previous copy back."""
+    from bolmo.checkpoint.layout import DCP_SUBDIR
+    from bolmo.train.checkpointing import LATEST, Checkpointer
+
+    aside = tmp_path / ".step4.old.tmp"
+    (aside / DCP_SUBDIR).mkdir(parents=True)
+    (aside / DCP_SUBDIR / ".metadata").write_bytes(b"saved")
+    (tmp_path / LATEST).write_text("step4\n")
+    checkpointer = Checkpointer.__new__(Checkpointer)  # only the run directory matters here
+    checkpointer.run_dir = tmp_path
+    assert checkpointer.latest() == tmp_path / "step4"
+    assert (tmp_path / "step4" / DCP_SUBDIR / ".metadata").read_bytes() == b"saved" and not aside.exists()

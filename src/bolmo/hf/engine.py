@@ -22,5 +22,6 @@ def byte_steps(core, prompts: Sequence[bytes], max_new_bytes: int, temperature: 
     state after the prefill and after each step; every step adds one byte or EOS to each row
     still running. The caller may stop iterating at any time."""
     options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed)
+    yield [RowState(b"", False) for _ in prompts]  # before the first byte (decode's first yield has it)
     for rows in decode(core, [bytes(p) for p in prompts], options):
         yield [RowState(row.continuation.data, row.continuation.finish_reason == "eos") for row in rows]

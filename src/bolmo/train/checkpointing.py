@@ -181,6 +181,12 @@ class Checkpointer:
         if not marker.is_file():
             return None
         path = self.run_dir / marker.read_text().strip()
+        aside = self.run_dir / f".{path.name}.old.tmp"
+        if not path.exists() and (aside / DCP_SUBDIR / ".metadata").is_file():
+            try:  # a run killed while replacing this step: the previous copy comes back
+                aside.rename(path)
+            except OSError:  # another rank put it back first
+                pass
         if not (path / DCP_SUBDIR / ".metadata").is_file():
             raise CheckpointError(f"{marker} names {path.name}, which is not a complete checkpoint")
         return path
@@ -210,9 +216,12 @@ class Checkpointer:
             self.desc.write_side_files(tmp)
             # OLMo-core's completeness marker, written last: without it readers call the save interrupted.
             (tmp / ".metadata.json").write_text(json.dumps({"ephemeral": False, "version": f"bolmo {__version__}"}) + "\n")
-            if final.exists():  # the same step saved again after a resume
-                shutil.rmtree(final)
+            aside = self.run_dir / f".{final.name}.old.tmp"
+            if final.exists():  # the same step saved again after a resume: two renames, then delete
+                shutil.rmtree(aside, ignore_errors=True)
+                final.rename(aside)  # a kill before the next line is undone by `latest` (see there)
             tmp.rename(final)
+            shutil.rmtree(aside, ignore_errors=True)
             marker = self.run_dir / f".{LATEST}.tmp"
             marker.write_text(final.name + "\n")
             os.replace(marker, self.run_dir / LATEST)
