@@ -89,3 +89,25 @@ def test_a_kill_while_a_step_is_saved_again_loses_nothing(tmp_path: Path):
     checkpointer.run_dir = tmp_path
     assert checkpointer.latest() == tmp_path / "step4"
     assert (tmp_path / "step4" / DCP_SUBDIR / ".metadata").read_bytes() == b"saved" and not aside.exists()
+
+
+def test_olmo_core_model_fields_are_never_dropped_silently(tmp_path: Path):
+    """A field name bolmo does not know is named in a warning; a known setting it does not
+    implement (here: scalable softmax) is refused; the real writers' configs pass quietly."""
+    import warnings
+
+    from bolmo.checkpoint.config_maps import olmo_core_to_hf
+    from bolmo.errors import BolmoWarning
+
+    for name in ("olmo2", "olmo3", "bolmo_olmo_core"):
+        config = json.loads((CKPT_FIXTURES / name / "config.json").read_text())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            olmo_core_to_hf(config, name)
+    config = json.loads((CKPT_FIXTURES / "olmo3" / "config.json").read_text())
+    config["model"]["block"]["sequence_mixer"]["gated_attention"] = True
+    with pytest.warns(BolmoWarning, match=r"model\.block\.sequence_mixer\.gated_attention"):
+        olmo_core_to_hf(config, "olmo3")
+    config["model"]["block"]["sequence_mixer"]["scalable_softmax"] = True
+    with pytest.raises(ConfigError, match=r"model\.block\.sequence_mixer\.scalable_softmax"):
+        olmo_core_to_hf(config, "olmo3")

@@ -15,12 +15,13 @@ and that OLMo-core cannot express are refused.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from bolmo.checkpoint.keymaps import padded_vocab_size
 from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, TransformerSpec, parse_rope_scaling, yarn_mscale
-from bolmo.errors import ConfigError
+from bolmo.errors import BolmoWarning, ConfigError
 from bolmo.olmo.config import PRETRAINED_CONFIG_KEYS, OlmoConfig, legacy_rope_fields
 
 _OC = "olmo_core.nn."
@@ -37,7 +38,26 @@ _ENCODER_FIXED = {"sliding_window_size": 0, "cross_attn_n_heads": 0, "pooling": 
 _DECODER_FIXED = {"sliding_window_size": 0, "cross_attn_n_heads": 0, "depooling": "hnet",
                   "add_norm_before_first_block": True, "add_norm_onto_residual": False,
                   "add_in_projection": True, "add_projected_patch_residuals": False, "hnet_smooth": False,
-                  "hnet_modulate": False, "blt_compat": False, "fuse_boundaries": True, "no_boundaries": False}
+                  "hnet_smooth_ste": False, "hnet_modulate": False, "blt_compat": False, "fuse_boundaries": True,
+                  "no_boundaries": False}
+# Global-block settings with one implemented value (None: the writer left them unset); any other
+# value changes what the model computes, so it is refused rather than ignored.
+_BLOCK_FIXED = {"scalable_softmax": (False, None), "attention_sinks": (False, None, 0),
+                "partial_rotary_factor": (1.0, None), "no_global_rope": (False, None)}
+# Every field name a model config may hold: what the readers below use, the settings fixed above,
+# and what OLMo-core writes that does not change the computation (initialisation, kernels, class
+# names, training-only switches). Any other name is reported, not silently dropped.
+_KNOWN_MODEL_FIELDS = {
+    "_CLASS_", "name", "type", "dtype", "d_model", "vocab_size", "n_layers", "block", "block_config",
+    "sequence_mixer", "attention", "n_heads", "n_kv_heads", "head_dim", "bias", "rope", "theta", "scaling",
+    "factor", "beta_fast", "beta_slow", "old_context_len", "qk_norm", "use_head_qk_norm", "eps",
+    "layer_norm", "feed_forward", "hidden_size", "activation", "act_name", "sliding_window", "pattern",
+    "force_full_attention_on_first_layer", "force_full_attention_on_last_layer", "lm_head",
+    "tie_word_embeddings", "local_encoder", "local_decoder", "xlstm", "num_heads",
+    "add_expanded_embeddings", "boundary_predictor_lookahead", "subword_vocab_size",
+    "init_method", "init_seed", "init_std", "backend", "full_precision", "loss_implementation",
+    "cross_attn_do_project", "cross_attn_init_pooling", "share_blocks_between_teacher_and_student",
+} | set(_ENCODER_FIXED) | set(_DECODER_FIXED) | set(_BLOCK_FIXED)
 LOCAL_RMS_NORM_EPS = 1e-5  # bolmo-core builds post_last_block_norm / initial_norm with nn.RMSNorm's default
 
 
@@ -184,6 +204,29 @@ def _scaling_to_hf(scaling: _Obj) -> dict[str, Any] | None:
             "attention_factor": yarn_mscale(factor)}
 
 
+def check_model_fields(model: _Obj) -> None:
+    """Refuse global-block settings bolmo does not implement; warn (naming them) about field
+    names it does not know, which it ignores. Unknown names only warn: OLMo-core versions add
+    bookkeeping fields, and refusing them would refuse real checkpoints."""
+    unknown: list[str] = []
+
+    def walk(data: dict[str, Any], path: str) -> None:
+        for key, value in data.items():
+            field = f"{path}.{key}"
+            if key in _BLOCK_FIXED and value not in _BLOCK_FIXED[key]:
+                raise ConfigError(f"{model.where}: {field}: {value!r} is not supported (bolmo implements "
+                                  f"{_BLOCK_FIXED[key][0]!r})")
+            if key not in _KNOWN_MODEL_FIELDS:
+                unknown.append(field)
+            elif isinstance(value, dict):
+                walk(value, field)
+
+    walk(model.data, model.path)
+    if unknown:
+        warnings.warn(f"{model.where}: ignoring model field(s) bolmo does not know: {', '.join(unknown)}",
+                      BolmoWarning, stacklevel=3)
+
+
 def _tokenizer(config: dict[str, Any], where: str) -> dict[str, Any]:
     return _Obj(config, "", where).obj("dataset", required=False).obj("tokenizer", required=False).data
 
@@ -193,6 +236,7 @@ def olmo_core_to_hf(config: dict[str, Any], where: str, subword_vocab_size: int 
 
     `subword_vocab_size`: rows of the expanded-embedding table, for configs that do not record it."""
     model, tok = _model_obj(config, where), _tokenizer(config, where)
+    check_model_fields(model)
     fields, dtype = read_global(model)
     if model_family(config, where) == "bolmo":
         out = _bolmo_hf(fields, model, tok, subword_vocab_size).to_dict()
