@@ -141,3 +141,19 @@ def test_broken_pipe_exits_quietly(monkeypatch, capsys):
         monkeypatch.setattr(sys, "stdout", closed_pipe)
         assert main(["info", "--json"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_an_interruption_wrapped_by_torch_checkpointing_is_still_an_interruption():
+    """torch.distributed.checkpoint reports a signal that lands inside a save as a
+    CheckpointException (a BaseException) holding each rank's exception: the CLI must see the
+    interruption inside it, not let it escape as a traceback."""
+    import traceback
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from bolmo.cli import Terminated, _interruption
+
+    inner = Terminated(15)
+    wrapped = CheckpointException("save failed", {0: (inner, traceback.StackSummary())})
+    assert _interruption(wrapped) is inner
+    assert _interruption(CheckpointException("other", {0: (ValueError("x"), traceback.StackSummary())})) is None

@@ -15,6 +15,7 @@ from fractions import Fraction as F
 import pytest
 import torch
 
+from bolmo.errors import GenerationError
 from bolmo.generation.sampling import RowSampler, SamplingParams, inverse_cdf
 
 # Six ids with probabilities 1/2, 1/4, 1/8, 1/16, 1/32, 1/32, placed out of id order so that the
@@ -179,3 +180,16 @@ def test_invalid_parameters_are_refused(kwargs):
 
     with pytest.raises(GenerationError, match=next(iter(kwargs))):
         SamplingParams(**kwargs)
+
+
+def test_a_top_p_that_rounds_to_zero_keeps_the_most_likely_id():
+    """top_p = 5e-324 is 0 in float32: no id would reach it, yet one id must always stay."""
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, -1.0, 0.5]])
+    sampler = RowSampler(SamplingParams(1.0, top_p=5e-324, seed=0), 2)
+    assert sampler(logits).tolist() == [1, 0]
+
+
+def test_temperatures_too_small_for_float32_are_refused():
+    with pytest.raises(GenerationError, match="at least 1e-06"):
+        SamplingParams(temperature=5e-324)
+    assert SamplingParams(temperature=1e-6).temperature == 1e-6

@@ -65,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `bolmo info --json | head -1`: the reader left; stop quietly like Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 128 + signal.SIGPIPE
-    except (KeyboardInterrupt, Terminated, Exception) as exc:
+    except BaseException as exc:  # noqa: B036 - anything that is not an interruption is re-raised below
         # Python wraps a signal that lands inside some machinery (an import defining a class: "Error
-        # calling __set_name__") in another exception; it is still the interruption the user caused.
+        # calling __set_name__") in another exception, and torch's distributed checkpoint wraps it in a
+        # CheckpointException (a BaseException); it is still the interruption the user caused.
         cause = _interruption(exc)
         if cause is None:
             raise
@@ -86,6 +87,10 @@ def _interruption(exc: BaseException) -> BaseException | None:
         if isinstance(exc, (KeyboardInterrupt, Terminated)):
             return exc
         seen.add(id(exc))
+        for wrapped in getattr(exc, "failures", {}).values():  # torch DCP: {rank: (exception, traceback)}
+            found = _interruption(wrapped[0]) if isinstance(wrapped, tuple) and wrapped else None
+            if found is not None:
+                return found
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -15,6 +15,9 @@ import torch
 from bolmo.errors import GenerationError
 
 
+MIN_TEMPERATURE = 1e-6  # logits / temperature must stay finite in float32
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """temperature 0 means greedy (argmax; ties go to the lower id, like torch.argmax), in which
@@ -29,6 +32,8 @@ class SamplingParams:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise GenerationError(f"temperature must be a finite number >= 0, got {t!r}")
+        if 0 < t < MIN_TEMPERATURE:  # dividing float32 logits by it overflows; 0 means greedy
+            raise GenerationError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {t!r}")
         k = self.top_k
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise GenerationError(f"top_k must be an integer >= 1, got {k!r}")
@@ -116,7 +121,9 @@ def inverse_cdf(scores: torch.Tensor, params: SamplingParams, uniforms: torch.Te
     probs = sorted_scores.softmax(-1)
     if params.top_p is not None and params.top_p < 1.0:
         mass_before = probs.cumsum(-1) - probs
-        probs = probs.masked_fill(mass_before >= params.top_p, 0.0)
+        beyond = mass_before >= params.top_p
+        beyond[:, 0] = False  # the most likely id always stays, even for a p that rounds to 0 in float32
+        probs = probs.masked_fill(beyond, 0.0)
     cdf = probs.cumsum(-1)
     target = (uniforms * cdf[:, -1]).unsqueeze(-1)
     # The first id whose cumulative mass exceeds the target has positive probability; the clamp
