@@ -190,15 +190,15 @@ async def updates(server: Server, job: Job, request: Request, poll_disconnect: b
 
 
 async def collect(server: Server, job: Job, request: Request, started: float, route: str) -> list[ChoiceText]:
-    texts = [ChoiceText(prompt_bytes=len(c.prompt.encode("utf-8"))) for c in job.choices]
-    first = True
-    async for update in updates(server, job, request, poll_disconnect=True):
-        if first:
-            server.metrics.first_byte.labels(route).observe(time.perf_counter() - started)
-            first = False
-        texts[job.choices.index(choice_of(job, update))].add(update, job.echo)
-    server.metrics.latency.labels(route).observe(time.perf_counter() - started)
+    """Every choice's whole text (a non-streamed response; a client that left cancels the job)."""
+    texts = choice_texts(job)
+    async for _ in streamed(server, job, request, started, route, texts, poll_disconnect=True):
+        pass
     return texts
+
+
+def choice_texts(job: Job) -> list[ChoiceText]:
+    return [ChoiceText(prompt_bytes=len(c.prompt.encode("utf-8"))) for c in job.choices]
 
 
 def choice_of(job: Job, update: Update) -> Choice:
@@ -219,12 +219,14 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
     return StreamingResponse(encode(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def streamed(server: Server, job: Job, request: Request, started: float, route: str
+async def streamed(server: Server, job: Job, request: Request, started: float, route: str,
+                   texts: list[ChoiceText] | None = None, poll_disconnect: bool = False
                    ) -> AsyncIterator[tuple[Update, ChoiceText]]:
-    """Updates with each choice's running totals; an error becomes the stream's last event."""
-    texts = [ChoiceText(prompt_bytes=len(c.prompt.encode("utf-8"))) for c in job.choices]
+    """Updates with each choice's running totals (kept in `texts`); an error becomes the stream's
+    last event."""
+    texts = choice_texts(job) if texts is None else texts
     first = True
-    async for update in updates(server, job, request, poll_disconnect=False):
+    async for update in updates(server, job, request, poll_disconnect=poll_disconnect):
         if first:
             server.metrics.first_byte.labels(route).observe(time.perf_counter() - started)
             first = False
