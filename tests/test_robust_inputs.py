@@ -157,3 +157,10 @@ def test_an_interruption_wrapped_by_torch_checkpointing_is_still_an_interruption
     wrapped = CheckpointException("save failed", {0: (inner, traceback.StackSummary())})
     assert _interruption(wrapped) is inner
     assert _interruption(CheckpointException("other", {0: (ValueError("x"), traceback.StackSummary())})) is None
+
+
+def test_a_model_type_that_is_not_a_string_is_a_config_error(tmp_path):
+    """Found by the property test: a list as model_type used to escape as a TypeError."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": ["bolmo"]}))
+    with pytest.raises(bolmo.ConfigError, match="model_type: expected a string"):
+        bolmo.load(tmp_path)

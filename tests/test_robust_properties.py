@@ -17,7 +17,9 @@ import bolmo
 from bolmo.cli import main
 from bolmo.errors import BolmoError
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: CI runs the same examples every time (a red run is reproducible, never a coin toss);
+# explore more by running these tests with other seeds while developing.
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**7), st.floats(allow_nan=True),
                      st.text(max_size=20), st.binary(max_size=20), st.lists(st.text(max_size=5), max_size=3))

@@ -90,6 +90,8 @@ def detect(path: str | Path) -> Layout:
             raise CheckpointError(f"{config_path}: an OLMo-core experiment config, but {path} has no {DCP_SUBDIR}/ "
                                   "and no .metadata or .distcp files (incomplete download or copy?)")
         if "model_type" in config:
+            if not isinstance(config["model_type"], str):
+                raise ConfigError(f"{config_path}: model_type: expected a string, got {config['model_type']!r}")
             kind = {"bolmo": SourceKind.HF_BOLMO, "olmo2": SourceKind.HF_OLMO,
                     "olmo3": SourceKind.HF_OLMO}.get(config["model_type"], SourceKind.SAFETENSORS)
             return Layout(path, kind, None, config, config_path)
