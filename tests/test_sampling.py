@@ -176,8 +176,6 @@ def test_sampled_rows_respect_their_own_banned_ids_and_a_seed_reproduces():
                                     {"top_k": 0}, {"top_k": 2.0}, {"top_p": 0.0}, {"top_p": 1.5},
                                     {"seed": -1}, {"seed": 2**63}])
 def test_invalid_parameters_are_refused(kwargs):
-    from bolmo.errors import GenerationError
-
     with pytest.raises(GenerationError, match=next(iter(kwargs))):
         SamplingParams(**kwargs)
 
