@@ -1,4 +1,4 @@
-# python benchmarks/eval.py [--task arc_easy_rc_5shot] [--docs 8] [--batch 16] [--no-reference]
+# python benchmarks/eval.py [--reference ../shared/reference] [--task arc_easy_rc_5shot] [--docs 8] [--batch 16]
 """Evaluation throughput: requests/s scoring a multiple-choice OLMo task (olmes' hf_bolmo
 loglikelihood protocol) at batch 1 and at the default batch, with the fixture model, against the
 reference implementation in the same run (right-padded batches with an attention mask).
@@ -14,30 +14,30 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from common import FIXTURE_MODEL, ROOT, fixture_model, report
+from reference import DEFAULT_PYTHON
 
 from bolmo.eval.engine import Scorer
 from bolmo.eval.olmes import load_task
 from bolmo.eval.tasks import task_pairs
 
-REFERENCE_PY = "/root/.cache/bolmo-reference-venv/bin/python"
-REFERENCE_PATH = ROOT.parent / "shared" / "reference"
-
-
-def reference_run(scorer: Scorer, pairs: list[tuple[str, str]], batches: list[int]) -> dict | None:
-    """The same id rows scored by the reference in its own venv, or None when it is not set up."""
-    if not os.path.exists(REFERENCE_PY):
+def reference_run(reference: Path, scorer: Scorer, pairs: list[tuple[str, str]], batches: list[int]) -> dict | None:
+    """The same id rows scored by the reference (checkout `reference`) in its own venv, or None
+    when that venv is not set up."""
+    if not DEFAULT_PYTHON.exists():
+        print(f"no reference venv at {DEFAULT_PYTHON} (run the reference's setup.sh): bolmo only", file=sys.stderr)
         return None
     rows, targets = [], []
     for context, continuation in pairs:
         ids, first, cont = scorer.row(scorer.encode_pair(context, continuation))
         rows.append(ids)
         targets.append([first, cont])
-    env = dict(os.environ, PYTHONPATH=str(REFERENCE_PATH), HF_HUB_OFFLINE="1",
+    env = dict(os.environ, PYTHONPATH=str(reference), HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.run([REFERENCE_PY, str(ROOT / "benchmarks" / "eval_reference.py"), str(FIXTURE_MODEL),
+    proc = subprocess.run([str(DEFAULT_PYTHON), str(ROOT / "benchmarks" / "eval_reference.py"), str(FIXTURE_MODEL),
                            *map(str, batches)], input=json.dumps({"rows": rows, "targets": targets}),
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--task", default="arc_easy_rc_5shot")
     parser.add_argument("--docs", type=int, default=8, help="documents of the task (4 requests each for ARC)")
     parser.add_argument("--batch", type=int, default=16, help="the default batch size of `bolmo eval`")
-    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="checkout of the reference implementation (e.g. ../shared/reference); default: bolmo only")
     args = parser.parse_args()
 
     model = fixture_model()
@@ -68,7 +69,9 @@ def main() -> None:
         rows.append({"implementation": "bolmo", "batch": batch, "requests": len(pairs), "seconds": round(seconds, 3),
                      "requests_per_s": len(pairs) / seconds,
                      "max_diff_vs_batch_1": max(abs(a - b) for a, b in zip(values[batch], values[1]))})
-    reference = None if args.no_reference else reference_run(Scorer(model), pairs, batches)
+    if args.reference is None:
+        print("no --reference given: timing bolmo only", file=sys.stderr)
+    reference = None if args.reference is None else reference_run(args.reference, Scorer(model), pairs, batches)
     if reference is not None:
         for batch in batches:
             ref = reference[str(batch)]
