@@ -44,7 +44,6 @@ def teacher_init(args: argparse.Namespace) -> None:
     starting point of `bolmo train` with `stage: subword` and `model.random_init: true`."""
     from bolmo.olmo.config import OlmoConfig
     from bolmo.train.bpe import EOS_TOKEN, PAD_TOKEN
-    from bolmo.train.checkpointing import olmo_hf_config
 
     vocab = json.loads((args.tokenizer / "tokenizer.json").read_text())["model"]["vocab"]
     config = OlmoConfig(model_type="olmo2", vocab_size=len(vocab), hidden_size=args.hidden_size,
@@ -54,7 +53,7 @@ def teacher_init(args: argparse.Namespace) -> None:
                         bos_token_id=None)
     config.validate("teacher-init")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(json.dumps(olmo_hf_config(config), indent=2) + "\n")
+    (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(args.tokenizer / name, args.out / name)
 
