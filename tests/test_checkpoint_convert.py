@@ -11,9 +11,11 @@ import torch
 from conftest import BOLMO_FIXTURES, CKPT_FIXTURES
 from safetensors.torch import load_file
 
+import bolmo
 from bolmo.checkpoint.convert import convert
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.errors import CheckpointError, ConfigError
+from bolmo.loading import BUNDLED_MODELS
 
 # source, convert kwargs, expected tensors (HF names)
 CASES = {
@@ -482,3 +484,13 @@ def test_ema_takes_what_training_does_not_update_from_the_model(tmp_path):
         convert(src, tmp_path / "refused", "hf", prefix="ema")
     result = convert(src, tmp_path / "allowed", "hf", prefix="ema", allow_missing=True)
     assert result.plan.from_model == [] and "omitted 1 trained parameter(s)" in result.plan.warnings[0]
+
+
+def test_subword_model_keeps_its_tokenizer_through_both_formats(tmp_path):
+    teacher = BUNDLED_MODELS["default-teacher"]
+    convert(teacher, tmp_path / "native", "olmo-core")
+    convert(tmp_path / "native", tmp_path / "hf", "hf")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (tmp_path / "hf" / name).read_bytes() == (teacher / name).read_bytes()
+    text = "The :mod:`json` module"
+    assert bolmo.load(tmp_path / "hf").score([text])[0].nats == bolmo.load(teacher).score([text])[0].nats

@@ -4,12 +4,14 @@ has its model card, and is a trained model rather than random weights."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 import bolmo
 from bolmo.cli import main
-from bolmo.loading import DEFAULT_MODEL_DIR
+from bolmo.inference import Olmo
+from bolmo.loading import BUNDLED_MODELS, DEFAULT_MODEL_DIR
 
 
 def test_bundled_model_is_small_and_documented():
@@ -49,3 +51,29 @@ def test_cli_generate_and_info_default_to_the_bundled_model(capsys):
     assert "|" in out  # patch separators when stdout is not a terminal
     with torch.no_grad():
         assert bolmo.load().tokenizer.decode(bolmo.load().tokenizer.encode("ok")) == "ok"
+
+
+def test_bundled_teacher_loads_by_name_and_is_the_default_models_teacher():
+    files = [p for p in BUNDLED_MODELS["default-teacher"].rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+    card = (BUNDLED_MODELS["default-teacher"] / "README.md").read_text()
+    assert "bits per byte" in card and "{" not in card
+    teacher = bolmo.load("default-teacher")
+    assert isinstance(teacher, Olmo) and teacher.tokenizer is not None
+    student = bolmo.load("default")
+    # Byteifying keeps the teacher's width, depth and heads, and seeds the subword table from its vocabulary.
+    assert (teacher.config.hidden_size, teacher.config.num_hidden_layers) == (
+        student.config.hidden_size, student.config.num_hidden_layers)
+    assert teacher.config.vocab_size == student.config.subword_vocab_size
+    text = ("The :mod:`json` module provides an API similar to :mod:`pickle` for converting the "
+            "in-memory objects in Python to a serialized representation.")
+    assert teacher.score([text])[0].bits_per_byte < 3.5  # trained, like its student
+
+
+def test_eval_cute_compares_the_bundled_model_with_its_teacher(tmp_path):
+    out = tmp_path / "cute.json"
+    code = main(["eval", "cute", "--model", "default", "--model", "default-teacher", "--data",
+                 str(Path(__file__).parent / "fixtures" / "cute"), "--tasks", "spell", "--limit", "1",
+                 "--max-new-bytes", "4", "--no-progress", "--output", str(out)])
+    assert code == 0
+    assert len(json.loads(out.read_text())["accuracy"]) == 2  # one column per model

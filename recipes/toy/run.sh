@@ -4,7 +4,8 @@
 # The toy byteifying recipe end to end on one CPU machine (about an hour on 2 cores):
 #   Python 3.11 docs (Debian's python3.11-doc) -> BPE tokenizer -> `bolmo prepare` -> tiny OLMo 2
 #   teacher (`stage: subword`) -> `bolmo byteify-init` -> stage 1 -> stage 2 -> bits per byte of
-#   teacher and Bolmo on the 39 held-out library/[u-z]* pages -> the bundled default model.
+#   teacher and Bolmo on the 39 held-out library/[u-z]* pages -> the bundled default model and its
+#   teacher (src/bolmo/assets/default_model, default_teacher).
 # Every step is skipped when its output exists and every training run resumes from its last
 # checkpoint, so an interrupted recipe continues where it stopped when started again.
 #
@@ -13,7 +14,7 @@
 # cores), TEACHER_STEPS / STAGE1_STEPS / STAGE2_STEPS (defaults 1200 / 1000 / 500, the bundled
 # model's: about 14 + 25 + 8 minutes on one core), PYDOC_SOURCES (an extracted
 # .../html/_sources, skips the download), INSTALL=0|1 (copy the result to
-# src/bolmo/assets/default_model; default 1, 0 with SMOKE), PYTHON (default: the repository's
+# src/bolmo/assets/default_model and default_teacher; default 1, 0 with SMOKE), PYTHON (default: the repository's
 # .venv/bin/python).
 set -euo pipefail
 
@@ -80,10 +81,14 @@ $STAGE2_STEPS steps of 8 instances x 576 byte slots (recipes/toy/stage1.yaml, st
 INFO
 "$PY" "$HERE/toy.py" package --model "$WORK/stage2/hf" --eval "$WORK/eval.json" --recipe "$WORK/recipe.txt" \
   --out "$WORK/model"
+"$PY" "$HERE/toy.py" package --model "$WORK/teacher/hf" --eval "$WORK/eval.json" --recipe "$WORK/recipe.txt" \
+  --out "$WORK/teacher_model" --card TEACHER_CARD.md
 if [[ "$INSTALL" == 1 ]]; then
-  rm -rf "$ROOT/src/bolmo/assets/default_model"
   mkdir -p "$ROOT/src/bolmo/assets"
-  cp -r "$WORK/model" "$ROOT/src/bolmo/assets/default_model"
-  echo "installed as the default model: $ROOT/src/bolmo/assets/default_model"
+  for pair in model:default_model teacher_model:default_teacher; do
+    rm -rf "$ROOT/src/bolmo/assets/${pair#*:}"
+    cp -r "$WORK/${pair%%:*}" "$ROOT/src/bolmo/assets/${pair#*:}"
+    echo "installed: $ROOT/src/bolmo/assets/${pair#*:}"
+  done
 fi
 cat "$WORK/eval.json"

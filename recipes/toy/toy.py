@@ -108,7 +108,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def package(args: argparse.Namespace) -> None:
-    """Copy the model (weights, config, subword tokenizer) to OUT and write its model card."""
+    """Copy the model (weights, config, tokenizer) to OUT and write its model card (`--card`)."""
     import torch
 
     from bolmo.checkpoint.convert import convert
@@ -117,7 +117,7 @@ def package(args: argparse.Namespace) -> None:
     staging = args.out.with_name(args.out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     convert(args.model, staging, "hf", dtype=getattr(torch, args.dtype))
-    card = (Path(__file__).parent / "MODEL_CARD.md").read_text()
+    card = (Path(__file__).parent / args.card).read_text()
     facts = {"teacher_bpb": f"{report['teacher']['bits_per_byte']:.3f}",
              "bolmo_bpb": f"{report['bolmo']['bits_per_byte']:.3f}", "ratio": f"{report['ratio']:.3f}",
              "pages": report["pages"], "dtype": args.dtype, "recipe": args.recipe.read_text().strip()}
@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--recipe", type=Path, required=True, help="a text file describing the run (sizes, steps)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--card", default="MODEL_CARD.md", help="model card template next to this script")
     p.set_defaults(run=package)
     args = parser.parse_args()
     args.run(args)

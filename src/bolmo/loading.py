@@ -21,18 +21,26 @@ from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default_model"
+# Models shipped inside the package, by the names every `--model` accepts: the toy Bolmo and the
+# subword OLMo 2 teacher it was byteified from (recipes/toy), so a Bolmo-vs-teacher comparison
+# (`bolmo eval cute --model default --model default-teacher`) runs offline.
+BUNDLED_MODELS = {"default": DEFAULT_MODEL_DIR, "default-teacher": ASSETS / "default_teacher"}
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 def resolve_source(source: str | Path | None) -> Path:
-    """A local directory for `source`: a path, a Hub repo id already downloaded, or (None) the
-    bundled default model. Never touches the network."""
-    if source is None:
-        if not (DEFAULT_MODEL_DIR / "config.json").is_file():
-            raise CheckpointError(f"the bundled default model is missing from {DEFAULT_MODEL_DIR}")
-        return DEFAULT_MODEL_DIR
-    path = Path(source).expanduser()
+    """A local directory for `source`: a path, a Hub repo id already downloaded, or a bundled
+    model (None: the default model; or a name in BUNDLED_MODELS that is not a local path).
+    Never touches the network."""
+    path = Path(source).expanduser() if source is not None else None
+    if path is None or (str(source) in BUNDLED_MODELS and not path.exists()):
+        name = "default" if source is None else str(source)
+        bundled = BUNDLED_MODELS[name]
+        if not (bundled / "config.json").is_file():
+            raise CheckpointError(f"the bundled model {name!r} is missing from {bundled}")
+        return bundled
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + weights)")

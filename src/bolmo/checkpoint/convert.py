@@ -31,6 +31,7 @@ from bolmo.checkpoint.inventory import SAFETENSORS_CODES, TensorInfo, difference
 from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
 from bolmo.checkpoint.sources import Source, SourceKind, open_checkpoint
 from bolmo.errors import CheckpointError, ConfigError
+from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
 
 Progress = Callable[[str, int], None]  # (tensor name, bytes written) after each tensor
 
@@ -361,6 +362,7 @@ def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shar
     dst = Path(dst)
     with atomic_directory(dst, overwrite, sources=[plan.source.path]) as tmp:
         config = _relocate_tokenizer(plan, tmp)
+        _copy_subword_tokenizer(plan, tmp)
         if plan.target == "hf":
             _write_hf(plan, tmp, shard_size, progress)
         else:
@@ -387,6 +389,16 @@ def _relocate_tokenizer(plan: ConversionPlan, out: Path) -> dict[str, Any] | Non
     tokenizer = config["tokenizer_config"] if plan.target == "hf" else config["dataset"]["tokenizer"]
     tokenizer["original_identifier"] = plan.tokenizer_dir.name
     return config
+
+
+def _copy_subword_tokenizer(plan: ConversionPlan, out: Path) -> None:
+    """A subword OLMo model's tokenizer files (beside its weights) go beside the converted weights,
+    so the output loads with its tokenizer like the source did (chat template included)."""
+    if plan.source.family == "bolmo":
+        return
+    for name in (*SUBWORD_TOKENIZER_FILES, "chat_template.jinja"):
+        if (plan.source.root / name).is_file():
+            shutil.copyfile(plan.source.root / name, out / name)
 
 
 def _write_hf(plan: ConversionPlan, out: Path, shard_size: int, progress: Progress | None) -> None:
