@@ -74,6 +74,7 @@ def test_eval_cute_compares_the_bundled_model_with_its_teacher(tmp_path):
     out = tmp_path / "cute.json"
     code = main(["eval", "cute", "--model", "default", "--model", "default-teacher", "--data",
                  str(Path(__file__).parent / "fixtures" / "cute"), "--tasks", "spell", "--limit", "1",
-                 "--max-new-bytes", "4", "--no-progress", "--output", str(out)])
+                 "--max-new-bytes", "4", "--no-progress", "--output", str(out),
+                 "--chart", str(tmp_path / "cute.png")])
     assert code == 0
     assert len(json.loads(out.read_text())["accuracy"]) == 2  # one column per model

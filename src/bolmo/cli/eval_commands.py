@@ -16,8 +16,8 @@ from bolmo.errors import BolmoError
 
 def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | None) -> None:
     parser.add_argument("--model", action="append", default=None, metavar="PATH",
-                        help="checkpoint directory or downloaded Hub id; repeat to compare models "
-                             "(default: the bundled model)")
+                        help="checkpoint directory, downloaded Hub id, or default / default-teacher (the bundled "
+                             "models); repeat to compare models (default: default)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"requests per batch (default {batch_size})")

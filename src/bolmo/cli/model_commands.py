@@ -15,7 +15,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
     parser.add_argument("--model", default=default_model,
-                        help="checkpoint directory or downloaded Hub repo id (default: the bundled model)")
+                        help="checkpoint directory, downloaded Hub repo id, or a bundled model: default, default-teacher "
+                             "(default: default)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="dtype the weights are loaded in (default float32)")
@@ -41,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser("info", help="print a model's config and parameter counts per component "
                                               "(Bolmo or subword OLMo, HF or OLMo-core)")
     info.add_argument("source", nargs="?", default=None,
-                      help="checkpoint directory or downloaded Hub repo id (default: the bundled model)")
+                      help="checkpoint directory, downloaded Hub repo id, or a bundled model: default, default-teacher "
+                             "(default: default)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(handler=run_info)
 
