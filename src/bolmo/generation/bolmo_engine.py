@@ -131,11 +131,14 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
     k = state.kernels
     h = k.encode(byte_ids, expanded, *state_tensors(state.encoder))
     if closing:
-        # Only the rows that closed a patch run the global model (on a batch: a gathered subset).
-        rows = None if len(closing) == h.shape[0] else torch.tensor(closing, device=h.device)
-        patches = k.fused.patch_in(h if rows is None else h[rows])
-        value = k.fused.patch_value(state.cache.step(patches, rows, closing, k))
-        state.patch_value = value if rows is None else state.patch_value.index_copy(0, rows, value)
+        # The global model steps when a row closed a patch; every row runs it (branch-free, see
+        # KVCache.step_all_rows) and only the closing rows take the new patch value.
+        value = k.fused.patch_value(state.cache.step_all_rows(k.fused.patch_in(h), closing, k))
+        if len(closing) == h.shape[0]:
+            state.patch_value = value
+        else:
+            rows = torch.tensor(closing, device=h.device)
+            state.patch_value = state.patch_value.index_copy(0, rows, value[rows])
     return k.decode(h, state.patch_value, *state_tensors(state.decoder))
 
 

@@ -178,26 +178,35 @@ class StepKernels:
 
     # ------------------------------------------------------------------ global model
     def global_layer(self, x: Tensor, w: GlobalLayerWeights, cos: Tensor, sin: Tensor,
-                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, mask: Tensor,
-                     rows: Tensor | None) -> Tensor:
-        """x [R, D]: one new position per row through one block (cos/sin [R, 1, 1, hd]). Its
+                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, bias: Tensor, n: int
+                     ) -> Tensor:
+        """x [B, D]: one new position per row through one block (cos/sin [B, 1, 1, hd]). Its
         key/value go to keys/values[write_rows, :, slot] ([B, KV, S, hd] caches, written in
-        place); attention sees the first `mask.shape[-1]` slots where mask [R, 1, 1, n] is True."""
-        R = x.shape[0]
+        place); attention covers the first n slots, with `bias` [B, 1, 1, n] (0 visible, -inf not)."""
+        B = x.shape[0]
         hq, hk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q, k, v = F.linear(x, w.w_qkv).split((hq, hk, hk), dim=-1)
-        q = _rope(_rms(q, w.q_norm, self.global_eps).view(R, self.n_heads, 1, self.head_dim), cos, sin)
-        k = _rope(_rms(k, w.k_norm, self.global_eps).view(R, self.n_kv, 1, self.head_dim), cos, sin)
+        q = _rope(_rms(q, w.q_norm, self.global_eps).view(B, self.n_heads, 1, self.head_dim), cos, sin)
+        k = _rope(_rms(k, w.k_norm, self.global_eps).view(B, self.n_kv, 1, self.head_dim), cos, sin)
         keys[write_rows, :, slot] = k[:, :, 0]
-        values[write_rows, :, slot] = v.view(R, self.n_kv, self.head_dim)
-        n = mask.shape[-1]
-        ks, vs = keys[:, :, :n], values[:, :, :n]
-        if rows is not None:
-            ks, vs = ks[rows], vs[rows]
-        out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv)
-        x = x + _rms(F.linear(out.view(R, hq), w.w_o), w.post_attn_norm, self.global_eps)
+        values[write_rows, :, slot] = v.view(B, self.n_kv, self.head_dim)
+        out = _one_query_attention(q, keys[:, :, :n], values[:, :, :n], bias)
+        x = x + _rms(F.linear(out, w.w_o), w.post_attn_norm, self.global_eps)
         gate, up = F.linear(x, w.w_gate_up).split(self.global_ff, dim=-1)
         return x + _rms(F.linear(F.silu(gate) * up, w.w_down), w.post_ff_norm, self.global_eps)
+
+
+def _one_query_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
+    """Softmax attention of one query per row: q [B, H, 1, hd] over keys/values [B, KV, S, hd]
+    (query heads grouped over the KV heads, GQA), `bias` [B, 1, 1, S] added to the scores ->
+    [B, H * hd]. Written out (two batched matmuls and a softmax) because torch's CPU
+    scaled_dot_product_attention runs a tiled flash kernel that, for a single query row, costs
+    ten times more: 1.9 ms against 0.2 ms per layer at batch 32 over 268 slots."""
+    B, H, _, hd = q.shape
+    kv = keys.shape[1]
+    grouped = (q * hd ** -0.5).view(B, kv, H // kv, hd)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)) + bias  # [B, KV, G, S]
+    return torch.matmul(torch.softmax(scores, dim=-1), values).view(B, H * hd)
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

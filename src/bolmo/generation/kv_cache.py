@@ -19,6 +19,8 @@ from bolmo.model.transformer import OlmoBlockStack
 if TYPE_CHECKING:
     from bolmo.generation.compiled import StepFunctions as GlobalStep
 
+ATTENTION_BLOCK = 64  # the fused global step attends over a multiple of this many cache slots
+
 
 def prefill(stack: OlmoBlockStack, x: torch.Tensor, positions: torch.Tensor | None = None,
             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -113,13 +115,10 @@ class KVCache:
         self.lengths[row] = n
         self.host_lengths[row] = n
 
-    def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int],
-             kernels: GlobalStep | None = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, rows: torch.Tensor | None, host_rows: list[int]) -> torch.Tensor:
         """Append one position for each of `rows` (batch row indices, None = every row; `host_rows`
         the same as a list), each at its row's own next position: x [R, 1, D] -> the blocks'
-        output [R, 1, D]. The other rows are not computed at all. With `kernels` (the model's
-        fused step functions, bolmo.generation.compiled.StepFunctions) x is [R, D] and the fused
-        global layers run instead of the blocks."""
+        output [R, 1, D]. The other rows are not computed at all."""
         needed = max(self.host_lengths[r] for r in host_rows) + 1
         self.reserve(needed)
         pos = self.lengths if rows is None else self.lengths[rows]
@@ -130,20 +129,13 @@ class KVCache:
         for i, block in enumerate(self.stack):
             window = self.windows[i]
             if window not in per_window:
-                # The fused step attends over every slot (masked beyond each row's position):
-                # shapes then change only when the cache grows, which suits a compiled step.
-                n = self.slots(i) if kernels is not None else needed if window is None else min(window, needed)
+                n = needed if window is None else min(window, needed)
                 visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
                 per_window[window] = (pos if window is None else pos % window, n, visible[:, None, None, :])
             slot, n, mask = per_window[window]
             cos, sin = self.rope[i]
             if id(cos) not in per_table:
                 per_table[id(cos)] = (cos[pos].unsqueeze(1), sin[pos].unsqueeze(1))  # [R, 1, hd]
-            if kernels is not None:
-                cos_r, sin_r = per_table[id(cos)]
-                x = kernels.global_layer(x, kernels.global_layers[i], cos_r.unsqueeze(1), sin_r.unsqueeze(1),
-                                         self.keys[i], self.values[i], write_rows, slot, mask, rows)
-                continue
             q, k, v = block.self_attn.project(x, *per_table[id(cos)])
             self.keys[i][write_rows, :, slot] = k[:, :, 0]
             self.values[i][write_rows, :, slot] = v[:, :, 0]
@@ -152,6 +144,47 @@ class KVCache:
                 keys, values = keys[rows], values[rows]
             x = block.finish(x, block.self_attn.attend(q, keys, values, mask))
         self.lengths[write_rows] += 1
+        for r in host_rows:
+            self.host_lengths[r] += 1
+        return x
+
+    def step_all_rows(self, x: torch.Tensor, host_rows: list[int], kernels: GlobalStep) -> torch.Tensor:
+        """The fused global step, branch-free over the batch: every row runs the layers (x [B, D]),
+        each at its own next position, and only `host_rows` keep what they wrote (their lengths
+        advance). Another row's output is discarded and its key/value land in the slot its own
+        next step overwrites before attending, so nothing it will see changes. Compared with
+        stepping only `host_rows`, no cache rows are gathered (a copy of every stepping row's whole
+        cache per layer, which dominated batched decoding) and shapes do not depend on which rows
+        closed a patch (what compiled steps and CUDA graphs need)."""
+        batch = len(self.host_lengths)
+        needed = max(self.host_lengths) + 1
+        self.reserve(needed)
+        # Attention reads the slots up to the longest row's position, rounded up to a multiple
+        # of ATTENTION_BLOCK (a compiled step then sees a new shape only every that many
+        # patches): at batch 32 the cache, not the weights, is most of what a step reads.
+        visible_slots = -(-needed // ATTENTION_BLOCK) * ATTENTION_BLOCK
+        pos = self.lengths
+        write_rows = torch.arange(batch, device=pos.device)
+        per_window: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
+        per_table: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in range(len(self.windows)):
+            window = self.windows[i]
+            if window not in per_window:
+                n = min(self.slots(i), visible_slots)
+                visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [B, n]
+                bias = torch.zeros(visible.shape, dtype=self.dtype, device=pos.device).masked_fill_(~visible, -torch.inf)
+                per_window[window] = (pos if window is None else pos % window, bias[:, None, None, :])
+            slot, bias = per_window[window]
+            n = bias.shape[-1]
+            cos, sin = self.rope[i]
+            if id(cos) not in per_table:
+                per_table[id(cos)] = (cos[pos][:, None, None], sin[pos][:, None, None])  # [B, 1, 1, hd]
+            x = kernels.global_layer(x, kernels.global_layers[i], *per_table[id(cos)],
+                                     self.keys[i], self.values[i], write_rows, slot, bias, n)
+        if len(host_rows) == batch:
+            self.lengths += 1
+        else:
+            self.lengths[torch.tensor(host_rows, device=pos.device)] += 1
         for r in host_rows:
             self.host_lengths[r] += 1
         return x
