@@ -71,6 +71,17 @@ def test_logits_match_transformers(pair):
             torch.testing.assert_close(model(single).logits[0], ref, atol=1e-4, rtol=0)
 
 
+def test_sliding_layers_within_and_beyond_the_window(pair):
+    """Olmo 3's sliding layers (window 4) take the plain causal path while a sequence fits in the
+    window and an explicit mask beyond it: both agree with transformers at every length."""
+    hf, model, _ = pair
+    ids = torch.tensor([model.tokenizer.encode(PROMPTS[0] * 3)])
+    assert ids.shape[1] > 8
+    with torch.no_grad():
+        for n in (1, 3, 4, 5, 8, ids.shape[1]):
+            torch.testing.assert_close(model(ids[:, :n]).logits, hf(ids[:, :n]).logits, atol=1e-4, rtol=0)
+
+
 def test_greedy_decoding_matches_transformers(pair):
     """Batched, left-padded, KV-cached decoding gives every row transformers' greedy tokens."""
     _, model, greedy = pair
