@@ -13,9 +13,10 @@ import pytest
 
 from bolmo.cli import main
 from bolmo.errors import BolmoError
-from bolmo.eval import olmes
+from bolmo.eval import catalog, olmes, suites
 from bolmo.eval.metrics import task_metrics
 from bolmo.eval.olmes import Choice, Document, Task
+from bolmo.eval.suites import PAPER_SUITES, SUITES
 from conftest import load_fixture_model
 from eval_helpers import hand_loglikelihood
 
@@ -28,14 +29,56 @@ def raw_requests(task: str, variant: str) -> list[dict]:
 
 
 def test_names_aliases_and_suites():
-    assert olmes.resolve_tasks("arc_easy, hellaswag") == ["arc_easy_rc_5shot", "hellaswag_rc_5shot"]
-    assert olmes.resolve_tasks("lambada,coqa") == ["lambada_bpb_0shot", "coqa_bpb_0shot"]
-    assert olmes.resolve_tasks("arc_easy_mc_5shot,arc_easy_mc_5shot") == ["arc_easy_mc_5shot"]
-    assert len(olmes.resolve_tasks("olmes_core_rc")) == 9
-    for suite in olmes.SUITES:  # every suite member exists
-        olmes.resolve_tasks(suite)
+    def resolve(spec: str) -> list[str]:
+        return catalog.resolve_tasks(spec).tasks
+
+    assert resolve("arc_easy, hellaswag") == ["arc_easy_rc_5shot", "hellaswag_rc_5shot"]
+    assert resolve("lambada,coqa") == ["lambada_bpb_0shot", "coqa_bpb_0shot"]
+    assert resolve("arc_easy_mc_5shot,arc_easy_mc_5shot") == ["arc_easy_mc_5shot"]
+    assert len(resolve("olmes_core_rc")) == 9
+    known = set(catalog.task_names())
+    for suite, members in SUITES.items():  # every suite member exists
+        assert set(members) <= known, suite
     with pytest.raises(BolmoError, match="unknown task 'nope'"):
-        olmes.resolve_tasks("arc_easy,nope")
+        resolve("arc_easy,nope")
+
+
+def test_paper_suites_map_every_task_and_name_what_is_missing():
+    bolmo1b = PAPER_SUITES["bolmo1b"]
+    assert len(bolmo1b) == 21  # the paper's 1B suite
+    missing = [p.olmes for p in suites.unavailable("bolmo1b")]
+    assert missing == [f"{d}:rc::gen2mc:xlarge" for d in ("coqa", "drop", "jeopardy", "naturalqs", "squad")]
+    selection = catalog.resolve_tasks("bolmo1b")
+    assert len(selection.skipped) == 1 and all(name in selection.skipped[0] for name in missing)
+    assert selection.skipped[0].startswith("bolmo1b: 5 of its 21 paper tasks are not available offline")
+    assert {"arc_easy_test_rc_5shot", "arc_challenge_test_rc_5shot", "mmlu_anatomy_rc_5shot",
+            "lab_bench_dbqa_rc_3shot"} <= set(selection.tasks)
+    assert len(selection.tasks) == 2 + 57 + 5 + 1 + 1 + 6 + 1 + 1 + 1 + 1 + 1 + 1  # arc, mmlu, ..., sciriff
+    categories = [k for k in PAPER_SUITES if k.startswith("bolmo7b_")]
+    assert PAPER_SUITES["bolmo7b"] == tuple(p for k in categories for p in PAPER_SUITES[k])
+    assert len(PAPER_SUITES["bolmo7b"]) == 35
+    assert catalog.resolve_tasks("bolmo7b_mc_stem").skipped == []  # everything there has an offline stand-in
+    for suite in ("bolmo7b_code", "bolmo7b_math"):  # nothing offline: an error naming the tasks
+        with pytest.raises(BolmoError, match="none of its tasks is available offline: .*gsm8k::olmo3|codex_humaneval"):
+            catalog.resolve_tasks(suite)
+
+
+def test_run_prints_what_a_paper_suite_skips(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    # A two-task paper suite (one available, one not) keeps the run short; the real suites take
+    # the same path (test above).
+    small = (suites.PaperTask("arc_easy:rc::olmes", ("arc_easy_rc_5shot",)),
+             suites.PaperTask("drop::xlarge", (), "no generative data"))
+    monkeypatch.setitem(PAPER_SUITES, "small", small)
+    monkeypatch.setitem(SUITES, "small", ("arc_easy_rc_5shot",))
+    out = tmp_path / "run.json"
+    assert main(["eval", "run", "--model", str(tiny_model_dir), "--tasks", "small", "--limit", "1",
+                 "--no-progress", "--output", str(out)]) == 0
+    line = "small: 1 of its 2 paper tasks are not available offline and are skipped: drop::xlarge (no generative data)"
+    assert capsys.readouterr().err.strip() == line
+    data = json.loads(out.read_text())
+    assert data["skipped"] == [line] and list(data["tasks"]) == ["arc_easy_rc_5shot"]
+    assert main(["eval", "run", "--tasks", "bolmo7b_math", "--no-progress"]) == 2
+    assert "gsm8k::olmo3:n8:v2, minerva_math::olmes:n4:v2 (sampled solutions" in capsys.readouterr().err
 
 
 def test_documents_group_choices_and_skip_what_olmes_skips():
@@ -106,12 +149,15 @@ def test_tasks_lists_everything(capsys):
     names = {t["task"] for t in listing["tasks"]}
     assert {"arc_easy_rc_5shot", "gsm8k_gold_bpb_5shot", "winogrande_rc_5shot"} <= names
     assert listing["aliases"]["arc_easy"] == "arc_easy_rc_5shot"
+    assert listing["aliases"]["mmlu_anatomy"] == "mmlu_anatomy_rc_5shot" and "mmlu_anatomy_mc_5shot" in names
+    assert len(listing["paper_suites"]["bolmo1b"]) == 21 and "bolmo1b" in listing["suites"]
 
 
 def test_tasks_table(capsys):
     assert main(["eval", "tasks"]) == 0
     printed = capsys.readouterr().out
     assert "arc_easy_rc_5shot" in printed and "olmes_core_rc" in printed
+    assert "coqa:rc::gen2mc:xlarge" in printed and "mmlu_anatomy_rc_5shot" in printed
 
 
 def test_bad_arguments_are_one_line_errors(capsys):

@@ -178,15 +178,16 @@ def run_tasks(args: argparse.Namespace) -> int:
     for name, members in SUITES.items():
         suites.add_row(name, ", ".join(members) if name not in PAPER_SUITES else f"{len(members)} tasks")
     console.print(suites)
-    mapping = Table(title="the Bolmo paper's suites (bminixhofer/olmes task_suites.py) and what runs offline")
-    for column in ("suite", "paper task", "bolmo tasks", "note"):
-        mapping.add_column(column)
+    mapping = Table(title="the Bolmo paper's suites and what runs offline (notes: --json)")
+    mapping.add_column("suite")
+    mapping.add_column("paper task (olmes)", overflow="fold")
+    mapping.add_column("runs as", overflow="fold")
     for suite, members in PAPER_SUITES.items():
-        if suite == "bolmo7b":  # the union of the bolmo7b_* categories, listed above them
+        if suite == "bolmo7b":  # the union of the bolmo7b_* categories, listed above it
             continue
         for p in members:
             tasks = ", ".join(p.tasks) if len(p.tasks) <= 2 else f"{len(p.tasks)} tasks"
-            mapping.add_row(suite, p.olmes, tasks or "not available", p.note)
+            mapping.add_row(suite, p.olmes, tasks or "not available offline")
     console.print(mapping)
     return 0
 
