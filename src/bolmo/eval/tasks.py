@@ -22,6 +22,6 @@ def evaluate_tasks(scorer: Scorer, tasks: Sequence[Task],
     results = iter(scorer.loglikelihood(pairs, progress))
     out = {}
     for task in tasks:
-        logprobs = [[next(results).logprob for _ in doc.choices] for doc in task.documents]
-        out[task.name] = task_metrics(task, logprobs)
+        per_doc = [[next(results) for _ in doc.choices] for doc in task.documents]
+        out[task.name] = task_metrics(task, per_doc)
     return out
