@@ -91,8 +91,12 @@ def test_documents_group_choices_and_skip_what_olmes_skips():
     config = json.loads((TASK_ROOT / "arc_easy" / "rc_5shot" / "config.json").read_text())
     assert arc.primary_metric == config["task_config"]["primary_metric"]
     hellaswag = olmes.load_task("hellaswag_rc_5shot")
-    assert len(hellaswag.documents) == 1000  # the 1000 unconditional requests are dropped
+    assert len(hellaswag.documents) == 1000  # the unconditional requests are attached, not documents
     assert all(d.doc_id < olmes.UNCONDITIONAL_DOC_ID for d in hellaswag.documents)
+    first = hellaswag.documents[0]
+    assert [(c.context, c.continuation) for c in first.unconditional] == [("Answer:", c.continuation)
+                                                                          for c in first.choices]
+    assert olmes.load_task("winogrande_rc_5shot", limit=1).documents[0].unconditional == ()
     coqa = olmes.load_task("coqa_bpb_0shot", limit=2)
     assert coqa.is_bpb and all(len(d.choices) == 1 and d.label == 0 for d in coqa.documents)
 
@@ -110,6 +114,13 @@ def test_metrics_by_hand():
     # per byte: doc1 " é" is 3 bytes: -4/3 vs -1 -> picks 1 (wrong); doc0 as per char
     assert m["acc_per_byte"] == 0.5
     assert m["bits_per_byte"] == pytest.approx((3.0 / 7 + 4.0 / 3) / math.log(2) / 2)
+    assert "acc_uncond" not in m  # no unconditional requests
+    # acc_uncond: log-likelihood minus that after the bare "Answer:"; doc0 -1-(-0.5) vs -3-(-4) -> picks 1
+    # (right); doc1 -4-(-1) vs -3-(-2) -> picks 1 (wrong)
+    with_uncond = Task("u", "acc_uncond", tuple(Document(d.doc_id, d.choices, d.label, d.choices) for d in docs))
+    uncond = task_metrics(with_uncond, [[Loglikelihood(v, False) for v in (-1.0, -3.0, -0.5, -4.0)],
+                                        [Loglikelihood(v, False) for v in (-4.0, -3.0, -1.0, -2.0)]])
+    assert uncond["acc_uncond"] == 0.5 and uncond["acc_raw"] == m["acc_raw"]
     # bits-per-byte tasks: the gold continuation only; greedy_acc from its is_greedy
     bpb = task_metrics(Task("b", "bits_per_byte", docs), [[Loglikelihood(-2.0, False), Loglikelihood(-9.0, True)],
                                                           [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
@@ -127,17 +138,23 @@ def test_run_agrees_with_a_direct_computation(tiny_model_dir, tmp_path):
     # arc_easy: the first two documents, every choice scored by hand from the raw request file
     rows = raw_requests("arc_easy", "rc_5shot")
     doc_ids = sorted({r["doc_id"] for r in rows})[:2]
-    correct_raw = correct_char = 0
+    correct_raw = correct_char = correct_uncond = 0
     for doc_id in doc_ids:
         doc_rows = sorted((r for r in rows if r["doc_id"] == doc_id), key=lambda r: r["idx"])
+        uncond_rows = sorted((r for r in rows if r["doc_id"] == doc_id + 1_000_000), key=lambda r: r["idx"])
         scores = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
                   for r in doc_rows]
+        uncond = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
+                  for r in uncond_rows]
         label = doc_rows[0]["label"]
         per_char = [s / len(r["request"]["continuation"]) for s, r in zip(scores, doc_rows)]
+        relative = [s - u for s, u in zip(scores, uncond)]
         correct_raw += scores.index(max(scores)) == label
         correct_char += per_char.index(max(per_char)) == label
+        correct_uncond += relative.index(max(relative)) == label
     assert got["arc_easy_rc_5shot"]["acc_raw"] == correct_raw / 2
     assert got["arc_easy_rc_5shot"]["acc_per_char"] == correct_char / 2
+    assert got["arc_easy_rc_5shot"]["acc_uncond"] == correct_uncond / 2
 
     # lambada: bits per byte of the gold continuation, averaged over documents, and whether it is greedy
     rows = raw_requests("lambada", "bpb_0shot")[:2]

