@@ -13,9 +13,11 @@ import pytest
 
 from bolmo.cli import main
 from bolmo.errors import BolmoError
-from bolmo.eval import olmes
+from bolmo.eval import catalog, olmes, suites
+from bolmo.eval.engine import Loglikelihood
 from bolmo.eval.metrics import task_metrics
 from bolmo.eval.olmes import Choice, Document, Task
+from bolmo.eval.suites import PAPER_SUITES, SUITES
 from conftest import load_fixture_model
 from eval_helpers import hand_loglikelihood
 
@@ -28,14 +30,56 @@ def raw_requests(task: str, variant: str) -> list[dict]:
 
 
 def test_names_aliases_and_suites():
-    assert olmes.resolve_tasks("arc_easy, hellaswag") == ["arc_easy_rc_5shot", "hellaswag_rc_5shot"]
-    assert olmes.resolve_tasks("lambada,coqa") == ["lambada_bpb_0shot", "coqa_bpb_0shot"]
-    assert olmes.resolve_tasks("arc_easy_mc_5shot,arc_easy_mc_5shot") == ["arc_easy_mc_5shot"]
-    assert len(olmes.resolve_tasks("olmes_core_rc")) == 9
-    for suite in olmes.SUITES:  # every suite member exists
-        olmes.resolve_tasks(suite)
+    def resolve(spec: str) -> list[str]:
+        return catalog.resolve_tasks(spec).tasks
+
+    assert resolve("arc_easy, hellaswag") == ["arc_easy_rc_5shot", "hellaswag_rc_5shot"]
+    assert resolve("lambada,coqa") == ["lambada_bpb_0shot", "coqa_bpb_0shot"]
+    assert resolve("arc_easy_mc_5shot,arc_easy_mc_5shot") == ["arc_easy_mc_5shot"]
+    assert len(resolve("olmes_core_rc")) == 9
+    known = set(catalog.task_names())
+    for suite, members in SUITES.items():  # every suite member exists
+        assert set(members) <= known, suite
     with pytest.raises(BolmoError, match="unknown task 'nope'"):
-        olmes.resolve_tasks("arc_easy,nope")
+        resolve("arc_easy,nope")
+
+
+def test_paper_suites_map_every_task_and_name_what_is_missing():
+    bolmo1b = PAPER_SUITES["bolmo1b"]
+    assert len(bolmo1b) == 21  # the paper's 1B suite
+    missing = [p.olmes for p in suites.unavailable("bolmo1b")]
+    assert missing == [f"{d}:rc::gen2mc:xlarge" for d in ("coqa", "drop", "jeopardy", "naturalqs", "squad")]
+    selection = catalog.resolve_tasks("bolmo1b")
+    assert len(selection.skipped) == 1 and all(name in selection.skipped[0] for name in missing)
+    assert selection.skipped[0].startswith("bolmo1b: 5 of its 21 paper tasks are not available offline")
+    assert {"arc_easy_test_rc_5shot", "arc_challenge_test_rc_5shot", "mmlu_anatomy_rc_5shot",
+            "lab_bench_dbqa_rc_3shot"} <= set(selection.tasks)
+    assert len(selection.tasks) == 2 + 57 + 5 + 1 + 1 + 6 + 1 + 1 + 1 + 1 + 1 + 1  # arc, mmlu, ..., sciriff
+    categories = [k for k in PAPER_SUITES if k.startswith("bolmo7b_")]
+    assert PAPER_SUITES["bolmo7b"] == tuple(p for k in categories for p in PAPER_SUITES[k])
+    assert len(PAPER_SUITES["bolmo7b"]) == 35
+    assert catalog.resolve_tasks("bolmo7b_mc_stem").skipped == []  # everything there has an offline stand-in
+    for suite in ("bolmo7b_code", "bolmo7b_math"):  # nothing offline: an error naming the tasks
+        with pytest.raises(BolmoError, match="none of its tasks is available offline: .*gsm8k::olmo3|codex_humaneval"):
+            catalog.resolve_tasks(suite)
+
+
+def test_run_prints_what_a_paper_suite_skips(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    # A two-task paper suite (one available, one not) keeps the run short; the real suites take
+    # the same path (test above).
+    small = (suites.PaperTask("arc_easy:rc::olmes", ("arc_easy_rc_5shot",)),
+             suites.PaperTask("drop::xlarge", (), "no generative data"))
+    monkeypatch.setitem(PAPER_SUITES, "small", small)
+    monkeypatch.setitem(SUITES, "small", ("arc_easy_rc_5shot",))
+    out = tmp_path / "run.json"
+    assert main(["eval", "run", "--model", str(tiny_model_dir), "--tasks", "small", "--limit", "1",
+                 "--no-progress", "--output", str(out)]) == 0
+    line = "small: 1 of its 2 paper tasks are not available offline and are skipped: drop::xlarge (no generative data)"
+    assert capsys.readouterr().err.strip() == line
+    data = json.loads(out.read_text())
+    assert data["skipped"] == [line] and list(data["tasks"]) == ["arc_easy_rc_5shot"]
+    assert main(["eval", "run", "--tasks", "bolmo7b_math", "--no-progress"]) == 2
+    assert "gsm8k::olmo3:n8:v2, minerva_math::olmes:n4:v2 (sampled solutions" in capsys.readouterr().err
 
 
 def test_documents_group_choices_and_skip_what_olmes_skips():
@@ -47,8 +91,12 @@ def test_documents_group_choices_and_skip_what_olmes_skips():
     config = json.loads((TASK_ROOT / "arc_easy" / "rc_5shot" / "config.json").read_text())
     assert arc.primary_metric == config["task_config"]["primary_metric"]
     hellaswag = olmes.load_task("hellaswag_rc_5shot")
-    assert len(hellaswag.documents) == 1000  # the 1000 unconditional requests are dropped
+    assert len(hellaswag.documents) == 1000  # the unconditional requests are attached, not documents
     assert all(d.doc_id < olmes.UNCONDITIONAL_DOC_ID for d in hellaswag.documents)
+    first = hellaswag.documents[0]
+    assert [(c.context, c.continuation) for c in first.unconditional] == [("Answer:", c.continuation)
+                                                                          for c in first.choices]
+    assert olmes.load_task("winogrande_rc_5shot", limit=1).documents[0].unconditional == ()
     coqa = olmes.load_task("coqa_bpb_0shot", limit=2)
     assert coqa.is_bpb and all(len(d.choices) == 1 and d.label == 0 for d in coqa.documents)
 
@@ -57,8 +105,8 @@ def test_metrics_by_hand():
     docs = (Document(0, (Choice("q", " a"), Choice("q", " bbbbbb")), 1),
             Document(1, (Choice("q", " é"), Choice("q", " cc")), 0))
     task = Task("t", "acc_raw", docs)
-    logprobs = [[-1.0, -3.0], [-4.0, -3.0]]
-    m = task_metrics(task, logprobs)
+    m = task_metrics(task, [[Loglikelihood(-1.0, True), Loglikelihood(-3.0, False)],
+                            [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
     # raw: doc0 picks 0 (wrong), doc1 picks 1 (wrong)
     assert m["acc_raw"] == 0.0
     # per char: doc0 -0.5 vs -3/7 -> picks 1 (right); doc1 -2 vs -1 -> picks 1 (wrong)
@@ -66,8 +114,17 @@ def test_metrics_by_hand():
     # per byte: doc1 " é" is 3 bytes: -4/3 vs -1 -> picks 1 (wrong); doc0 as per char
     assert m["acc_per_byte"] == 0.5
     assert m["bits_per_byte"] == pytest.approx((3.0 / 7 + 4.0 / 3) / math.log(2) / 2)
-    bpb = task_metrics(Task("b", "bits_per_byte", docs[:1]), [[-2.0, -9.0]])
-    assert bpb == {"bits_per_byte": pytest.approx(9.0 / math.log(2) / 7)}
+    assert "acc_uncond" not in m  # no unconditional requests
+    # acc_uncond: log-likelihood minus that after the bare "Answer:"; doc0 -1-(-0.5) vs -3-(-4) -> picks 1
+    # (right); doc1 -4-(-1) vs -3-(-2) -> picks 1 (wrong)
+    with_uncond = Task("u", "acc_uncond", tuple(Document(d.doc_id, d.choices, d.label, d.choices) for d in docs))
+    uncond = task_metrics(with_uncond, [[Loglikelihood(v, False) for v in (-1.0, -3.0, -0.5, -4.0)],
+                                        [Loglikelihood(v, False) for v in (-4.0, -3.0, -1.0, -2.0)]])
+    assert uncond["acc_uncond"] == 0.5 and uncond["acc_raw"] == m["acc_raw"]
+    # bits-per-byte tasks: the gold continuation only; greedy_acc from its is_greedy
+    bpb = task_metrics(Task("b", "bits_per_byte", docs), [[Loglikelihood(-2.0, False), Loglikelihood(-9.0, True)],
+                                                          [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
+    assert bpb == {"bits_per_byte": pytest.approx((9.0 / 7 + 4.0 / 3) / math.log(2) / 2), "greedy_acc": 0.5}
 
 
 def test_run_agrees_with_a_direct_computation(tiny_model_dir, tmp_path):
@@ -81,23 +138,30 @@ def test_run_agrees_with_a_direct_computation(tiny_model_dir, tmp_path):
     # arc_easy: the first two documents, every choice scored by hand from the raw request file
     rows = raw_requests("arc_easy", "rc_5shot")
     doc_ids = sorted({r["doc_id"] for r in rows})[:2]
-    correct_raw = correct_char = 0
+    correct_raw = correct_char = correct_uncond = 0
     for doc_id in doc_ids:
         doc_rows = sorted((r for r in rows if r["doc_id"] == doc_id), key=lambda r: r["idx"])
+        uncond_rows = sorted((r for r in rows if r["doc_id"] == doc_id + 1_000_000), key=lambda r: r["idx"])
         scores = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
                   for r in doc_rows]
+        uncond = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
+                  for r in uncond_rows]
         label = doc_rows[0]["label"]
         per_char = [s / len(r["request"]["continuation"]) for s, r in zip(scores, doc_rows)]
+        relative = [s - u for s, u in zip(scores, uncond)]
         correct_raw += scores.index(max(scores)) == label
         correct_char += per_char.index(max(per_char)) == label
+        correct_uncond += relative.index(max(relative)) == label
     assert got["arc_easy_rc_5shot"]["acc_raw"] == correct_raw / 2
     assert got["arc_easy_rc_5shot"]["acc_per_char"] == correct_char / 2
+    assert got["arc_easy_rc_5shot"]["acc_uncond"] == correct_uncond / 2
 
-    # lambada: bits per byte of the gold continuation, averaged over documents
+    # lambada: bits per byte of the gold continuation, averaged over documents, and whether it is greedy
     rows = raw_requests("lambada", "bpb_0shot")[:2]
-    bpbs = [-hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"])[0]
-            / math.log(2) / len(r["request"]["continuation"].encode()) for r in rows]
+    scored = [hand_loglikelihood(model, r["request"]["context"], r["request"]["continuation"]) for r in rows]
+    bpbs = [-logprob / math.log(2) / len(r["request"]["continuation"].encode()) for (logprob, _), r in zip(scored, rows)]
     assert got["lambada_bpb_0shot"]["bits_per_byte"] == pytest.approx(sum(bpbs) / 2, rel=1e-5)
+    assert got["lambada_bpb_0shot"]["greedy_acc"] == sum(greedy for _, greedy in scored) / 2
 
 
 def test_tasks_lists_everything(capsys):
@@ -106,12 +170,15 @@ def test_tasks_lists_everything(capsys):
     names = {t["task"] for t in listing["tasks"]}
     assert {"arc_easy_rc_5shot", "gsm8k_gold_bpb_5shot", "winogrande_rc_5shot"} <= names
     assert listing["aliases"]["arc_easy"] == "arc_easy_rc_5shot"
+    assert listing["aliases"]["mmlu_anatomy"] == "mmlu_anatomy_rc_5shot" and "mmlu_anatomy_mc_5shot" in names
+    assert len(listing["paper_suites"]["bolmo1b"]) == 21 and "bolmo1b" in listing["suites"]
 
 
 def test_tasks_table(capsys):
     assert main(["eval", "tasks"]) == 0
     printed = capsys.readouterr().out
     assert "arc_easy_rc_5shot" in printed and "olmes_core_rc" in printed
+    assert "coqa:rc::gen2mc:xlarge" in printed and "mmlu_anatomy_rc_5shot" in printed
 
 
 def test_bad_arguments_are_one_line_errors(capsys):

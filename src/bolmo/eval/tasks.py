@@ -10,8 +10,9 @@ from bolmo.eval.olmes import Task
 
 
 def task_pairs(task: Task) -> list[tuple[str, str]]:
-    """Every (context, continuation) request of the task, document by document."""
-    return [(c.context, c.continuation) for doc in task.documents for c in doc.choices]
+    """Every (context, continuation) request of the task, document by document: its choices,
+    then their unconditional requests."""
+    return [(c.context, c.continuation) for doc in task.documents for c in doc.choices + doc.unconditional]
 
 
 def evaluate_tasks(scorer: Scorer, tasks: Sequence[Task],
@@ -22,6 +23,6 @@ def evaluate_tasks(scorer: Scorer, tasks: Sequence[Task],
     results = iter(scorer.loglikelihood(pairs, progress))
     out = {}
     for task in tasks:
-        logprobs = [[next(results).logprob for _ in doc.choices] for doc in task.documents]
-        out[task.name] = task_metrics(task, logprobs)
+        per_doc = [[next(results) for _ in doc.choices + doc.unconditional] for doc in task.documents]
+        out[task.name] = task_metrics(task, per_doc)
     return out
