@@ -10,6 +10,7 @@ change a greedy byte, and a compiler that fails must leave one notice and the ea
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 import pytest
@@ -39,12 +40,14 @@ def module_step(model, state, byte_ids, expanded, closing) -> torch.Tensor:
     return model.lm_head(inner.norm(y))
 
 
-def test_fused_step_matches_module_step(fixture_model_dir):
+@pytest.mark.parametrize("every_row", [False, True], ids=["closing-rows", "every-row"])
+def test_fused_step_matches_module_step(fixture_model_dir, every_row):
     model = load_fixture_model(fixture_model_dir)
     tokenizer = model.tokenizer
     histories = [tokenizer.encode(p) for p in PROMPTS]
     with torch.inference_mode(), cpu_threads(model):
         fused = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
+        fused.kernels = dataclasses.replace(fused.kernels, every_row=every_row)
         plain = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
         # Start every row as if its last prompt id closed a patch, then follow the fused greedy path.
         tokens = [ids[-1] + PLAIN_VOCAB for ids in histories]

@@ -131,14 +131,14 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
     k = state.kernels
     h = k.encode(byte_ids, expanded, *state_tensors(state.encoder))
     if closing:
-        # The global model steps when a row closed a patch; every row runs it (branch-free, see
-        # KVCache.step_all_rows) and only the closing rows take the new patch value.
-        value = k.fused.patch_value(state.cache.step_all_rows(k.fused.patch_in(h), closing, k))
+        # The global model steps when a row closed a patch, and only those rows take the new
+        # patch value (computed alone or with every row: StepFunctions.every_row).
+        value = k.fused.patch_value(state.cache.step_fused(k.fused.patch_in(h), closing, k, k.every_row))
         if len(closing) == h.shape[0]:
             state.patch_value = value
         else:
             rows = torch.tensor(closing, device=h.device)
-            state.patch_value = state.patch_value.index_copy(0, rows, value[rows])
+            state.patch_value = state.patch_value.index_copy(0, rows, value)
     return k.decode(h, state.patch_value, *state_tensors(state.decoder))
 
 

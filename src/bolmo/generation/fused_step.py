@@ -178,11 +178,12 @@ class StepKernels:
 
     # ------------------------------------------------------------------ global model
     def global_layer(self, x: Tensor, w: GlobalLayerWeights, cos: Tensor, sin: Tensor,
-                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, bias: Tensor, n: int
-                     ) -> Tensor:
-        """x [B, D]: one new position per row through one block (cos/sin [B, 1, 1, hd]). Its
-        key/value go to keys/values[write_rows, :, slot] ([B, KV, S, hd] caches, written in
-        place); attention covers the first n slots, with `bias` [B, 1, 1, n] (0 visible, -inf not)."""
+                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, bias: Tensor,
+                     rows: Tensor | None) -> Tensor:
+        """x [R, D]: one new position for each of R rows through one block (cos/sin [R, 1, 1, hd]).
+        Their keys/values go to keys/values[write_rows, :, slot] ([B, KV, S, hd] caches, written
+        in place); attention covers the first n slots of the cache rows `rows` (None: all B),
+        with `bias` [R, 1, 1, n] (0 visible, -inf not)."""
         B = x.shape[0]
         hq, hk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q, k, v = F.linear(x, w.w_qkv).split((hq, hk, hk), dim=-1)
@@ -190,7 +191,11 @@ class StepKernels:
         k = _rope(_rms(k, w.k_norm, self.global_eps).view(B, self.n_kv, 1, self.head_dim), cos, sin)
         keys[write_rows, :, slot] = k[:, :, 0]
         values[write_rows, :, slot] = v.view(B, self.n_kv, self.head_dim)
-        out = _one_query_attention(q, keys[:, :, :n], values[:, :, :n], bias)
+        n = bias.shape[-1]
+        keys, values = keys[:, :, :n], values[:, :, :n]
+        if rows is not None:  # a gather: only the rows that step attend
+            keys, values = keys[rows], values[rows]
+        out = _one_query_attention(q, keys, values, bias)
         x = x + _rms(F.linear(out, w.w_o), w.post_attn_norm, self.global_eps)
         gate, up = F.linear(x, w.w_gate_up).split(self.global_ff, dim=-1)
         return x + _rms(F.linear(F.silu(gate) * up, w.w_down), w.post_ff_norm, self.global_eps)

@@ -148,46 +148,54 @@ class KVCache:
             self.host_lengths[r] += 1
         return x
 
-    def step_all_rows(self, x: torch.Tensor, host_rows: list[int], kernels: GlobalStep) -> torch.Tensor:
-        """The fused global step, branch-free over the batch: every row runs the layers (x [B, D]),
-        each at its own next position, and only `host_rows` keep what they wrote (their lengths
-        advance). Another row's output is discarded and its key/value land in the slot its own
-        next step overwrites before attending, so nothing it will see changes. Compared with
-        stepping only `host_rows`, no cache rows are gathered (a copy of every stepping row's whole
-        cache per layer, which dominated batched decoding) and shapes do not depend on which rows
-        closed a patch (what compiled steps and CUDA graphs need)."""
+    def step_fused(self, x: torch.Tensor, host_rows: list[int], kernels: GlobalStep, every_row: bool
+                   ) -> torch.Tensor:
+        """The fused global step for the rows in `host_rows` (x [B, D]: every row's patch input),
+        each at its own next position: returns their outputs [R, D], in `host_rows` order.
+
+        every_row=False computes only those rows: their caches are gathered for attention, a
+        copy of R rows' slots per layer. every_row=True runs the layers on every row,
+        branch-free: a row outside `host_rows` has its output discarded, and its key/value land
+        in the slot its own next step overwrites before attending (its length does not advance),
+        so nothing it will see changes. That trades the gather for the other rows' arithmetic,
+        and keeps shapes independent of which rows closed a patch (compiled steps, CUDA graphs).
+        """
         batch = len(self.host_lengths)
-        needed = max(self.host_lengths) + 1
+        some = len(host_rows) < batch
+        subset = some and not every_row
+        rows = torch.tensor(host_rows, device=x.device) if some else None
+        needed = max(self.host_lengths[r] for r in host_rows) + 1 if subset else max(self.host_lengths) + 1
         self.reserve(needed)
         # Attention reads the slots up to the longest row's position, rounded up to a multiple
         # of ATTENTION_BLOCK (a compiled step then sees a new shape only every that many
         # patches): at batch 32 the cache, not the weights, is most of what a step reads.
         visible_slots = -(-needed // ATTENTION_BLOCK) * ATTENTION_BLOCK
-        pos = self.lengths
-        write_rows = torch.arange(batch, device=pos.device)
+        pos = self.lengths[rows] if subset else self.lengths
+        write_rows = rows if subset else torch.arange(batch, device=pos.device)
         per_window: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
         per_table: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        y = x[rows] if subset else x
         for i in range(len(self.windows)):
             window = self.windows[i]
             if window not in per_window:
                 n = min(self.slots(i), visible_slots)
-                visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [B, n]
+                visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
                 bias = torch.zeros(visible.shape, dtype=self.dtype, device=pos.device).masked_fill_(~visible, -torch.inf)
                 per_window[window] = (pos if window is None else pos % window, bias[:, None, None, :])
             slot, bias = per_window[window]
-            n = bias.shape[-1]
             cos, sin = self.rope[i]
             if id(cos) not in per_table:
-                per_table[id(cos)] = (cos[pos][:, None, None], sin[pos][:, None, None])  # [B, 1, 1, hd]
-            x = kernels.global_layer(x, kernels.global_layers[i], *per_table[id(cos)],
-                                     self.keys[i], self.values[i], write_rows, slot, bias, n)
-        if len(host_rows) == batch:
-            self.lengths += 1
+                per_table[id(cos)] = (cos[pos][:, None, None], sin[pos][:, None, None])  # [R, 1, 1, hd]
+            y = kernels.global_layer(y, kernels.global_layers[i], *per_table[id(cos)],
+                                     self.keys[i], self.values[i], write_rows, slot, bias,
+                                     rows if subset else None)
+        if some:
+            self.lengths[rows] += 1
         else:
-            self.lengths[torch.tensor(host_rows, device=pos.device)] += 1
+            self.lengths += 1
         for r in host_rows:
             self.host_lengths[r] += 1
-        return x
+        return y[rows] if some and every_row else y
 
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         """Keep only `rows` (the same as a host list in `host_rows`), in that order."""
