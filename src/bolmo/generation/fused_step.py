@@ -30,7 +30,7 @@ class LocalLayerWeights:
     DQK = D / (2 NH), DV = D / NH, MLP width FF."""
 
     norm1: Tensor  # [D] pre_xlstm_layernorm
-    w_in: Tensor  # [D/2 + D/2 + D + D + NH + NH, D]: q, k, v, o-gate, i-gate, f-gate
+    w_in: Tensor  # [D/2 + D/2 + D + D + NH + NH, D]: q, k, v, o-gate, i-gate, f-gate (see WEIGHT LAYOUT)
     b_in: Tensor  # [same]: zeros except the i/f gate biases
     head_norm: Tensor  # [NH, DV] multihead_norm weight
     w_out: Tensor  # [D, D] out_proj
@@ -64,10 +64,18 @@ def _rms(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 class StepKernels:
     """Fused weights of one model plus the step functions that use them (eager functions; the
-    compiled variants wrap these same methods)."""
+    compiled variants wrap these same methods).
+
+    WEIGHT LAYOUT: on a CPU every projection is stored transposed ([in, out], contiguous) and
+    applied as x @ W: for one row, torch's CPU matrix-vector product then streams weights at
+    22-27 GB/s against 8-9 GB/s for the checkpoint's [out, in] layout (one thread, weights
+    larger than the caches; measured in this repository's benchmarks/generate.py VM), and it
+    scales with threads where the other does not. The price is a copy of the projections that
+    were not already fused copies. Other devices keep [out, in] (F.linear)."""
 
     def __init__(self, model) -> None:
         config = model.config
+        self.transposed = model.device.type == "cpu"
         inner = model.model
         encoder, decoder = inner.local_encoder, inner.local_decoder
         self.d = config.hidden_size
@@ -82,41 +90,51 @@ class StepKernels:
         self.subword_embedding = None if encoder.subword_embedding is None else encoder.subword_embedding.weight
         self.encoder_layers = [self._local(layer) for layer in encoder.layers]
         self.decoder_layers = [self._local(layer) for layer in decoder.layers]
+        lay = self._layout
         self.enc_norm, self.enc_norm_eps = encoder.post_last_block_norm.weight, encoder.post_last_block_norm.eps
-        self.out_projection = (encoder.out_projection.weight, encoder.out_projection.bias)
-        self.in_projection = (decoder.in_projection.weight, decoder.in_projection.bias)
+        self.out_projection = (lay(encoder.out_projection.weight), encoder.out_projection.bias)
+        self.in_projection = (lay(decoder.in_projection.weight), decoder.in_projection.bias)
         self.initial_norm, self.initial_norm_eps = decoder.initial_norm.weight, decoder.initial_norm.eps
         self.final_norm, self.final_norm_eps = inner.norm.weight, inner.norm.eps
-        self.lm_head = model.lm_head.weight
+        self.lm_head = lay(model.lm_head.weight)
         spec = inner.layers.spec
         self.global_eps = spec.rms_norm_eps
         self.n_heads, self.n_kv, self.head_dim = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.global_ff = spec.intermediate_size
         self.global_layers = [self._global(block) for block in inner.layers]
 
-    @staticmethod
-    def _local(layer) -> LocalLayerWeights:
+    def _layout(self, weight: Tensor) -> Tensor:
+        """An [out, in] projection weight in this device's layout (see WEIGHT LAYOUT)."""
+        return weight.t().contiguous() if self.transposed else weight
+
+    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x [B, in] through a projection stored by `_layout`."""
+        if not self.transposed:
+            return F.linear(x, weight, bias)
+        return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+
+    def _local(self, layer) -> LocalLayerWeights:
         x = layer.xlstm
         w_in = torch.cat([x.q.weight, x.k.weight, x.v.weight, x.ogate_preact.weight,
                           x.igate_preact.weight, x.fgate_preact.weight])
         b_in = torch.zeros(w_in.shape[0], dtype=w_in.dtype, device=w_in.device)
         b_in[-2 * x.num_heads:] = torch.cat([x.igate_preact.bias, x.fgate_preact.bias])
+        lay = self._layout
         return LocalLayerWeights(
-            norm1=layer.pre_xlstm_layernorm.weight, w_in=w_in, b_in=b_in,
-            head_norm=x.multihead_norm.weight.view(x.num_heads, x.dv), w_out=x.out_proj.weight,
+            norm1=layer.pre_xlstm_layernorm.weight, w_in=lay(w_in), b_in=b_in,
+            head_norm=x.multihead_norm.weight.view(x.num_heads, x.dv), w_out=lay(x.out_proj.weight),
             norm2=layer.pre_feedforward_layernorm.weight,
-            w_gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
-            w_down=layer.mlp.down_proj.weight)
+            w_gate_up=lay(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])),
+            w_down=lay(layer.mlp.down_proj.weight))
 
-    @staticmethod
-    def _global(block) -> GlobalLayerWeights:
-        a = block.self_attn
+    def _global(self, block) -> GlobalLayerWeights:
+        a, lay = block.self_attn, self._layout
         return GlobalLayerWeights(
-            w_qkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-            q_norm=a.q_norm.weight, k_norm=a.k_norm.weight, w_o=a.o_proj.weight,
+            w_qkv=lay(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),
+            q_norm=a.q_norm.weight, k_norm=a.k_norm.weight, w_o=lay(a.o_proj.weight),
             post_attn_norm=block.post_attention_layernorm.weight,
-            w_gate_up=torch.cat([block.mlp.gate_proj.weight, block.mlp.up_proj.weight]),
-            w_down=block.mlp.down_proj.weight, post_ff_norm=block.post_feedforward_layernorm.weight)
+            w_gate_up=lay(torch.cat([block.mlp.gate_proj.weight, block.mlp.up_proj.weight])),
+            w_down=lay(block.mlp.down_proj.weight), post_ff_norm=block.post_feedforward_layernorm.weight)
 
     # ------------------------------------------------------------------ local model
     def local_layer(self, x: Tensor, w: LocalLayerWeights, C: Tensor, n: Tensor, m: Tensor) -> Tensor:
@@ -124,7 +142,7 @@ class StepKernels:
         B, NH = x.shape[0], self.heads
         sdt = C.dtype  # state arithmetic: float32 (float64 for float64 models)
         cast = x.dtype != sdt  # a float32 model skips every cast (each would still be a dispatch)
-        p = F.linear(_rms(x, w.norm1, self.local_eps), w.w_in, w.b_in)
+        p = self._linear(_rms(x, w.norm1, self.local_eps), w.w_in, w.b_in)
         q, k, v, o, gates = p.split(self.split, dim=-1)
         if cast:
             q, k, v, gates = q.to(sdt), k.to(sdt), v.to(sdt), gates.to(sdt)
@@ -146,9 +164,9 @@ class StepKernels:
         h = F.layer_norm(h.view(B, NH, self.dv), (self.dv,), eps=self.head_eps)
         if cast:
             h = h.to(x.dtype)
-        x = x + F.linear(torch.sigmoid(o) * (h * w.head_norm).view(B, -1), w.w_out)
-        gate, up = F.linear(_rms(x, w.norm2, self.local_eps), w.w_gate_up).split(self.ff, dim=-1)
-        return x + F.linear(F.silu(gate) * up, w.w_down)
+        x = x + self._linear(torch.sigmoid(o) * (h * w.head_norm).view(B, -1), w.w_out)
+        gate, up = self._linear(_rms(x, w.norm2, self.local_eps), w.w_gate_up).split(self.ff, dim=-1)
+        return x + self._linear(F.silu(gate) * up, w.w_down)
 
     def encode(self, ids: Tensor, expanded: Tensor | None, C: list[Tensor], n: list[Tensor], m: list[Tensor]
                ) -> Tensor:
@@ -163,14 +181,14 @@ class StepKernels:
     def decode(self, h: Tensor, patch_value: Tensor, C: list[Tensor], n: list[Tensor], m: list[Tensor]
                ) -> Tensor:
         """Encoder output h [B, D] and patch values [B, D] -> logits [B, 520]; states in place."""
-        x = F.linear(h, *self.in_projection) + patch_value
+        x = self._linear(h, *self.in_projection) + patch_value
         for j, w in enumerate(self.decoder_layers):
             x = self.local_layer(x, w, C[j], n[j], m[j])
-        return F.linear(_rms(x, self.final_norm, self.final_norm_eps), self.lm_head)
+        return self._linear(_rms(x, self.final_norm, self.final_norm_eps), self.lm_head)
 
     def patch_in(self, h: Tensor) -> Tensor:
         """Encoder output [R, D] -> the global model's input for a new patch [R, D]."""
-        return F.linear(h, *self.out_projection)
+        return self._linear(h, *self.out_projection)
 
     def patch_value(self, g: Tensor) -> Tensor:
         """Global output [R, D] -> the decoder's patch value (initial_norm)."""
@@ -186,7 +204,7 @@ class StepKernels:
         with `bias` [R, 1, 1, n] (0 visible, -inf not)."""
         B = x.shape[0]
         hq, hk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q, k, v = F.linear(x, w.w_qkv).split((hq, hk, hk), dim=-1)
+        q, k, v = self._linear(x, w.w_qkv).split((hq, hk, hk), dim=-1)
         q = _rope(_rms(q, w.q_norm, self.global_eps).view(B, self.n_heads, 1, self.head_dim), cos, sin)
         k = _rope(_rms(k, w.k_norm, self.global_eps).view(B, self.n_kv, 1, self.head_dim), cos, sin)
         keys[write_rows, :, slot] = k[:, :, 0]
@@ -196,9 +214,9 @@ class StepKernels:
         if rows is not None:  # a gather: only the rows that step attend
             keys, values = keys[rows], values[rows]
         out = _one_query_attention(q, keys, values, bias)
-        x = x + _rms(F.linear(out, w.w_o), w.post_attn_norm, self.global_eps)
-        gate, up = F.linear(x, w.w_gate_up).split(self.global_ff, dim=-1)
-        return x + _rms(F.linear(F.silu(gate) * up, w.w_down), w.post_ff_norm, self.global_eps)
+        x = x + _rms(self._linear(out, w.w_o), w.post_attn_norm, self.global_eps)
+        gate, up = self._linear(x, w.w_gate_up).split(self.global_ff, dim=-1)
+        return x + _rms(self._linear(F.silu(gate) * up, w.w_down), w.post_ff_norm, self.global_eps)
 
 
 def _one_query_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
