@@ -35,17 +35,21 @@ from bolmo.generation.sampling import RowSampler
 from bolmo.model.local import pool
 from bolmo.nn.mlstm import MLSTMState
 
-SMALL_MODEL_WIDTH = 1024  # below this hidden size, CPU decoding runs on one thread
+SMALL_MODEL_WIDTH = 1024  # below this hidden size, CPU decoding of small batches runs on one thread
+THREADED_BATCH = 16  # from this many rows, small models use the caller's threads too
 
 
 @contextmanager
-def cpu_threads(model) -> Iterator[None]:
-    """Small models on the CPU: one intra-op thread. Every op of a decode step is microseconds of
-    work, and some kernels (log_sigmoid, scaled_dot_product_attention) start a thread team even
-    for a handful of elements; waking it costs more than the op, ten times more on a busy machine.
-    Larger models keep the caller's setting (their matrix-vector products do gain from threads)."""
+def cpu_threads(model, rows: int = 1) -> Iterator[None]:
+    """Small models on the CPU, few rows: one intra-op thread. Every op of such a decode step is
+    microseconds of work, and some kernels (log_sigmoid, softmax) start a thread team even for a
+    handful of elements; waking it costs more than the op, ten times more on a busy machine
+    (measured on d256: batch 1 and 8 gain nothing from a second thread). From THREADED_BATCH rows
+    the matrix products are big enough to share (batch 32: +32% with two threads), and larger
+    models keep the caller's setting at any batch size."""
     previous = torch.get_num_threads()
-    single = model.device.type == "cpu" and model.config.hidden_size < SMALL_MODEL_WIDTH and previous > 1
+    single = (model.device.type == "cpu" and model.config.hidden_size < SMALL_MODEL_WIDTH and previous > 1
+              and rows < THREADED_BATCH)
     if single:
         torch.set_num_threads(1)
     try:
@@ -194,7 +198,7 @@ class BolmoEngine(Engine):
 
     def prefill(self, rows: list[Row], sampler: RowSampler) -> torch.Tensor:
         model, device = self.model, self.device
-        with cpu_threads(model):
+        with cpu_threads(model):  # one row at a time
             prefills = [prefill(model, row.ids, g) for row, g in zip(rows, sampler.generators)]
             self.state = initial_state(model, prefills)
             # The forced first choice: does the held-back last prompt id end a patch? A lone BOS
@@ -223,7 +227,7 @@ class BolmoEngine(Engine):
             expanded = torch.tensor([self.expander.expand_at(row.ids, len(row.ids) - 1) for row in rows],
                                     device=self.device)
         closing = [i for i, t in enumerate(host_tokens) if t >= PLAIN_VOCAB]
-        with cpu_threads(self.model):
+        with cpu_threads(self.model, len(rows)):
             return decode_step(self.model, self.state, tokens % PLAIN_VOCAB, expanded, closing)
 
     def keep_rows(self, keep: list[int]) -> None:
