@@ -26,24 +26,25 @@ from bolmo.nn.mlstm import MLSTMState
 
 @dataclass
 class LocalLayerWeights:
-    """One local (mLSTM + SwiGLU) layer, its projections fused. Shapes for width D, NH heads,
+    """One local (mLSTM + SwiGLU) layer, its projections fused and held [in, out] (StepKernels'
+    WEIGHT LAYOUT). Shapes for width D, NH heads,
     DQK = D / (2 NH), DV = D / NH, MLP width FF."""
 
     norm1: Tensor  # [D] pre_xlstm_layernorm
-    w_in: Tensor  # [D/2 + D/2 + D + D + NH + NH, D]: q, k, v, o-gate, i-gate, f-gate (see WEIGHT LAYOUT)
-    b_in: Tensor  # [same]: zeros except the i/f gate biases
+    w_in: Tensor  # [D, D/2 + D/2 + D + D + NH + NH]: q, k, v, o-gate, i-gate, f-gate (all [in, out])
+    b_in: Tensor  # [D/2 + ... + NH]: zeros except the i/f gate biases
     head_norm: Tensor  # [NH, DV] multihead_norm weight
     w_out: Tensor  # [D, D] out_proj
     norm2: Tensor  # [D] pre_feedforward_layernorm
-    w_gate_up: Tensor  # [2 FF, D]
-    w_down: Tensor  # [D, FF]
+    w_gate_up: Tensor  # [D, 2 FF]
+    w_down: Tensor  # [FF, D]
 
 
 @dataclass
 class GlobalLayerWeights:
     """One global (OLMo) block with q, k, v fused."""
 
-    w_qkv: Tensor  # [H hd + 2 KV hd, D]
+    w_qkv: Tensor  # [D, H hd + 2 KV hd]
     q_norm: Tensor
     k_norm: Tensor
     w_o: Tensor
@@ -66,16 +67,17 @@ class StepKernels:
     """Fused weights of one model plus the step functions that use them (eager functions; the
     compiled variants wrap these same methods).
 
-    WEIGHT LAYOUT: on a CPU every projection is stored transposed ([in, out], contiguous) and
-    applied as x @ W: for one row, torch's CPU matrix-vector product then streams weights at
-    22-27 GB/s against 8-9 GB/s for the checkpoint's [out, in] layout (one thread, weights
-    larger than the caches; measured in this repository's benchmarks/generate.py VM), and it
-    scales with threads where the other does not. The price is a copy of the projections that
-    were not already fused copies. Other devices keep [out, in] (F.linear)."""
+    WEIGHT LAYOUT: every projection is held as [in, out] and applied as x @ W. On a CPU, one
+    with more outputs than inputs is stored that way contiguously (a copy; the fused ones are
+    copies anyway), the others stay views of the checkpoint's [out, in] tensor: torch's CPU
+    matrix-vector product streams weights fast only along a long contiguous dimension (one
+    thread, 24 MB of weights on this repository's benchmark VM: [256 -> 2048] 22 GB/s stored
+    [in, out] against 8 GB/s [out, in]; [1024 -> 256] 16 GB/s [out, in] against 8 GB/s [in, out]).
+    Other devices keep views (no copies beyond the fused weights)."""
 
     def __init__(self, model) -> None:
         config = model.config
-        self.transposed = model.device.type == "cpu"
+        self.cpu = model.device.type == "cpu"
         inner = model.model
         encoder, decoder = inner.local_encoder, inner.local_decoder
         self.d = config.hidden_size
@@ -104,13 +106,13 @@ class StepKernels:
         self.global_layers = [self._global(block) for block in inner.layers]
 
     def _layout(self, weight: Tensor) -> Tensor:
-        """An [out, in] projection weight in this device's layout (see WEIGHT LAYOUT)."""
-        return weight.t().contiguous() if self.transposed else weight
+        """An [out, in] projection weight as [in, out] (see WEIGHT LAYOUT)."""
+        wide = weight.shape[0] > weight.shape[1]
+        return weight.t().contiguous() if self.cpu and wide else weight.t()
 
-    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x [B, in] through a projection stored by `_layout`."""
-        if not self.transposed:
-            return F.linear(x, weight, bias)
+    @staticmethod
+    def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x [B, in] through a projection held by `_layout`."""
         return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
 
     def _local(self, layer) -> LocalLayerWeights:
