@@ -90,3 +90,25 @@ def test_cli_side_by_side_with_chart(tiny_model_dir, tmp_path):
     (label,) = data["accuracy"]  # the same model twice is one column
     assert set(data["accuracy"][label]) == {"spell", "sub_char", "average"}
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("schema", ["prompts", "tsv-columns", "other"])
+def test_hub_task_reads_either_schema(schema, monkeypatch):
+    import datasets
+
+    local = cute.read_task(DATA, "spell", limit=2)
+    tables = {"prompts": {"prompt": [e.question for e in local], "answer": [e.label for e in local]},
+              "tsv-columns": {"input1": ["the", "and"], "label": ["t h e", "a n d"]},
+              "other": {"text": ["the"]}}
+
+    def fake_load_dataset(name, split):
+        assert (name, split) == (cute.HUB_DATASET, "spell")
+        return datasets.Dataset.from_dict(tables[schema])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    if schema == "other":
+        with pytest.raises(BolmoError, match="expected columns prompt and answer, or input1"):
+            cute.load_hub_task("spell")
+        return
+    examples = cute.load_hub_task("spell", limit=2)
+    assert [(e.question, e.label) for e in examples] == [(e.question, e.label) for e in local]

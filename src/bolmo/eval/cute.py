@@ -67,7 +67,10 @@ def read_task(data_dir: Path, task: str, limit: int | None = None) -> list[CuteE
 
 
 def load_hub_task(task: str, limit: int | None = None) -> list[CuteExample]:
-    """Examples of `task` from the Hub dataset (split = task name, columns prompt and answer)."""
+    """Examples of `task` from the Hub dataset (split = task name). Two schemas are read, since the
+    published one could not be checked from here (no network): ready prompts (columns prompt,
+    answer) or the benchmark's own TSV columns (input1[, input2, input3], label), which get the
+    task's 4-shot instruction as the local copies do."""
     try:
         from datasets import load_dataset
 
@@ -75,10 +78,15 @@ def load_hub_task(task: str, limit: int | None = None) -> list[CuteExample]:
     except Exception as exc:  # offline, missing split, or datasets not installed
         raise BolmoError(f"cannot load {HUB_DATASET} split {task} from the Hub ({exc}); pass --data DIR "
                          "with a local copy") from None
-    if not {"prompt", "answer"} <= set(split.column_names):
-        raise BolmoError(f"{HUB_DATASET} split {task}: expected columns prompt and answer, got {split.column_names}")
+    columns = set(split.column_names)
+    inputs = sorted((c for c in columns if c.startswith("input")), key=lambda c: int(c[5:] or 0))
+    if not ({"prompt", "answer"} <= columns or ("label" in columns and inputs)):
+        raise BolmoError(f"{HUB_DATASET} split {task}: expected columns prompt and answer, or input1[, input2, "
+                         f"input3] and label; got {split.column_names}")
     rows = split if limit is None else split.select(range(min(limit, len(split))))
-    return [CuteExample(task, row["prompt"], row["answer"]) for row in rows]
+    if {"prompt", "answer"} <= columns:
+        return [CuteExample(task, row["prompt"], row["answer"]) for row in rows]
+    return [CuteExample(task, prompts()[task].format(*(row[c] for c in inputs)), row["label"]) for row in rows]
 
 
 def extract_answer(text: str) -> str:
