@@ -47,7 +47,7 @@ class Reference:
             sys.exit(f"--reference {reference}: no refbolmo/modeling_bolmo.py there")
         if not python.is_file():
             sys.exit(f"the reference venv is missing ({python}): run {reference}/setup.sh")
-        env = dict(os.environ, PYTHONPATH=str(reference), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+        env = dict(os.environ, PYTHONPATH=str(reference.resolve()), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
         self.process = subprocess.Popen([str(python), "-u", str(WORKER), str(model_dir), str(threads), device, dtype],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                         cwd=str(model_dir))
