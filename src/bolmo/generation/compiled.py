@@ -77,9 +77,10 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     """The step functions for `model`: its fused kernels, compiled when `compile` (None: the
     BOLMO_COMPILE environment variable) asks for it. Compiled functions are kept per set of fused
     weights, so compilation (and its warm-up) is paid once per model and process."""
-    kernels = kernels_for(model)
     if not (compile_by_default() if compile is None else compile):
+        kernels = kernels_for(model)
         return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_layer, False, False)
+    kernels = kernels_for(model, for_compile=True)
     functions = _COMPILED.get(kernels)
     if functions is None:
         # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
