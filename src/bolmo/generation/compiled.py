@@ -1,13 +1,14 @@
 """The decode step's functions, eager or compiled with `torch.compile`.
 
-Compiling turns each step function (encoder step; decoder step + LM head; one global block) into one graph of
-fused kernels (inductor's C++ on a CPU, Triton + CUDA graphs on a GPU), which removes most of the
-per-operation dispatch cost of a step. It costs a one-off compilation (tens of seconds on a small
-CPU; inductor's on-disk cache makes later processes faster), so it pays off for long generations
-and servers, not for a single short command; it is therefore opt-in (`BOLMO_COMPILE=1`, or
-`compile=True`). Where compilation is unavailable (no C++ compiler, an unsupported platform) the
-step runs eagerly after a one-line notice. The global block's step attends over every slot of
-the cache (masked), so its shapes change only when the cache grows (by doubling).
+Compiling turns each step function (encoder step; decoder step + LM head; the global blocks'
+step) into one graph of fused kernels (inductor's C++ on a CPU, Triton + CUDA graphs on a GPU),
+which removes most of the per-operation dispatch cost of a step. It costs a one-off compilation
+(tens of seconds on a small CPU; inductor's on-disk cache makes later processes faster), so it
+pays off for long generations, evaluations and servers, not for a single short command; it is
+therefore opt-in (`BOLMO_COMPILE=1`, or `compile=True`). Where compilation is unavailable (no C++
+compiler, an unsupported platform) the step runs eagerly after a one-line notice. The compiled
+global step runs every row and attends over a multiple of 64 cache slots, so its shapes change
+only every 64 patches (bolmo.generation.kv_cache.KVCache.step_fused).
 """
 
 from __future__ import annotations
@@ -34,16 +35,12 @@ class StepFunctions:
     fused: StepKernels
     encode: Callable[..., torch.Tensor]
     decode: Callable[..., torch.Tensor]
-    global_layer: Callable[..., torch.Tensor]  # one global block's step (see KVCache.step_fused)
+    global_step: Callable[..., torch.Tensor]  # the global blocks' step (see KVCache.step_fused)
     compiled: bool
     # The global step runs every row of the batch, branch-free (KVCache.step_fused): what compiled
     # steps need (shapes that never depend on which rows closed a patch); eager steps compute only
     # the rows that closed one (measured faster on a CPU at batch 32: 1,267 vs 1,159 bytes/s).
     every_row: bool
-
-    @property
-    def global_layers(self) -> list:
-        return self.fused.global_layers
 
 
 class _CompiledOrEager:
@@ -79,7 +76,7 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     weights, so compilation (and its warm-up) is paid once per model and process."""
     if not (compile_by_default() if compile is None else compile):
         kernels = kernels_for(model)
-        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_layer, False, False)
+        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_step, False, False)
     kernels = kernels_for(model, for_compile=True)
     functions = _COMPILED.get(kernels)
     if functions is None:
@@ -87,6 +84,6 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
         mode = "reduce-overhead" if model.device.type == "cuda" else None
         functions = StepFunctions(kernels, _CompiledOrEager(kernels.encode, mode),
                                   _CompiledOrEager(kernels.decode, mode),
-                                  _CompiledOrEager(kernels.global_layer, mode), True, True)
+                                  _CompiledOrEager(kernels.global_step, mode), True, True)
         _COMPILED[kernels] = functions
     return functions

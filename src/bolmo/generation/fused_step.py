@@ -233,6 +233,16 @@ class StepKernels:
         return x + _rms(self._linear(F.silu(gate) * up, w.w_down), w.post_ff_norm, self.global_eps)
 
 
+    def global_step(self, x: Tensor, layers: list[tuple[Tensor, ...]], write_rows: Tensor,
+                    rows: Tensor | None) -> Tensor:
+        """x [R, D] through every global block: `layers[i]` = (cos, sin, keys, values, slot,
+        bias) for block i (see `global_layer`). One function for the whole stack, so a compiled
+        step is one graph call per patch, not one per block."""
+        for w, (cos, sin, keys, values, slot, bias) in zip(self.global_layers, layers):
+            x = self.global_layer(x, w, cos, sin, keys, values, write_rows, slot, bias, rows)
+        return x
+
+
 def _one_query_attention(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
     """Softmax attention of one query per row: q [B, H, 1, hd] over keys/values [B, KV, S, hd]
     (query heads grouped over the KV heads, GQA), `bias` [B, 1, 1, S] added to the scores ->

@@ -174,7 +174,7 @@ class KVCache:
         write_rows = rows if subset else torch.arange(batch, device=pos.device)
         per_window: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
         per_table: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        y = x[rows] if subset else x
+        layers = []
         for i in range(len(self.windows)):
             window = self.windows[i]
             if window not in per_window:
@@ -186,9 +186,8 @@ class KVCache:
             cos, sin = self.rope[i]
             if id(cos) not in per_table:
                 per_table[id(cos)] = (cos[pos][:, None, None], sin[pos][:, None, None])  # [R, 1, 1, hd]
-            y = kernels.global_layer(y, kernels.global_layers[i], *per_table[id(cos)],
-                                     self.keys[i], self.values[i], write_rows, slot, bias,
-                                     rows if subset else None)
+            layers.append((*per_table[id(cos)], self.keys[i], self.values[i], slot, bias))
+        y = kernels.global_step(x[rows] if subset else x, layers, write_rows, rows if subset else None)
         if some:
             self.lengths[rows] += 1
         else:
