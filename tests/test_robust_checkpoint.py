@@ -121,7 +121,16 @@ def test_fresh_leftover_of_a_dead_run_is_swept_at_once(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_signals_are_held_then_delivered():
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test, even when pytest was started with SIGINT ignored
+    (as a background job of a non-interactive shell is: Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signals_are_held_then_delivered(python_sigint):
     reached = []
     with pytest.raises(KeyboardInterrupt):
         with signals_held():
@@ -130,7 +139,7 @@ def test_signals_are_held_then_delivered():
     assert reached == [True]
 
 
-def test_ctrl_c_inside_torchs_reader_is_an_interruption(monkeypatch, tmp_path):
+def test_ctrl_c_inside_torchs_reader_is_an_interruption(monkeypatch, tmp_path, python_sigint):
     """torch's zip reader calls back into Python; a KeyboardInterrupt raised in such a callback
     comes back out as another error (seen: AttributeError: '_ByteRange' object has no attribute
     'read'), which used to be reported as a corrupt item. Simulated here the way it happens."""
