@@ -123,3 +123,16 @@ def test_compiled_step_equals_eager(tiny_model_dir, monkeypatch):
             torch.testing.assert_close(b, a, atol=1e-4, rtol=0)
             token = a.argmax(-1) % PLAIN_VOCAB
             ids.append(int(token))
+
+
+@pytest.mark.slow
+def test_cli_compile_flag_decodes_the_same_bytes(capsys, monkeypatch):
+    from bolmo.cli import main
+
+    monkeypatch.delenv(compiled.COMPILE_ENV, raising=False)
+    assert main(["generate", "The json module", "--max-new-bytes", "24"]) == 0
+    eager = capsys.readouterr().out
+    monkeypatch.setenv(compiled.COMPILE_ENV, "0")  # restored after the test; --compile overrides it
+    assert main(["generate", "The json module", "--max-new-bytes", "24", "--compile"]) == 0
+    assert capsys.readouterr().out == eager
+    assert compiled.compile_by_default()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bolmo.cli.model_commands import DTYPES
+from bolmo.cli.model_commands import DTYPES, add_compile_argument, apply_compile
 from bolmo.errors import BolmoError
 
 
@@ -24,6 +24,7 @@ def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | 
     parser.add_argument("--output", type=Path, default=None if output is None else Path(output),
                         help=f"JSON results file (default {output})" if output else "JSON results file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_compile_argument(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,6 +83,7 @@ def _load(source: str | None, args: argparse.Namespace):
 
     import bolmo
 
+    apply_compile(args)
     return bolmo.load(source, device=args.device, dtype=getattr(torch, args.dtype))
 
 
@@ -107,6 +109,7 @@ def _check_batch(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------ harness
 def run_harness(args: argparse.Namespace) -> int:
     _check_batch(args)
+    apply_compile(args)
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager

@@ -8,7 +8,7 @@ import codecs
 import os
 import sys
 
-from bolmo.cli.model_commands import add_model_arguments, load_from_args
+from bolmo.cli.model_commands import add_compile_argument, add_model_arguments, load_from_args
 
 PATCH_SEPARATOR = "|"
 _PATCH_STYLES = ("black on cyan", "black on yellow")  # alternate per patch
@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--show-patches", action="store_true",
                      help="print prompt and continuation with patch boundaries (subword models: token "
                           f"boundaries) marked: colours in a terminal, '{PATCH_SEPARATOR}' otherwise")
+    add_compile_argument(gen)
     gen.set_defaults(handler=run_generate)
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 from bolmo.errors import BolmoError
@@ -22,11 +23,26 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | No
                         help="dtype the weights are loaded in (default float32)")
 
 
+def add_compile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compile", action="store_true",
+                        help="decode through torch.compile (as BOLMO_COMPILE=1 does): about twice as fast at "
+                             "batch 1 on a CPU, after a one-off compilation of 6-90 s")
+
+
+def apply_compile(args: argparse.Namespace) -> None:
+    """--compile: every decoding engine of this process compiles its step (the default they read)."""
+    if getattr(args, "compile", False):
+        from bolmo.generation.compiled import COMPILE_ENV
+
+        os.environ[COMPILE_ENV] = "1"
+
+
 def load_from_args(args: argparse.Namespace):
     import torch
 
     import bolmo
 
+    apply_compile(args)
     return bolmo.load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from bolmo.cli.model_commands import add_model_arguments
+from bolmo.cli.model_commands import add_compile_argument, add_model_arguments
 from bolmo.errors import ServeError
 
 DEFAULT_MODEL_NAME = "bolmo-default"  # the served id of the bundled model
@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                  "(default 64)")
     serve.add_argument("--model-name", default=None, help="the model id clients name (default: --model, or "
                                                           f"{DEFAULT_MODEL_NAME!r} for the bundled model)")
+    add_compile_argument(serve)
     serve.set_defaults(handler=run_serve)
 
 
