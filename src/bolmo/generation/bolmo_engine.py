@@ -137,12 +137,9 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
     if closing:
         # The global model steps when a row closed a patch, and only those rows take the new
         # patch value (computed alone or with every row: StepFunctions.every_row).
-        value = k.fused.patch_value(state.cache.step_fused(k.fused.patch_in(h), closing, k, k.every_row))
-        if len(closing) == h.shape[0]:
-            state.patch_value = value
-        else:
-            rows = torch.tensor(closing, device=h.device)
-            state.patch_value = state.patch_value.index_copy(0, rows, value)
+        rows = None if len(closing) == h.shape[0] else torch.tensor(closing, device=h.device)
+        value = k.fused.patch_value(state.cache.step_fused(k.fused.patch_in(h), closing, rows, k, k.every_row))
+        state.patch_value = value if rows is None else state.patch_value.index_copy(0, rows, value)
     return k.decode(h, state.patch_value, *state_tensors(state.decoder))
 
 

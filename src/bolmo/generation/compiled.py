@@ -36,7 +36,6 @@ class StepFunctions:
     encode: Callable[..., torch.Tensor]
     decode: Callable[..., torch.Tensor]
     global_step: Callable[..., torch.Tensor]  # the global blocks' step (see KVCache.step_fused)
-    compiled: bool
     # The global step runs every row of the batch, branch-free (KVCache.step_fused): what compiled
     # steps need (shapes that never depend on which rows closed a patch); eager steps compute only
     # the rows that closed one (measured faster on a CPU at batch 32: 1,267 vs 1,159 bytes/s).
@@ -76,7 +75,7 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     weights, so compilation (and its warm-up) is paid once per model and process."""
     if not (compile_by_default() if compile is None else compile):
         kernels = kernels_for(model)
-        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_step, False, False)
+        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_step, False)
     kernels = kernels_for(model, for_compile=True)
     functions = _COMPILED.get(kernels)
     if functions is None:
@@ -84,6 +83,6 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
         mode = "reduce-overhead" if model.device.type == "cuda" else None
         functions = StepFunctions(kernels, _CompiledOrEager(kernels.encode, mode),
                                   _CompiledOrEager(kernels.decode, mode),
-                                  _CompiledOrEager(kernels.global_step, mode), True, True)
+                                  _CompiledOrEager(kernels.global_step, mode), True)
         _COMPILED[kernels] = functions
     return functions

@@ -148,10 +148,11 @@ class KVCache:
             self.host_lengths[r] += 1
         return x
 
-    def step_fused(self, x: torch.Tensor, host_rows: list[int], kernels: GlobalStep, every_row: bool
-                   ) -> torch.Tensor:
-        """The fused global step for the rows in `host_rows` (x [B, D]: every row's patch input),
-        each at its own next position: returns their outputs [R, D], in `host_rows` order.
+    def step_fused(self, x: torch.Tensor, host_rows: list[int], rows: torch.Tensor | None, kernels: GlobalStep,
+                   every_row: bool) -> torch.Tensor:
+        """The fused global step for the rows in `host_rows` (x [B, D]: every row's patch input;
+        `rows` the same on the device, None when every row steps), each at its own next position:
+        returns their outputs [R, D], in `host_rows` order.
 
         every_row=False computes only those rows: their caches are gathered for attention, a
         copy of R rows' slots per layer. every_row=True runs the layers on every row,
@@ -161,9 +162,8 @@ class KVCache:
         and keeps shapes independent of which rows closed a patch (compiled steps, CUDA graphs).
         """
         batch = len(self.host_lengths)
-        some = len(host_rows) < batch
+        some = rows is not None
         subset = some and not every_row
-        rows = torch.tensor(host_rows, device=x.device) if some else None
         needed = max(self.host_lengths[r] for r in host_rows) + 1 if subset else max(self.host_lengths) + 1
         self.reserve(needed)
         # Attention reads the slots up to the longest row's position, rounded up to a multiple
