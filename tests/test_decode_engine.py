@@ -47,7 +47,7 @@ def test_fused_step_matches_module_step(fixture_model_dir, every_row):
     histories = [tokenizer.encode(p) for p in PROMPTS]
     with torch.inference_mode(), cpu_threads(model):
         fused = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
-        fused.kernels = dataclasses.replace(fused.kernels, every_row=every_row)
+        fused.kernels = dataclasses.replace(fused.kernels, every_row=every_row)  # eager, either way
         plain = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
         # Start every row as if its last prompt id closed a patch, then follow the fused greedy path.
         tokens = [ids[-1] + PLAIN_VOCAB for ids in histories]
@@ -98,7 +98,7 @@ def test_compile_failure_falls_back_with_one_notice(tiny_model_dir, monkeypatch,
         again = generate_ids(model, ["Hello there"], max_new_bytes=12)[0]
     assert (result.data, again.data) == (expected.data, expected.data)
     notices = [r.getMessage() for r in caplog.records if r.name == "bolmo"]
-    assert len(notices) == 3  # one per compiled function (encoder, decoder, global step), then eager for good
+    assert len(notices) == 2  # one per compiled function (local step, patch step), then eager for good
     assert all("C++ compiler not found" in n and "\n" not in n for n in notices)
 
 
@@ -109,7 +109,7 @@ def test_compiled_step_equals_eager(tiny_model_dir, monkeypatch):
     eager = generate_ids(model, prompts, max_new_bytes=40)
     monkeypatch.setenv(compiled.COMPILE_ENV, "1")
     functions = compiled.step_functions(model)
-    assert functions.every_row and isinstance(functions.encode, compiled._CompiledOrEager)
+    assert functions.every_row and isinstance(functions.patch_step, compiled._CompiledOrEager)
     fast = generate_ids(model, prompts, max_new_bytes=40)
     assert [(r.data, r.boundaries) for r in fast] == [(r.data, r.boundaries) for r in eager]
     # Logits, step by step, against the eager kernels.

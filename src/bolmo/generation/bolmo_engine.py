@@ -131,16 +131,18 @@ def prefill(model, ids: list[int], generator: torch.Generator | None) -> Prefill
 def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: torch.Tensor | None,
                 closing: list[int]) -> torch.Tensor:
     """Feed each row's last byte ([B] plain ids; `closing`: the rows whose byte ends a patch) and
-    return the logits [B, 520] for the next one."""
-    k = state.kernels
-    h = k.encode(byte_ids, expanded, *state_tensors(state.encoder))
-    if closing:
-        # The global model steps when a row closed a patch, and only those rows take the new
-        # patch value (computed alone or with every row: StepFunctions.every_row).
-        rows = None if len(closing) == h.shape[0] else torch.tensor(closing, device=h.device)
-        value = k.fused.patch_value(state.cache.step_fused(k.fused.patch_in(h), closing, rows, k, k.every_row))
-        state.patch_value = value if rows is None else state.patch_value.index_copy(0, rows, value)
-    return k.decode(h, state.patch_value, *state_tensors(state.decoder))
+    return the logits [B, 520] for the next one. One call of the step function (one compiled
+    graph): the global model steps inside it when a row closed a patch, and only those rows
+    take the new patch value."""
+    k, cache = state.kernels, state.cache
+    encoder, decoder = state_tensors(state.encoder), state_tensors(state.decoder)
+    if not closing:
+        return k.local_step(byte_ids, expanded, encoder, decoder, state.patch_value)
+    rows = None if len(closing) == len(byte_ids) else torch.tensor(closing, device=byte_ids.device)
+    logits, state.patch_value = k.patch_step(byte_ids, expanded, encoder, decoder, state.patch_value,
+                                             cache.step_inputs(closing, rows, k.every_row), k.every_row)
+    cache.advance(closing, rows)
+    return logits
 
 
 def initial_state(model, prefills: list[Prefill], compile: bool | None = None) -> DecodeState:

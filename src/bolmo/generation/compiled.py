@@ -1,14 +1,15 @@
 """The decode step's functions, eager or compiled with `torch.compile`.
 
-Compiling turns each step function (encoder step; decoder step + LM head; the global blocks'
-step) into one graph of fused kernels (inductor's C++ on a CPU, Triton + CUDA graphs on a GPU),
-which removes most of the per-operation dispatch cost of a step. It costs a one-off compilation
+Compiling turns the whole decode step (encoder step, the global blocks' step when a row closed a
+patch, decoder step and LM head: StepKernels.local_step and patch_step) into one graph of fused kernels
+(inductor's C++ on a CPU, Triton + CUDA graphs on a GPU), which removes most of the per-operation
+dispatch cost of a step: one graph call per byte. It costs a one-off compilation
 (tens of seconds on a small CPU; inductor's on-disk cache makes later processes faster), so it
 pays off for long generations, evaluations and servers, not for a single short command; it is
 therefore opt-in (`BOLMO_COMPILE=1`, or `compile=True`). Where compilation is unavailable (no C++
 compiler, an unsupported platform) the step runs eagerly after a one-line notice. The compiled
 global step runs every row and attends over a multiple of 64 cache slots, so its shapes change
-only every 64 patches (bolmo.generation.kv_cache.KVCache.step_fused).
+only every 64 patches (bolmo.generation.kv_cache.KVCache.step_inputs).
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ COMPILE_ENV = "BOLMO_COMPILE"  # "1": compile the decode step by default
 
 @dataclass
 class StepFunctions:
-    """What a decode step calls: the fused kernels and their encode/decode functions."""
+    """What a decode step calls: the fused kernels and their whole-step functions
+    (StepKernels.local_step and patch_step, eager or compiled)."""
 
     fused: StepKernels
-    encode: Callable[..., torch.Tensor]
-    decode: Callable[..., torch.Tensor]
-    global_step: Callable[..., torch.Tensor]  # the global blocks' step (see KVCache.step_fused)
-    # The global step runs every row of the batch, branch-free (KVCache.step_fused): what compiled
-    # steps need (shapes that never depend on which rows closed a patch); eager steps compute only
-    # the rows that closed one (measured faster on a CPU at batch 32: 1,267 vs 1,159 bytes/s).
+    local_step: Callable[..., torch.Tensor]
+    patch_step: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    # With some rows closing a patch, the global step runs every row, branch-free (see
+    # StepKernels.patch_step): what compiled steps need; eager steps compute only the closing rows.
     every_row: bool
 
 
@@ -75,14 +75,13 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     weights, so compilation (and its warm-up) is paid once per model and process."""
     if not (compile_by_default() if compile is None else compile):
         kernels = kernels_for(model)
-        return StepFunctions(kernels, kernels.encode, kernels.decode, kernels.global_step, False)
+        return StepFunctions(kernels, kernels.local_step, kernels.patch_step, False)
     kernels = kernels_for(model, for_compile=True)
     functions = _COMPILED.get(kernels)
     if functions is None:
         # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
         mode = "reduce-overhead" if model.device.type == "cuda" else None
-        functions = StepFunctions(kernels, _CompiledOrEager(kernels.encode, mode),
-                                  _CompiledOrEager(kernels.decode, mode),
-                                  _CompiledOrEager(kernels.global_step, mode), True)
+        functions = StepFunctions(kernels, _CompiledOrEager(kernels.local_step, mode),
+                                  _CompiledOrEager(kernels.patch_step, mode), True)
         _COMPILED[kernels] = functions
     return functions

@@ -10,14 +10,10 @@ row can run ahead of the others (Bolmo rows close patches at different bytes).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from bolmo.generation.fused_step import GlobalCache
 from bolmo.model.transformer import OlmoBlockStack
-
-if TYPE_CHECKING:
-    from bolmo.generation.compiled import StepFunctions as GlobalStep
 
 ATTENTION_BLOCK = 64  # the fused global step attends over a multiple of this many cache slots
 
@@ -148,53 +144,33 @@ class KVCache:
             self.host_lengths[r] += 1
         return x
 
-    def step_fused(self, x: torch.Tensor, host_rows: list[int], rows: torch.Tensor | None, kernels: GlobalStep,
-                   every_row: bool) -> torch.Tensor:
-        """The fused global step for the rows in `host_rows` (x [B, D]: every row's patch input;
-        `rows` the same on the device, None when every row steps), each at its own next position:
-        returns their outputs [R, D], in `host_rows` order.
+    def step_inputs(self, host_rows: list[int], rows: torch.Tensor | None, every_row: bool) -> GlobalCache:
+        """What the fused global step (StepKernels.global_step) reads for a step of the rows in
+        `host_rows` (`rows`: the same on the device, None when every row steps), making room
+        for their new positions first. Call `advance` after the step.
 
-        every_row=False computes only those rows: their caches are gathered for attention, a
-        copy of R rows' slots per layer. every_row=True runs the layers on every row,
-        branch-free: a row outside `host_rows` has its output discarded, and its key/value land
-        in the slot its own next step overwrites before attending (its length does not advance),
-        so nothing it will see changes. That trades the gather for the other rows' arithmetic,
-        and keeps shapes independent of which rows closed a patch (compiled steps, CUDA graphs).
-        """
-        batch = len(self.host_lengths)
-        some = rows is not None
-        subset = some and not every_row
-        needed = max(self.host_lengths[r] for r in host_rows) + 1 if subset else max(self.host_lengths) + 1
+        Attention reads the slots up to the longest position among the rows it computes (every
+        row with `every_row`), rounded up to a multiple of ATTENTION_BLOCK (the keys and values
+        handed over are views of those slots), so that a compiled step sees a new shape only
+        every that many patches: at batch 32 the cache, not the weights, is most of what a step
+        reads."""
+        computed = self.host_lengths if rows is None or every_row else [self.host_lengths[r] for r in host_rows]
+        needed = max(computed) + 1
         self.reserve(needed)
-        # Attention reads the slots up to the longest row's position, rounded up to a multiple
-        # of ATTENTION_BLOCK (a compiled step then sees a new shape only every that many
-        # patches): at batch 32 the cache, not the weights, is most of what a step reads.
-        visible_slots = -(-needed // ATTENTION_BLOCK) * ATTENTION_BLOCK
-        pos = self.lengths[rows] if subset else self.lengths
-        write_rows = rows if subset else torch.arange(batch, device=pos.device)
-        per_window: dict[int | None, tuple[torch.Tensor, torch.Tensor]] = {}
-        per_table: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        layers = []
-        for i in range(len(self.windows)):
-            window = self.windows[i]
-            if window not in per_window:
-                n = min(self.slots(i), visible_slots)
-                visible = torch.arange(n, device=pos.device) <= pos.unsqueeze(1)  # [R, n]
-                bias = torch.zeros(visible.shape, dtype=self.dtype, device=pos.device).masked_fill_(~visible, -torch.inf)
-                per_window[window] = (pos if window is None else pos % window, bias[:, None, None, :])
-            slot, bias = per_window[window]
-            cos, sin = self.rope[i]
-            if id(cos) not in per_table:
-                per_table[id(cos)] = (cos[pos][:, None, None], sin[pos][:, None, None])  # [R, 1, 1, hd]
-            layers.append((*per_table[id(cos)], self.keys[i], self.values[i], slot, bias))
-        y = kernels.global_step(x[rows] if subset else x, layers, write_rows, rows if subset else None)
-        if some:
-            self.lengths[rows] += 1
-        else:
+        visible = -(-needed // ATTENTION_BLOCK) * ATTENTION_BLOCK
+        # Views of the first slots: every slot a step writes lies below `needed` (a sliding
+        # layer's ring slot below its window), so writes through them land in the cache.
+        views = [(k[:, :, :visible], v[:, :, :visible]) for k, v in zip(self.keys, self.values)]
+        return GlobalCache([k for k, _ in views], [v for _, v in views], self.rope, self.lengths, rows)
+
+    def advance(self, host_rows: list[int], rows: torch.Tensor | None) -> None:
+        """The rows in `host_rows` (`rows` on the device, None for every row) took a step."""
+        if rows is None:
             self.lengths += 1
+        else:
+            self.lengths[rows] += 1
         for r in host_rows:
             self.host_lengths[r] += 1
-        return y[rows] if some and every_row else y
 
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         """Keep only `rows` (the same as a host list in `host_rows`), in that order."""
