@@ -1,5 +1,6 @@
 # python benchmarks/generate.py [--reference ../shared/reference] [--models d256 fixture 1b-local] [--lengths 128 512 2048]
-#                               [--batches 1 32] [--engines eager compiled] [--repeats 3] [--threads 1] [--name generate]
+#                               [--batches 1 32] [--engines eager compiled] [--repeats 3] [--threads 1]
+#                               [--reference-threads 1 2] [--name generate]
 """Generation throughput of the cached engine (bolmo.generation), against the reference
 implementation in the same run.
 
@@ -12,7 +13,8 @@ kernels) and `compiled` (the same under torch.compile; its compilation is timed 
 
 With `--reference PATH` (a checkout of the reference code with its venv, see
 benchmarks/reference.py) the reference generates the same bytes from the same random weights
-in a subprocess, interleaved with bolmo's runs: best of `--repeats` each, same thread count.
+in a subprocess, interleaved with bolmo's runs: best of `--repeats` each, same thread count
+(`--reference-threads 1 2` runs it at each count, and `vs_reference` is then against its fastest).
 
 Decode steps are timed one by one and split into local-only steps and steps that also run the
 global model; `local_vs_first` / `global_vs_first` give each kind's mean step time relative to the
@@ -160,7 +162,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--engines", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per figure")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (bolmo; the reference too by default)")
+    parser.add_argument("--reference-threads", type=int, nargs="+", default=None,
+                        help="thread counts to run the reference with (one worker each, interleaved); "
+                             "vs_reference is against the fastest of them (default: --threads)")
     parser.add_argument("--bandwidth", action="store_true",
                         help="measure memory bandwidth and report batch-1 decoding as a fraction of its bound")
     parser.add_argument("--name", default="generate", help="results file: benchmarks/results/NAME.json")
@@ -173,13 +178,15 @@ def main() -> None:
     rows: list[dict] = []
     for name in args.models:
         label, model = build(name)
-        reference = None
+        references = {}  # thread count -> worker
         if args.reference is not None:
             from reference import Reference, save_hf
 
             workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
-            reference = Reference(args.reference, save_hf(model, workdir), args.threads)
-            reference.generate([model.tokenizer.encode(PROMPT)], 8)  # warm-up
+            save_hf(model, workdir)
+            for threads in args.reference_threads or [args.threads]:
+                references[threads] = Reference(args.reference, workdir, threads)
+                references[threads].generate([model.tokenizer.encode(PROMPT)], 8)  # warm-up
         compile_s = math.nan
         for engine in args.engines:  # warm-up; for the compiled engine this is the compilation
             start = time.perf_counter()
@@ -191,20 +198,21 @@ def main() -> None:
             first: dict[tuple[str, bool | None], float] = {}
             for n in sorted(args.lengths):
                 best: dict[str, Timing] = {}
-                ref_best, ref_ids = math.inf, None
-                run_reference = reference is not None and batch == 1 and n in args.reference_lengths
-                for _ in range(args.repeats):  # interleaved: reference, then each bolmo engine
-                    if run_reference:
+                ref_best = {threads: math.inf for threads in references}
+                ref_ids = None
+                run_reference = bool(references) and batch == 1 and n in args.reference_lengths
+                for _ in range(args.repeats):  # interleaved: reference(s), then each bolmo engine
+                    for threads, reference in references.items() if run_reference else ():
                         reply = reference.generate([model.tokenizer.encode(PROMPT)], n)
-                        ref_best, ref_ids = min(ref_best, reply["seconds"]), reply["new_ids"][0]
+                        ref_best[threads], ref_ids = min(ref_best[threads], reply["seconds"]), reply["new_ids"][0]
                     for engine in args.engines:
                         t = timed_run(model, prompts, n, engine == "compiled")
                         if engine not in best or t.seconds < best[engine].seconds:
                             best[engine] = t
                 eager_data = best[args.engines[0]].data
-                if run_reference:
-                    rows.append({"model": label, "engine": "reference", "batch": 1, "new_bytes": n,
-                                 "bytes_per_s": len(ref_ids) / ref_best, "ms_per_step": 1e3 * ref_best / len(ref_ids),
+                for threads, seconds in ref_best.items() if run_reference else ():
+                    rows.append({"model": label, "engine": "reference", "threads": threads, "batch": 1, "new_bytes": n,
+                                 "bytes_per_s": len(ref_ids) / seconds, "ms_per_step": 1e3 * seconds / len(ref_ids),
                                  "same_bytes": same_prefix(bytes(i - BYTE_OFFSET for i in ref_ids), eager_data[0])})
                 alone = ""
                 if batch > 1 and n == min(args.lengths):  # every row equals its prompt alone
@@ -214,7 +222,7 @@ def main() -> None:
                     for kind, value in ms.items():
                         if not math.isnan(value):
                             first.setdefault((engine, kind), value)
-                    row = {"model": label, "engine": engine, "batch": batch, "new_bytes": n,
+                    row = {"model": label, "engine": engine, "threads": args.threads, "batch": batch, "new_bytes": n,
                            "bytes_per_s": t.bytes_per_s, "ms_per_step": ms[None],
                            "local_step_ms": ms[False], "global_step_ms": ms[True],
                            "bytes_per_patch": t.new_bytes / max(t.new_patches, 1),
@@ -225,8 +233,8 @@ def main() -> None:
                         per_byte = weight_bytes_per_step(model, sum(t.global_step) / len(t.global_step))
                         row["weight_mb_per_byte"] = round(per_byte / 1e6, 1)
                         row["bandwidth_fraction"] = round(per_byte * t.bytes_per_s / 1e9 / bandwidth, 2)
-                    if run_reference:
-                        row["vs_reference"] = round(t.bytes_per_s * ref_best / len(ref_ids), 2)
+                    if run_reference:  # against the reference's fastest thread count
+                        row["vs_reference"] = round(t.bytes_per_s * min(ref_best.values()) / len(ref_ids), 2)
                     if batch > 1:
                         single = next((r for r in rows if r["model"] == label and r["engine"] == engine
                                        and r["batch"] == 1 and r["new_bytes"] == n), None)
@@ -236,7 +244,7 @@ def main() -> None:
         for r in rows:
             if r["model"] == label and r["engine"] == "compiled":
                 r["compile_s"] = round(compile_s, 1)
-        if reference is not None:
+        for reference in references.values():
             reference.close()
         del model
     for r in rows:
@@ -244,11 +252,12 @@ def main() -> None:
                        "local_step_ms", "global_step_ms",
                        "bytes_per_patch", "rows_equal_alone", "local_vs_first", "global_vs_first"):
             r.setdefault(column, "")
-    report(args.name, rows, ["model", "engine", "batch", "new_bytes", "bytes_per_s", "vs_reference", "vs_batch_1",
+    report(args.name, rows, ["model", "engine", "threads", "batch", "new_bytes", "bytes_per_s", "vs_reference", "vs_batch_1",
                              "ms_per_step", "local_step_ms", "global_step_ms", "bytes_per_patch",
                              "local_vs_first", "global_vs_first", "same_bytes", "rows_equal_alone", "compile_s",
                              "weight_mb_per_byte", "bandwidth_fraction"],
            {"device": "cpu", "dtype": "float32", "greedy": True, "prompt": PROMPT, "threads": args.threads,
+            "reference_threads": args.reference_threads or [args.threads],
             "repeats": args.repeats, "reference": str(args.reference) if args.reference else None,
             "batch_prompts": "benchmarks/generate.py batch_prompts (mixed lengths)",
             "stream_bandwidth_gb_s": bandwidth})

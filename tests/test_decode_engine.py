@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bolmo.config import PLAIN_VOCAB
-from bolmo.generation import compiled
+from bolmo.generation import bolmo_engine, compiled
 from bolmo.generation import generate_ids
 from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state, prefill
 from bolmo.generation.fused_step import kernels_for
@@ -80,6 +80,41 @@ def test_fused_weights_follow_the_model(tiny_model_dir):
     w_in = rebuilt.decoder_layers[0].w_in  # [in, out], stored so on a CPU (more outputs than inputs)
     assert w_in.is_contiguous() and w_in.shape[0] < w_in.shape[1]
     torch.testing.assert_close(w_in.t()[2 * q_rows: 2 * q_rows + dv.shape[0]], dv)
+
+
+def test_small_models_step_on_one_thread_unless_compiled(tiny_model_dir):
+    model = load_fixture_model(tiny_model_dir)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = {}
+        for name, rows, is_compiled in (("eager", 1, False), ("eager batch", 32, False), ("compiled", 1, True)):
+            with cpu_threads(model, rows, is_compiled):
+                seen[name] = torch.get_num_threads()
+        assert seen == {"eager": 1, "eager batch": 2, "compiled": 2}
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_compiled_steps_only_for_small_batches(tiny_model_dir, monkeypatch):
+    model = copy.deepcopy(load_fixture_model(tiny_model_dir))
+    expected = generate_ids(model, ["Hello", "Hi there", ""], max_new_bytes=6)
+    calls = []
+
+    def counting_compile(fn, **kwargs):  # stands in for torch.compile: runs eagerly, counts calls
+        def run(*args):
+            calls.append(fn.__name__)
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(compiled.torch, "compile", counting_compile)
+    monkeypatch.setenv(compiled.COMPILE_ENV, "1")
+    monkeypatch.setattr(bolmo_engine, "COMPILED_ROWS", 2)
+    batched = generate_ids(model, ["Hello", "Hi there", ""], max_new_bytes=6)
+    assert calls == [] and [r.data for r in batched] == [r.data for r in expected]  # 3 rows: eager steps
+    single = generate_ids(model, ["Hello"], max_new_bytes=6)
+    assert single[0].data == expected[0].data and len(calls) == 6 and "patch_step" in calls
 
 
 def test_compile_failure_falls_back_with_one_notice(tiny_model_dir, monkeypatch, caplog):

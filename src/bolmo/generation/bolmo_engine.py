@@ -37,19 +37,26 @@ from bolmo.nn.mlstm import MLSTMState
 
 SMALL_MODEL_WIDTH = 1024  # below this hidden size, CPU decoding of small batches runs on one thread
 THREADED_BATCH = 16  # from this many rows, small models use the caller's threads too
+# From this many rows a compiled decoder steps eagerly: the compiled global step runs (and
+# attends for) every row, the eager one only the rows that closed a patch, which wins once the
+# KV cache outweighs the weights (d256, batch 32, 2,048 new bytes, two threads: 2,441 eager
+# against 1,461 compiled bytes/s).
+COMPILED_ROWS = 16
 
 
 @contextmanager
-def cpu_threads(model, rows: int = 1) -> Iterator[None]:
-    """Small models on the CPU, few rows: one intra-op thread. Every op of such a decode step is
-    microseconds of work, and some kernels (log_sigmoid, softmax) start a thread team even for a
-    handful of elements; waking it costs more than the op, ten times more on a busy machine
-    (measured on d256: batch 1 and 8 gain nothing from a second thread). From THREADED_BATCH rows
-    the matrix products are big enough to share (batch 32: +32% with two threads), and larger
-    models keep the caller's setting at any batch size."""
+def cpu_threads(model, rows: int = 1, compiled: bool = False) -> Iterator[None]:
+    """Small models on the CPU, few rows, eager steps: one intra-op thread. Every op of such a
+    step is microseconds of work, and some kernels (log_sigmoid, softmax) start a thread team
+    even for a handful of elements; waking it costs more than the op, ten times more on a busy
+    machine (measured on d256: eager batch 1 and 8 gain nothing from a second thread). From
+    THREADED_BATCH rows the matrix products are big enough to share (batch 32: +32% with two
+    threads), and larger models keep the caller's setting at any batch size. A compiled step
+    is one C++ kernel with its loops split across the threads: it keeps the caller's setting
+    too (d256, batch 1, two threads: 1.6-1.8x one thread)."""
     previous = torch.get_num_threads()
     single = (model.device.type == "cpu" and model.config.hidden_size < SMALL_MODEL_WIDTH and previous > 1
-              and rows < THREADED_BATCH)
+              and rows < THREADED_BATCH and not compiled)
     if single:
         torch.set_num_threads(1)
     try:
@@ -132,9 +139,11 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
                 closing: list[int]) -> torch.Tensor:
     """Feed each row's last byte ([B] plain ids; `closing`: the rows whose byte ends a patch) and
     return the logits [B, 520] for the next one. One call of the step function (one compiled
-    graph): the global model steps inside it when a row closed a patch, and only those rows
-    take the new patch value."""
+    graph; eager from COMPILED_ROWS rows): the global model steps inside it when a row closed a
+    patch, and only those rows take the new patch value."""
     k, cache = state.kernels, state.cache
+    if k.compiled and len(byte_ids) >= COMPILED_ROWS:
+        k = step_functions(model, compile=False)
     encoder, decoder = state_tensors(state.encoder), state_tensors(state.decoder)
     if not closing:
         return k.local_step(byte_ids, expanded, encoder, decoder, state.patch_value)
@@ -226,7 +235,7 @@ class BolmoEngine(Engine):
             expanded = torch.tensor([self.expander.expand_at(row.ids, len(row.ids) - 1) for row in rows],
                                     device=self.device)
         closing = [i for i, t in enumerate(host_tokens) if t >= PLAIN_VOCAB]
-        with cpu_threads(self.model, len(rows)):
+        with cpu_threads(self.model, len(rows), self.state.kernels.compiled and len(rows) < COMPILED_ROWS):
             return decode_step(self.model, self.state, tokens % PLAIN_VOCAB, expanded, closing)
 
     def keep_rows(self, keep: list[int]) -> None:

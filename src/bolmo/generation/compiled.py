@@ -40,6 +40,7 @@ class StepFunctions:
     # With some rows closing a patch, the global step runs every row, branch-free (see
     # StepKernels.patch_step): what compiled steps need; eager steps compute only the closing rows.
     every_row: bool
+    compiled: bool  # one graph per step: worth the caller's threads at any size (bolmo_engine.cpu_threads)
 
 
 class _CompiledOrEager:
@@ -75,13 +76,13 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     weights, so compilation (and its warm-up) is paid once per model and process."""
     if not (compile_by_default() if compile is None else compile):
         kernels = kernels_for(model)
-        return StepFunctions(kernels, kernels.local_step, kernels.patch_step, False)
+        return StepFunctions(kernels, kernels.local_step, kernels.patch_step, False, False)
     kernels = kernels_for(model, for_compile=True)
     functions = _COMPILED.get(kernels)
     if functions is None:
         # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
         mode = "reduce-overhead" if model.device.type == "cuda" else None
         functions = StepFunctions(kernels, _CompiledOrEager(kernels.local_step, mode),
-                                  _CompiledOrEager(kernels.patch_step, mode), True)
+                                  _CompiledOrEager(kernels.patch_step, mode), True, True)
         _COMPILED[kernels] = functions
     return functions
