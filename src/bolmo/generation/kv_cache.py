@@ -4,7 +4,9 @@ model (`bolmo.generation.bolmo_engine`, one position per patch) and subword OLMo
 
 `prefill` runs whole prompts and hands back every layer's keys/values; `KVCache.from_rows` stores
 them row by row, and `KVCache.step` then adds one position to each row, at that row's own next
-position. Rows never share positions, so a left-padded prompt decodes as it would alone and a
+position, through the blocks' own modules (subword decoding, and the tests' oracle). Bolmo's fused
+step reads the cache through `step_inputs` and moves it on with `advance`
+(bolmo.generation.fused_step.StepKernels.global_step). Rows never share positions, so a left-padded prompt decodes as it would alone and a
 row can run ahead of the others (Bolmo rows close patches at different bytes).
 """
 
