@@ -53,7 +53,7 @@ def cpu_threads(model, rows: int = 1, compiled: bool = False) -> Iterator[None]:
     THREADED_BATCH rows the matrix products are big enough to share (batch 32: +32% with two
     threads), and larger models keep the caller's setting at any batch size. A compiled step
     is one C++ kernel with its loops split across the threads: it keeps the caller's setting
-    too (d256, batch 1, two threads: 1.6-1.8x one thread)."""
+    too (d256, batch 1, two threads: 1.5-1.7x one thread)."""
     previous = torch.get_num_threads()
     single = (model.device.type == "cpu" and model.config.hidden_size < SMALL_MODEL_WIDTH and previous > 1
               and rows < THREADED_BATCH and not compiled)

@@ -1,9 +1,9 @@
 """The decode step's functions, eager or compiled with `torch.compile`.
 
 Compiling turns the whole decode step (encoder step, the global blocks' step when a row closed a
-patch, decoder step and LM head: StepKernels.local_step and patch_step) into one graph of fused kernels
-(inductor's C++ on a CPU, Triton + CUDA graphs on a GPU), which removes most of the per-operation
-dispatch cost of a step: one graph call per byte. It costs a one-off compilation
+patch, decoder step and LM head: StepKernels.local_step and patch_step) into one graph of fused
+kernels (inductor's C++ on a CPU, Triton + CUDA graphs on a GPU), which removes most of the
+per-operation dispatch cost of a step: one graph call per byte. It costs a one-off compilation
 (tens of seconds on a small CPU; inductor's on-disk cache makes later processes faster), so it
 pays off for long generations, evaluations and servers, not for a single short command; it is
 therefore opt-in (`BOLMO_COMPILE=1`, or `compile=True`). Where compilation is unavailable (no C++

@@ -6,8 +6,9 @@ model (`bolmo.generation.bolmo_engine`, one position per patch) and subword OLMo
 them row by row, and `KVCache.step` then adds one position to each row, at that row's own next
 position, through the blocks' own modules (subword decoding, and the tests' oracle). Bolmo's fused
 step reads the cache through `step_inputs` and moves it on with `advance`
-(bolmo.generation.fused_step.StepKernels.global_step). Rows never share positions, so a left-padded prompt decodes as it would alone and a
-row can run ahead of the others (Bolmo rows close patches at different bytes).
+(bolmo.generation.fused_step.StepKernels.global_step). Rows never share positions, so a
+left-padded prompt decodes as it would alone and a row can run ahead of the others (Bolmo rows
+close patches at different bytes).
 """
 
 from __future__ import annotations
