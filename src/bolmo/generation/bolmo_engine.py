@@ -143,7 +143,7 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
     patch, and only those rows take the new patch value."""
     k, cache = state.kernels, state.cache
     if k.compiled and len(byte_ids) >= COMPILED_ROWS:
-        k = step_functions(model, compile=False)
+        k = k.eager
     encoder, decoder = state_tensors(state.encoder), state_tensors(state.decoder)
     if not closing:
         return k.local_step(byte_ids, expanded, encoder, decoder, state.patch_value)

@@ -41,6 +41,7 @@ class StepFunctions:
     # StepKernels.patch_step): what compiled steps need; eager steps compute only the closing rows.
     every_row: bool
     compiled: bool  # one graph per step: worth the caller's threads at any size (bolmo_engine.cpu_threads)
+    eager: StepFunctions | None = None  # compiled ones: the same model's eager functions (large batches)
 
 
 class _CompiledOrEager:
@@ -83,6 +84,7 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
         # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
         mode = "reduce-overhead" if model.device.type == "cuda" else None
         functions = StepFunctions(kernels, _CompiledOrEager(kernels.local_step, mode),
-                                  _CompiledOrEager(kernels.patch_step, mode), True, True)
+                                  _CompiledOrEager(kernels.patch_step, mode), True, True,
+                                  step_functions(model, compile=False))
         _COMPILED[kernels] = functions
     return functions
