@@ -21,6 +21,7 @@ from bolmo.generation import bolmo_engine, compiled
 from bolmo.generation import generate_ids
 from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state, prefill
 from bolmo.generation.fused_step import kernels_for
+from bolmo.nn.linear import ONEDNN
 from conftest import load_fixture_model
 
 PROMPTS = ["Hello", "", "Größe 大小 😀 ", "The quick brown fox jumps over the lazy dog. " * 2]
@@ -40,14 +41,21 @@ def module_step(model, state, byte_ids, expanded, closing) -> torch.Tensor:
     return model.lm_head(inner.norm(y))
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "mkl"])
 @pytest.mark.parametrize("every_row", [False, True], ids=["closing-rows", "every-row"])
-def test_fused_step_matches_module_step(fixture_model_dir, every_row):
+def test_fused_step_matches_module_step(fixture_model_dir, every_row, packed, monkeypatch):
     model = load_fixture_model(fixture_model_dir)
+    if packed and not ONEDNN:
+        pytest.skip("torch has no oneDNN backend here")
+    kernels = kernels_for(model)
+    monkeypatch.setattr(kernels, "batch_onednn", packed)  # the batch's products: oneDNN-packed or MKL
+    monkeypatch.setattr(kernels, "packed", None)
     tokenizer = model.tokenizer
     histories = [tokenizer.encode(p) for p in PROMPTS]
     with torch.inference_mode(), cpu_threads(model):
         fused = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
         fused.kernels = dataclasses.replace(fused.kernels, every_row=every_row)  # eager, either way
+        assert fused.kernels.fused is kernels
         plain = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
         # Start every row as if its last prompt id closed a patch, then follow the fused greedy path.
         tokens = [ids[-1] + PLAIN_VOCAB for ids in histories]
@@ -63,6 +71,7 @@ def test_fused_step_matches_module_step(fixture_model_dir, every_row):
             tokens = a[:, 4:].argmax(-1).add(4).tolist()  # bytes only (special ids are masked anyway)
             for h, t in zip(histories, tokens):
                 h.append(t % PLAIN_VOCAB)
+    assert (kernels.packed is not None) == packed  # the packed weights served the batch
 
 
 def test_fused_weights_follow_the_model(tiny_model_dir):

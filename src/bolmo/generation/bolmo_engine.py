@@ -93,7 +93,7 @@ class DecodeState:
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         self.encoder = [s.index_select(rows) for s in self.encoder]
         self.decoder = [s.index_select(rows) for s in self.decoder]
-        self.patch_value = self.patch_value[rows]
+        self.patch_value = self.patch_value.index_select(0, rows)
         self.cache.keep_rows(rows, host_rows)
 
     # --- Continuous batching (bolmo serve) --------------------------------------------------------

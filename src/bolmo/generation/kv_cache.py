@@ -120,7 +120,7 @@ class KVCache:
         output [R, 1, D]. The other rows are not computed at all."""
         needed = max(self.host_lengths[r] for r in host_rows) + 1
         self.reserve(needed)
-        pos = self.lengths if rows is None else self.lengths[rows]
+        pos = self.lengths if rows is None else self.lengths.index_select(0, rows)
         write_rows = torch.arange(len(host_rows), device=pos.device) if rows is None else rows
         # Slots and masks per window size, RoPE rows per table: shared by layers of one kind.
         per_window: dict[int | None, tuple[torch.Tensor, int, torch.Tensor]] = {}
@@ -140,7 +140,7 @@ class KVCache:
             self.values[i][write_rows, :, slot] = v[:, :, 0]
             keys, values = self.keys[i][:, :, :n], self.values[i][:, :, :n]
             if rows is not None:  # a gather: only the rows that take a step attend
-                keys, values = keys[rows], values[rows]
+                keys, values = keys.index_select(0, rows), values.index_select(0, rows)
             x = block.finish(x, block.self_attn.attend(q, keys, values, mask))
         self.lengths[write_rows] += 1
         for r in host_rows:
@@ -177,9 +177,9 @@ class KVCache:
 
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         """Keep only `rows` (the same as a host list in `host_rows`), in that order."""
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
-        self.lengths = self.lengths[rows]
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.lengths = self.lengths.index_select(0, rows)
         self.host_lengths = [self.host_lengths[r] for r in host_rows]
 
     # --- Continuous batching (bolmo serve): rows joining a running batch -------------------------
