@@ -21,7 +21,7 @@ from bolmo.generation import bolmo_engine, compiled
 from bolmo.generation import generate_ids
 from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state, prefill
 from bolmo.generation.fused_step import kernels_for
-from bolmo.nn.linear import ONEDNN
+from bolmo.nn.onednn import ONEDNN
 from conftest import load_fixture_model
 
 PROMPTS = ["Hello", "", "Größe 大小 😀 ", "The quick brown fox jumps over the lazy dog. " * 2]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bolmo.nn.linear import ONEDNN, onednn_linear, pack
+from bolmo.nn.onednn import ONEDNN, onednn_linear, pack
 from bolmo.nn.mlstm import MLSTMState
 
 PACKED_FROM_ROWS = 2  # steps of this many rows use the oneDNN-packed weights (BATCHES)
@@ -85,7 +85,7 @@ class StepKernels:
     vectorised loop: d256's 38 step matrices in 0.96 ms (29.5 GB/s) against 1.78 ms (15.8 GB/s)
     for torch's matrix-vector products in the layout above. Several rows use F.linear.
 
-    BATCHES (several rows, eager, float32 on a CPU with oneDNN; bolmo.nn.linear): every
+    BATCHES (several rows, eager, float32 on a CPU with oneDNN; bolmo.nn.onednn): every
     projection also gets a copy packed for oneDNN (built at the first batched step, as much
     memory again as the step's weights): the step's 38 matrices (d256) take 1.6x less time than
     through MKL in the layout above from 2 rows on two threads, 1.3-1.5x from 4 rows on one."""

@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from bolmo.config import BolmoConfig
-from bolmo.nn.linear import Linear
 from bolmo.model.counts import Components, parameter_counts
 from bolmo.model.local import FORCE_OFF, LocalDecoder, LocalEncoder, pool
 from bolmo.model.transformer import OlmoBlockStack
@@ -53,7 +52,7 @@ class BolmoForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = BolmoModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tokenizer = None  # a bolmo.tokenizer.ByteTokenizer, set by bolmo.load
 
     @property

@@ -15,7 +15,6 @@ from torch import nn
 
 from bolmo.model.counts import Components, parameter_counts
 from bolmo.model.transformer import OlmoBlockStack
-from bolmo.nn.linear import Linear
 from bolmo.nn.norm import RMSNorm
 from bolmo.olmo.config import OlmoConfig
 
@@ -47,7 +46,7 @@ class OlmoForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = OlmoModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tokenizer = None
 
     @property
