@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bolmo.nn.onednn import ONEDNN, onednn_linear, pack
 from bolmo.nn.mlstm import MLSTMState
+from bolmo.nn.onednn import ONEDNN, onednn_linear, pack
 
 PACKED_FROM_ROWS = 2  # steps of this many rows use the oneDNN-packed weights (BATCHES)
 PACK_ROWS = 32  # the row count oneDNN's packed layout is chosen for (any count runs on it)
@@ -306,7 +306,8 @@ class StepKernels:
         h = self.encode(ids, expanded, *encoder_states)
         rows = cache.rows
         if rows is None or not every_row:
-            value = self.patch_value(self.global_step(self.patch_in(h if rows is None else h.index_select(0, rows)), cache, rows))
+            x = self.patch_in(h if rows is None else h.index_select(0, rows))
+            value = self.patch_value(self.global_step(x, cache, rows))
             patch_value = value if rows is None else patch_value.index_copy(0, rows, value)
         else:
             value = self.patch_value(self.global_step(self.patch_in(h), cache, None))
@@ -347,9 +348,9 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin).to(x.dtype)
 
 
-# One set of fused weights per model and kind (eager, for torch.compile), rebuilt when any source parameter is replaced or modified
-# in place (its data pointer or version counter changes). A weak map: no attribute on the model,
-# so its state dict and module tree stay exactly the checkpoint's.
+# One set of fused weights per model and kind (eager, for torch.compile), rebuilt when any source
+# parameter is replaced or modified in place (its data pointer or version counter changes). A weak
+# map: no attribute on the model, so its state dict and module tree stay exactly the checkpoint's.
 _KERNELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

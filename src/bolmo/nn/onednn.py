@@ -1,13 +1,13 @@
 """float32 matrix products on a CPU through oneDNN with weights packed once (batched decode steps).
 
 Why: torch's CPU `torch.mm` / `F.linear` in float32 call MKL's sgemm, which reorders ("packs")
-the weight matrix at every call (on this repository's AMD EPYC VM: 70-75 GFLOP/s per core on a
-1,024-square product; oneDNN 80-95 per core on Bolmo's projections over 4,000 rows). torch also ships oneDNN, whose linear kernel
-can run on a weight packed once ahead into its own layout.
-Measured on this repository's AMD EPYC benchmark VM with the 38 matrices of a `d256` decode step
-(27 MB): packed oneDNN took 1.6x less time than MKL from 2 rows on two threads and 1.3-1.5x from 4
-rows on one; for a single row MKL's matrix-vector product stays ahead (0.85-0.96x). Results differ
-from MKL's only in float32 summation order (~1e-6 relative per product).
+the weight matrix at every call (and on this repository's AMD EPYC VM reached 70-75 GFLOP/s per
+core on a 1,024-square product, oneDNN 80-95 on Bolmo's projections over 4,000 rows). torch also
+ships oneDNN, whose linear kernel can run on a weight packed once ahead into its own layout.
+Measured on that VM with the 38 matrices of a `d256` decode step (27 MB): packed oneDNN took 1.6x
+less time than MKL from 2 rows on two threads and 1.3-1.5x from 4 rows on one; for a single row
+MKL's matrix-vector product stays ahead (0.85-0.96x). Results differ from MKL's only in float32
+summation order (~1e-6 relative per product).
 
 Not used for whole-sequence forwards: without packing, oneDNN builds a kernel for every new row
 count (0.5-1 ms the first time a shape is seen), so prompts and documents of varied lengths ran
