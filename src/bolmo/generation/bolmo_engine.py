@@ -90,6 +90,11 @@ class DecodeState:
     cache: KVCache
     kernels: StepFunctions
 
+    def functions(self, rows: int) -> StepFunctions:
+        """The step functions a step of `rows` rows runs: compiled ones only below COMPILED_ROWS."""
+        k = self.kernels
+        return k.eager if k.compiled and rows >= COMPILED_ROWS else k
+
     def keep_rows(self, rows: torch.Tensor, host_rows: list[int]) -> None:
         self.encoder = [s.index_select(rows) for s in self.encoder]
         self.decoder = [s.index_select(rows) for s in self.decoder]
@@ -141,9 +146,7 @@ def decode_step(model, state: DecodeState, byte_ids: torch.Tensor, expanded: tor
     return the logits [B, 520] for the next one. One call of the step function (one compiled
     graph; eager from COMPILED_ROWS rows): the global model steps inside it when a row closed a
     patch, and only those rows take the new patch value."""
-    k, cache = state.kernels, state.cache
-    if k.compiled and len(byte_ids) >= COMPILED_ROWS:
-        k = k.eager
+    k, cache = state.functions(len(byte_ids)), state.cache
     encoder, decoder = state_tensors(state.encoder), state_tensors(state.decoder)
     if not closing:
         return k.local_step(byte_ids, expanded, encoder, decoder, state.patch_value)
@@ -235,7 +238,7 @@ class BolmoEngine(Engine):
             expanded = torch.tensor([self.expander.expand_at(row.ids, len(row.ids) - 1) for row in rows],
                                     device=self.device)
         closing = [i for i, t in enumerate(host_tokens) if t >= PLAIN_VOCAB]
-        with cpu_threads(self.model, len(rows), self.state.kernels.compiled and len(rows) < COMPILED_ROWS):
+        with cpu_threads(self.model, len(rows), self.state.functions(len(rows)).compiled):
             return decode_step(self.model, self.state, tokens % PLAIN_VOCAB, expanded, closing)
 
     def keep_rows(self, keep: list[int]) -> None:
