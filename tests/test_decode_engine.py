@@ -19,7 +19,8 @@ import torch
 from bolmo.config import PLAIN_VOCAB
 from bolmo.generation import bolmo_engine, compiled
 from bolmo.generation import generate_ids
-from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state, prefill
+from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state
+from bolmo.generation.bolmo_prefill import prefill_rows
 from bolmo.generation.fused_step import kernels_for
 from bolmo.nn.onednn import ONEDNN
 from conftest import load_fixture_model
@@ -53,10 +54,10 @@ def test_fused_step_matches_module_step(fixture_model_dir, every_row, packed, mo
     tokenizer = model.tokenizer
     histories = [tokenizer.encode(p) for p in PROMPTS]
     with torch.inference_mode(), cpu_threads(model):
-        fused = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
+        fused = initial_state(model, prefill_rows(model, histories, [None] * len(histories)), compile=False)
         fused.kernels = dataclasses.replace(fused.kernels, every_row=every_row)  # eager, either way
         assert fused.kernels.fused is kernels
-        plain = initial_state(model, [prefill(model, ids, None) for ids in histories], compile=False)
+        plain = initial_state(model, prefill_rows(model, histories, [None] * len(histories)), compile=False)
         # Start every row as if its last prompt id closed a patch, then follow the fused greedy path.
         tokens = [ids[-1] + PLAIN_VOCAB for ids in histories]
         for step in range(24):
@@ -159,7 +160,7 @@ def test_compiled_step_equals_eager(tiny_model_dir, monkeypatch):
     # Logits, step by step, against the eager kernels.
     with torch.inference_mode(), cpu_threads(model):
         ids = model.tokenizer.encode("Hello")
-        states = [initial_state(model, [prefill(model, ids, None)], compile=c) for c in (False, True)]
+        states = [initial_state(model, prefill_rows(model, [ids], [None]), compile=c) for c in (False, True)]
         token = torch.tensor([ids[-1]])
         for _ in range(10):
             expanded = torch.tensor([model.tokenizer.expander.expand_at(ids, len(ids) - 1)])

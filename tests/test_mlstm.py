@@ -219,6 +219,32 @@ def test_reset_forgets_the_prefix(dtype: torch.dtype) -> None:
     assert (layer(x[1:2], state.index_select(torch.tensor([1])))[0][0, 37:] - fresh[1]).abs().max() > 0.1
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_right_padding_leaves_each_row_its_own_state(with_state: bool) -> None:
+    """`valid` (batched prefills): a right-padded row ends with the state (and outputs) of the
+    row alone, even across extra all-padding chunks; without it the padding would be consumed."""
+    layer = make_layer()
+    lengths = [150, 64, 37, 1]  # the longest spans 3 chunks; 64 ends exactly on a chunk boundary
+    x = torch.randn(len(lengths), max(lengths), D)
+    state = random_state(len(lengths)) if with_state else None
+    valid = torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(1)
+    with torch.no_grad():
+        y, st = layer(x, state, valid=valid)
+        unmasked = layer(x, state)[1]
+        for row, n in enumerate(lengths):
+            own = None if state is None else state.index_select(torch.tensor([row]))
+            y_alone, st_alone = layer(x[row : row + 1, :n], own)
+            assert_close(y[row, :n], y_alone[0], atol=1e-5, rtol=1e-5)
+            for name in ("C", "n", "m"):
+                assert_close(getattr(st, name)[row], getattr(st_alone, name)[0], atol=1e-5, rtol=1e-5)
+        assert (unmasked.C[1:] - st.C[1:]).abs().amax() > 1e-2  # the padding would have changed them
+        # one step over a batch whose second row is padding keeps that row's state as it was
+        y1, st1 = layer(x[:2, :1], state if state is None else state.index_select(torch.tensor([0, 1])),
+                        valid=torch.tensor([[True], [False]]))
+    kept = torch.zeros_like(st1.C[1]) if state is None else state.C[1]
+    assert torch.equal(st1.C[1], kept) and not torch.equal(st1.C[0], st1.C[1])
+
+
 def test_reset_single_step() -> None:
     layer = make_layer().double()
     x = torch.randn(2, 1, D, dtype=torch.float64)

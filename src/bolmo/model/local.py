@@ -39,9 +39,9 @@ class LocalLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(d, config.rms_norm_eps)
         self.mlp = SwiGLU(d, config.local_intermediate_size)
 
-    def forward(self, x: torch.Tensor, state: MLSTMState | None = None, reset: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, MLSTMState]:
-        y, state = self.xlstm(self.pre_xlstm_layernorm(x), state, reset)
+    def forward(self, x: torch.Tensor, state: MLSTMState | None = None, reset: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, MLSTMState]:
+        y, state = self.xlstm(self.pre_xlstm_layernorm(x), state, reset, valid)
         x = x + y
         return x + self.mlp(self.pre_feedforward_layernorm(x)), state
 
@@ -53,10 +53,12 @@ class LocalLayer(nn.Module):
 
 
 def run_layers(layers: nn.ModuleList, x: torch.Tensor, states: LocalStates | None,
-               reset: torch.Tensor | None = None) -> tuple[torch.Tensor, LocalStates]:
+               reset: torch.Tensor | None = None, valid: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, LocalStates]:
+    """`valid` [B, L] (False on right padding): the returned states are each row's own."""
     new_states = []
     for i, layer in enumerate(layers):
-        x, state = layer(x, states[i] if states is not None else None, reset)
+        x, state = layer(x, states[i] if states is not None else None, reset, valid)
         new_states.append(state)
     return x, new_states
 
@@ -177,10 +179,11 @@ class LocalEncoder(nn.Module):
             e = e + self.subword_embedding(expanded_ids)
         return e
 
-    def forward(self, ids: torch.Tensor, expanded_ids: torch.Tensor | None, states: LocalStates | None = None
-                ) -> tuple[torch.Tensor, LocalStates]:
-        """ids [B, L] -> byte states h [B, L, D] (after post_last_block_norm), mLSTM states."""
-        x, states = run_layers(self.layers, self.embed(ids, expanded_ids), states)
+    def forward(self, ids: torch.Tensor, expanded_ids: torch.Tensor | None, states: LocalStates | None = None,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, LocalStates]:
+        """ids [B, L] -> byte states h [B, L, D] (after post_last_block_norm), mLSTM states
+        (each row's own when `valid` marks right padding)."""
+        x, states = run_layers(self.layers, self.embed(ids, expanded_ids), states, valid=valid)
         return self.post_last_block_norm(x), states
 
     def step(self, ids: torch.Tensor, expanded_ids: torch.Tensor | None, states: LocalStates | None
@@ -202,13 +205,13 @@ class LocalDecoder(nn.Module):
         self.layers = nn.ModuleList(LocalLayer(config) for _ in range(config.num_local_decoder_layers))
 
     def forward(self, h: torch.Tensor, global_out: torch.Tensor, boundary_mask: torch.Tensor,
-                states: LocalStates | None = None, reset: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, LocalStates]:
+                states: LocalStates | None = None, reset: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None) -> tuple[torch.Tensor, LocalStates]:
         """h [B, L, D] encoder states, global_out [B, P, D], mask [B, L] -> [B, L, D]."""
         g = self.initial_norm(global_out)
         idx = depool_index(boundary_mask, g.shape[1])
         depooled = torch.gather(g, 1, idx.unsqueeze(-1).expand(-1, -1, g.shape[-1]))
-        return run_layers(self.layers, self.in_projection(h) + depooled, states, reset)
+        return run_layers(self.layers, self.in_projection(h) + depooled, states, reset, valid)
 
     def step(self, h: torch.Tensor, patch_value: torch.Tensor, states: LocalStates | None
              ) -> tuple[torch.Tensor, LocalStates]:

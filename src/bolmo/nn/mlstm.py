@@ -182,12 +182,16 @@ class MLSTMLayer(nn.Module):
         return self._output(h, x), new_state
 
     def forward(
-        self, x: Tensor, state: MLSTMState | None = None, reset: Tensor | None = None
+        self, x: Tensor, state: MLSTMState | None = None, reset: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, MLSTMState]:
         """x [B, S, D] (pre-normed) -> (y [B, S, D], state after the last, padded, step).
 
         `reset` [B, S] bool: at True positions the forget pre-activation becomes -100000 after the
         soft cap, forgetting everything before (a sequence starts there, e.g. after left padding).
+        `valid` [B, S] bool, False on right padding: those steps are the chunk padding's "keep
+        state, add nothing" steps, so each row's returned state is the one its own length gives
+        (batched prefills). Outputs at padded positions are filler.
         """
         B, S, _ = x.shape
         dtype = torch.promote_types(x.dtype, torch.float32)
@@ -196,12 +200,21 @@ class MLSTMLayer(nn.Module):
             return x.new_empty(B, 0, self.d_model), zeros if state is None else state
         if S == 1:  # the reference runs a single recurrent step here, not the chunkwise kernel
             y, new_state = self._step(x[:, 0], state, None if reset is None else reset[:, 0])
+            if valid is not None and not bool(valid.all()):
+                kept = state if state is not None else self.zero_state(B, x.device).to(dtype)
+                new_state = new_state.where(valid[:, 0], kept)
             return y.unsqueeze(1), new_state
         NH, L = self.num_heads, self.chunk_size
         pad = -S % L
         i, f = self._gates(x)  # [B, S, NH]
         if reset is not None:
             f = f.masked_fill(reset.unsqueeze(-1), RESET_FGATE)
+        projected = x
+        if valid is not None and not bool(valid.all()):
+            padding = ~valid.unsqueeze(-1)
+            projected = x.masked_fill(padding, 0.0)  # q = k = v = 0 (the projections have no bias)
+            i = i.masked_fill(padding, _PAD_IGATE)
+            f = f.masked_fill(padding, _PAD_FGATE)
 
         def heads(t: Tensor, value: float = 0.0) -> Tensor:
             """[B, S, NH * dh] -> [B, NH, NC, L, dh] (padded with `value`), contiguous."""
@@ -211,9 +224,9 @@ class MLSTMLayer(nn.Module):
             return t.view(B, NH, (S + pad) // L, L, dh)
 
         h, new_state = _chunkwise(
-            heads(self.q(x)),
-            heads(self.k(x)),
-            heads(self.v(x)),
+            heads(self.q(projected)),
+            heads(self.k(projected)),
+            heads(self.v(projected)),
             heads(i, _PAD_IGATE).squeeze(-1),
             heads(f, _PAD_FGATE).squeeze(-1),
             None if state is None else state.to(dtype),
