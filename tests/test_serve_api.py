@@ -6,6 +6,7 @@ row, metrics, and the CLI."""
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import subprocess
@@ -113,7 +114,35 @@ def test_echo_logprobs_are_the_scored_bytes_in_lm_eval_shape(model, client):
 def test_non_ascii_bytes_are_named_as_bytes_tokens(client):
     out = client.completions.create(model=NAME, prompt="é", max_tokens=0, echo=True, logprobs=0)
     assert out.choices[0].logprobs.tokens == ["bytes:\\xc3", "bytes:\\xa9"]
-    assert out.choices[0].logprobs.text_offset == [0, 1]
+    assert out.choices[0].logprobs.text_offset == [0, 0]  # both bytes belong to the character at 0
+
+
+def test_text_offset_is_that_of_the_character_a_byte_belongs_to(server):
+    body = {"prompt": "Hé", "max_tokens": 2, "temperature": 0, "logprobs": 2, "echo": True}
+    plain = httpx.post(server.v1 + "/completions", json=body, timeout=60).json()["choices"][0]
+    assert plain["logprobs"]["tokens"][:3] == ["H", "bytes:\\xc3", "bytes:\\xa9"]
+    assert plain["logprobs"]["text_offset"][:4] == [0, 1, 1, 2]
+    with httpx.stream("POST", server.v1 + "/completions", json={**body, "stream": True}, timeout=60) as response:
+        chunks = [json.loads(line[6:])["choices"][0] for line in response.iter_lines() if line.startswith("data: {")]
+    assert [o for c in chunks for o in c["logprobs"]["text_offset"]] == plain["logprobs"]["text_offset"]
+
+
+@pytest.mark.parametrize("data,offsets", [
+    ("Hé L".encode(), [0, 1, 1, 2, 3]),
+    ("a€😀b".encode(), [0, 1, 1, 1, 2, 2, 2, 2, 3]),
+    (b"\xe2\x82x", [0, 0, 1]),  # an invalid sequence: one U+FFFD
+    (b"\xc3\xc3a", [0, 1, 2]),
+    (b"a\xf0\x9f", [0, 1, 1]),  # an incomplete last character
+])
+def test_text_offsets_follow_the_decoded_text_streamed_or_not(data, offsets):
+    from bolmo.serve.responses import ChoiceText, text_offsets
+    from bolmo.serve.scheduler import Update
+
+    assert text_offsets(data) == offsets
+    decoder, streamed = codecs.getincrementaldecoder("utf-8")(errors="replace"), ChoiceText()
+    for i in range(len(data)):  # one byte per update, as a stream receives them
+        streamed.add(Update(0, decoder.decode(data[i:i + 1], final=i == len(data) - 1), data[i:i + 1], [], []), False)
+    assert streamed.offsets == offsets and streamed.text == data.decode("utf-8", "replace")
 
 
 def test_chat_uses_the_models_template(model, client):
@@ -159,6 +188,35 @@ def test_bad_input_gets_a_400_error_object(server, body, needle, param):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert needle in error["message"] and error["type"] == "invalid_request_error" and error["param"] == param
+
+
+NULLS = {"model": None, "max_tokens": None, "temperature": None, "top_p": None, "top_k": None, "seed": None,
+         "stop": None, "n": None, "stream": None, "stream_options": None}
+
+
+def test_null_optional_fields_take_their_defaults(server):
+    from bolmo.serve.schemas import CompletionRequest
+
+    body = {**NULLS, "prompt": "x", "echo": None, "logprobs": None, "return_patches": None}
+    assert CompletionRequest.model_validate(body) == CompletionRequest(prompt="x")
+    r = httpx.post(server.v1 + "/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert r.json()["usage"]["completion_tokens"] == 16 and choice["logprobs"] is None and "bolmo" not in choice
+    chat = {**NULLS, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+            "stream_options": {"include_usage": None}}
+    r = httpx.post(server.v1 + "/chat/completions", json=chat, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4, r.text
+
+
+@pytest.mark.parametrize("route,body,param", [
+    ("/completions", {"prompt": None}, "prompt"),
+    ("/chat/completions", {"messages": None}, "messages"),
+    ("/chat/completions", {"messages": [{"role": "user", "content": None}]}, "messages"),
+])
+def test_a_required_field_sent_as_null_is_a_400(server, route, body, param):
+    r = httpx.post(server.v1 + route, json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
 def test_unknown_model_and_route_are_404_and_the_server_lives_on(server):
@@ -251,6 +309,37 @@ def test_cli_serves_the_bundled_model(tmp_path):
 def test_cli_rejects_bad_options_with_exit_2(capsys):
     assert main(["serve", "--max-batch", "0"]) == 2
     assert "--max-batch must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_that_cannot_listen_fails_before_loading_the_model(monkeypatch, capsys):
+    import socket
+
+    from bolmo.cli import model_commands
+
+    def load(args):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(model_commands, "load_from_args", load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    assert capsys.readouterr().err.startswith(f"bolmo serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert main(["serve", "--host", "256.1.1.1", "--port", "8000"]) == 2
+    assert capsys.readouterr().err.startswith("bolmo serve: error: cannot listen on 256.1.1.1:8000: ")
+
+
+def test_listen_binds_every_address_of_the_host_on_one_port():
+    from bolmo.cli.serve_commands import listen
+
+    sockets = listen("localhost", 0)
+    try:
+        ports = {sock.getsockname()[1] for sock in sockets}
+        assert len(ports) == 1 and 0 not in ports
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def test_a_subword_olmo_model_is_served_too(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import socket
+import sys
 
 from bolmo.cli.model_commands import add_compile_argument, add_model_arguments
 from bolmo.errors import ServeError
@@ -33,6 +35,47 @@ def run_serve(args: argparse.Namespace) -> int:
             raise ServeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.port < 65536:
         raise ServeError(f"--port must be in [0, 65535], got {args.port}")
+    sockets = listen(args.host, args.port)  # before the model loads: a taken port fails at once
+    try:
+        return serve_on(sockets, args)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address `host` resolves to (as uvicorn would bind them), handed to
+    uvicorn as they are: binding once leaves no window for another process to take the port."""
+    sockets: list[socket.socket] = []
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sockets.append(socket.socket(family, kind, proto))
+            port = bind(sockets[-1], (address[0], port, *address[2:]))  # --port 0: the same free port for all
+    except OSError as exc:  # the port is taken, the address is not this machine's or does not resolve
+        for sock in sockets:
+            sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def bind(sock: socket.socket, address: tuple) -> int:
+    """Bind and listen with asyncio's (so uvicorn's) options; the port bound."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # "::" and "0.0.0.0" can both be served
+    sock.bind(address)
+    sock.listen(2048)
+    return sock.getsockname()[1]
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve_on(sockets: list[socket.socket], args: argparse.Namespace) -> int:
+    """Load the model and serve it on `sockets` until interrupted."""
     import uvicorn
 
     from bolmo.cli.model_commands import load_from_args
@@ -43,8 +86,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(model_name=args.model_name or args.model or DEFAULT_MODEL_NAME, api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue)
     app = create_app(model, config, resolve_source(args.model))
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    except OSError as exc:  # the port is taken, the address does not exist
-        raise ServeError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    for sock in sockets:  # uvicorn says where it listens only when it binds the sockets itself
+        print(f"bolmo serve: listening on {url_of(sock)}", file=sys.stderr)
+    server.run(sockets=sockets)
     return 0

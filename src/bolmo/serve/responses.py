@@ -1,9 +1,11 @@
 """OpenAI response bodies built from the scheduler's `Update`s. Tokens are bytes: `usage` counts
 bytes (and says so in `token_unit`), and `logprobs.tokens` holds one entry per byte: the
-character for ASCII, `bytes:\\xNN` (OpenAI's spelling for a partial character) otherwise."""
+character for ASCII, `bytes:\\xNN` (OpenAI's spelling for a partial character) otherwise. A
+byte's `text_offset` is that of the character it belongs to."""
 
 from __future__ import annotations
 
+import codecs
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ class ChoiceText:
     logprobs: list[ByteLogprob] = field(default_factory=list)  # per byte of `data`, when asked for
     prompt_patch_ends: list[bool] = field(default_factory=list)
     patch_ends: list[bool] = field(default_factory=list)  # per new byte
+    offsets: list[int] = field(default_factory=list)  # per byte of `data`: its character's offset in `text`
     finish_reason: str | None = None
 
     def add(self, update: Update, echo: bool) -> None:
@@ -44,17 +47,45 @@ class ChoiceText:
             self.text += update.text
             self.data += update.data
             self.logprobs += update.logprobs
+            self._extend_offsets()
         if update.finish_reason is not None:
             self.finish_reason = FINISH_REASONS[update.finish_reason]
 
+    def _extend_offsets(self) -> None:
+        """Offsets of the bytes just added. The last character so far is redone with them: it may
+        have been incomplete (its bytes then all take the offset it will have)."""
+        last = len(self.offsets)
+        while last and self.offsets[last - 1] == self.offsets[-1]:
+            last -= 1
+        first_char = self.offsets[-1] if self.offsets else 0
+        self.offsets[last:] = [first_char + o for o in text_offsets(bytes(self.data[last:]))]
 
-def logprobs_body(entries: list[ByteLogprob], data: bytes, start_offset: int = 0) -> dict:
-    """The completions `logprobs` object for bytes `data` (one entry each). `text_offset` counts
-    characters from `start_offset`: every byte that does not continue a UTF-8 character starts one."""
-    offsets, offset = [], start_offset
-    for byte in data:
-        offsets.append(offset)
-        offset += (byte & 0xC0) != 0x80
+
+def text_offsets(data: bytes) -> list[int]:
+    """Per byte of `data`, the index in `data.decode("utf-8", "replace")` of the character it
+    belongs to: a valid character's bytes share its index, and so do the bytes of an invalid or
+    incomplete sequence that the decoder replaces with one U+FFFD."""
+    offsets: list[int] = []
+    view, start, chars = memoryview(data), 0, 0
+    while start < len(data):
+        try:
+            codecs.utf_8_decode(view[start:], "strict", True)
+            valid_end, bad_end = len(data), len(data)
+        except UnicodeDecodeError as exc:
+            valid_end, bad_end = start + exc.start, start + exc.end
+        for byte in data[start:valid_end]:
+            chars += (byte & 0xC0) != 0x80  # a byte that does not continue a character starts one
+            offsets.append(chars - 1)
+        if bad_end > valid_end:  # one replacement character
+            offsets += [chars] * (bad_end - valid_end)
+            chars += 1
+        start = bad_end
+    return offsets
+
+
+def logprobs_body(entries: list[ByteLogprob], offsets: list[int]) -> dict:
+    """The completions `logprobs` object for some bytes: one entry and one offset (see
+    `ChoiceText.offsets`) each."""
     return {
         "tokens": [byte_token(b) for b, _, _ in entries],
         "token_logprobs": [lp for _, lp, _ in entries],

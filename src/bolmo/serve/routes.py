@@ -91,7 +91,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     for choice, text in zip(job.choices, texts):
         entry = {"index": choice.index, "text": text.text, "logprobs": None, "finish_reason": text.finish_reason}
         if body.logprobs is not None:
-            entry["logprobs"] = logprobs_body(text.logprobs, bytes(text.data))
+            entry["logprobs"] = logprobs_body(text.logprobs, text.offsets)
         if body.return_patches:
             entry["bolmo"] = {"prompt_patch_ends": text.prompt_patch_ends, "patch_ends": text.patch_ends}
         choices.append(entry)
@@ -109,7 +109,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         prompt = server.chat_template.render([m.model_dump() for m in body.messages])
     except ServeError as exc:
         raise ApiError(400, str(exc), "messages") from None
-    max_tokens = body.max_tokens if body.max_tokens is not None else min(CHAT_DEFAULT_MAX_TOKENS, server.config.max_tokens)
+    max_tokens = body.max_tokens
+    if max_tokens is None:
+        max_tokens = min(CHAT_DEFAULT_MAX_TOKENS, server.config.max_tokens)
     job = submit(server, body, [prompt], max_tokens, None, False, False)
     started = time.perf_counter()
     if body.stream:
@@ -248,8 +250,8 @@ async def completion_chunks(server: Server, body: CompletionRequest, job: Job, s
             choice = {"index": update.index, "text": "" if shown else update.text, "logprobs": None,
                       "finish_reason": text.finish_reason if update.finish_reason else None}
             if body.logprobs is not None and not shown:
-                start = len(text.text) - len(update.text)
-                choice["logprobs"] = logprobs_body(update.logprobs, update.data, start)
+                first = len(text.offsets) - len(update.data)  # the update's bytes are the last ones
+                choice["logprobs"] = logprobs_body(update.logprobs, text.offsets[first:])
             if body.return_patches:
                 choice["bolmo"] = {"bytes": list(update.data), "patch_ends": update.patch_ends,
                                    "prompt": update.prompt}

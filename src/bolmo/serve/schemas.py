@@ -1,26 +1,39 @@
 """Request bodies of the OpenAI-compatible routes, validated by pydantic: a wrong type or an
-out-of-range value becomes a 400 (strict types: "3" is not a number) with an OpenAI-style error object (see `app`). Fields other
-clients send that bolmo does not use (frequency_penalty, user, ...) are accepted and ignored."""
+out-of-range value becomes a 400 (strict types: "3" is not a number) with an OpenAI-style error
+object (see `app`). Fields other clients send that bolmo does not use (frequency_penalty, user,
+...) are accepted and ignored, and an optional field sent as null means "not given" (OpenAI
+allows it; LangChain and others send it)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Stop = str | list[str] | None
 
 
-class StreamOptions(BaseModel):
+class RequestModel(BaseModel):
+    """Every request object: strict types, unknown fields ignored, null optional fields dropped."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def null_is_not_given(cls, data: Any) -> Any:
+        """An explicit null takes the field's default; a required field sent as null stays an error."""
+        if not isinstance(data, dict):
+            return data
+        optional = {name for name, info in cls.model_fields.items() if not info.is_required()}
+        return {key: value for key, value in data.items() if value is not None or key not in optional}
+
+
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestModel):
     """What completions and chat completions share. `max_tokens` counts bytes."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     max_tokens: int | None = Field(None, ge=0, description="new bytes per choice (tokens are bytes)")
@@ -36,15 +49,13 @@ class SamplingFields(BaseModel):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] = Field(..., description="a string or a list of strings")
-    max_tokens: int | None = Field(16, ge=0, description="new bytes per choice (tokens are bytes)")
+    max_tokens: int = Field(16, ge=0, description="new bytes per choice (tokens are bytes)")
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=5, description="top log-probabilities per byte")
     return_patches: bool = Field(False, description="bolmo extension: stream bytes and patch boundaries")
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-
+class ChatMessage(RequestModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
