@@ -7,7 +7,7 @@
 
 from bolmo.config import BolmoConfig
 from bolmo.errors import (BolmoError, BolmoWarning, CheckpointError, ConfigError, ContextWarning, DeviceError,
-                          GenerationError, ScoringError, TokenizerError)
+                          GenerationError, InputError, ScoringError, TokenizerError)
 from bolmo.hf import register_when_imported
 from bolmo.loading import load
 
@@ -24,6 +24,7 @@ __all__ = [
     "ContextWarning",
     "DeviceError",
     "GenerationError",
+    "InputError",
     "ScoringError",
     "TokenizerError",
     "load",

@@ -35,6 +35,11 @@ class ScoringError(BolmoError):
     """Invalid scoring arguments, or a model whose outputs cannot be a score (NaN)."""
 
 
+class InputError(BolmoError, ValueError):
+    """Tensors a model's forward cannot take (shape, dtype, ids outside the vocabulary). Also a
+    ValueError: forward raised plain ValueErrors before, and callers catching those keep working."""
+
+
 class DeviceError(BolmoError):
     """A torch device that does not exist or that this build of torch cannot use."""
 

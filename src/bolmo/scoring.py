@@ -101,9 +101,16 @@ def byte_distributions(model: BolmoForCausalLM, text: str) -> torch.Tensor:
     return folded_byte_logprobs(out.logits[0, :-1]).cpu()
 
 
+def empty_text_error(name: str) -> ScoringError:
+    """The refusal of an empty file or corpus (`bolmo score`, `bolmo eval bpb`): it has no bytes to
+    divide by, so its bits per byte would be NaN rather than a number."""
+    return ScoringError(f"{name}: empty, nothing to score")
+
+
 def check_texts(texts: Sequence[str], batch_size: int, context: int | None) -> None:
     """A list of strings and sane options, or ScoringError saying what is wrong (like generate's
-    prompts, a bare string is refused rather than scored as a list of characters)."""
+    prompts, a bare string is refused rather than scored as a list of characters). An empty text
+    scores 0 bytes, 0 nats and a NaN bits per byte (0 / 0), as documented."""
     if isinstance(texts, (str, bytes)):
         raise ScoringError("texts must be a list of strings (wrap a single text in a list)")
     if not isinstance(texts, Sequence):

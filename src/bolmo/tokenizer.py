@@ -12,6 +12,7 @@ at a time in O(longest entry).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -226,6 +227,22 @@ def resolve_subword_tokenizer(identifier: str, model_dir: str | Path | None) -> 
     )
 
 
+def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """`ids` as a list of ints, or TokenizerError naming the first one that is not an id in
+    [0, vocab_size) and its position: decoding would otherwise wrap it around or fail inside an index."""
+    result = []
+    for position, i in enumerate(ids):
+        try:
+            value = operator.index(i)
+        except TypeError:
+            raise TokenizerError(f"ids[{position}] is a {type(i).__name__}, not an integer id") from None
+        if not 0 <= value < vocab_size:
+            raise TokenizerError(f"ids[{position}] = {value} is not a token id (the vocabulary has ids 0 to "
+                                 f"{vocab_size - 1})")
+        result.append(value)
+    return result
+
+
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Id lists -> (input_ids [B, L] padded with `pad_id`, attention_mask [B, L] bool, True on real ids)."""
     width = max(len(r) for r in rows)
@@ -263,7 +280,8 @@ class ByteTokenizer:
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The raw bytes of `ids`: fused ids count as their plain byte, specials are dropped."""
-        return bytes((i % PLAIN_VOCAB) - BYTE_OFFSET for i in ids if (i % PLAIN_VOCAB) >= BYTE_OFFSET)
+        plain = (i % PLAIN_VOCAB for i in checked_ids(ids, self.config.vocab_size))
+        return bytes(i - BYTE_OFFSET for i in plain if i >= BYTE_OFFSET)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

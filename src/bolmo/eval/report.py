@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bolmo.errors import BolmoError
+
 
 def model_label(source: str | None) -> str:
     return source if source is not None else "bundled default model"
@@ -36,9 +38,26 @@ def print_table(title: str, row_names: Sequence[str], columns: Mapping[str, Mapp
     Console().print(table)
 
 
+def non_finite_field(data: Any, where: str = "") -> str | None:
+    """The path (e.g. `results.x.overall`) of the first NaN or infinite number in `data`, or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "(top level)"
+    items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite_field(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` so that a reader never sees a half-written file."""
+    """Write `data` as JSON to `path` so that a reader never sees a half-written file. NaN and
+    infinity are refused (BolmoError naming the field): they are not JSON, and strict readers fail."""
+    field = non_finite_field(data)
+    if field is not None:
+        raise BolmoError(f"{path}: not written, {field} is not a finite number (NaN or infinite)")
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)

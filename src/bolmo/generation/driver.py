@@ -81,12 +81,26 @@ def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: 
     room = positions - 1 - reserve  # prompt ids after the start id
     for i, row in enumerate(rows):
         if len(row.ids) - 1 > room:
-            dropped = len(row.prompt)
-            row.ids = row.ids[:1] + row.ids[len(row.ids) - room :]
+            total = len(row.prompt)
+            kept = row.ids[len(row.ids) - room :]
+            row.ids = row.ids[:1] + kept[split_character_ids(kept, engine.tokenizer) :]
             row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
             warnings.warn(f"prompt {i} is longer than the model's context ({positions:,} positions, "
                           f"{reserve:,} of them for new bytes): kept its last {len(row.prompt):,} "
-                          f"of {dropped:,} bytes", ContextWarning, stacklevel=2)
+                          f"of {total:,} bytes", ContextWarning, stacklevel=2)
+
+
+def split_character_ids(ids: Sequence[int], tokenizer) -> int:
+    """How many leading ids of a cut prompt hold only the tail of a UTF-8 character the cut split
+    (continuation bytes 10xxxxxx, 3 at most): the kept prompt then starts on a whole character."""
+    dropped = count = 0
+    for token in ids:
+        data = tokenizer.decode_bytes([token])
+        if not data or dropped + len(data) > 3 or any(byte & 0xC0 != 0x80 for byte in data):
+            break
+        dropped += len(data)
+        count += 1
+    return count
 
 
 def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,

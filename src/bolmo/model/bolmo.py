@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bolmo.config import BolmoConfig
+from bolmo.errors import InputError
 from bolmo.model.counts import Components, parameter_counts
 from bolmo.model.local import FORCE_OFF, LocalDecoder, LocalEncoder, pool
 from bolmo.model.transformer import OlmoBlockStack
@@ -86,10 +87,17 @@ class BolmoForCausalLM(nn.Module):
         the slow generation oracle); `generator` drives "sample:1" boundary sampling.
         `max_patches` (training, stage 2: P) pools at most that many patches per row: boundaries
         after the P-th are dropped from the patching, so later bytes reuse the last patch; the
-        returned `boundary_mask` is still the full decision.
+        returned `boundary_mask` is still the full decision. Inputs it cannot take raise InputError
+        (`check_inputs`).
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        check_inputs(input_ids, self.config.vocab_size, attention_mask=attention_mask, boundary_mask=boundary_mask,
+                     expanded_ids=expanded_ids)
+        return self._forward(input_ids.long(), attention_mask, boundary_mask, expanded_ids, generator, max_patches)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 boundary_mask: torch.Tensor | None, expanded_ids: torch.Tensor | None,
+                 generator: torch.Generator | None, max_patches: int | None) -> BolmoOutput:
+        """`forward` on checked inputs (also the entry for the rotated rows of a left-padded batch)."""
         if attention_mask is not None:
             starts = padding_starts(attention_mask)
             if bool(starts.any()):
@@ -137,14 +145,39 @@ class BolmoForCausalLM(nn.Module):
                 return None
             return x.gather(1, index.view(*index.shape, *[1] * (x.dim() - 2)).expand_as(x))
 
-        out = self.forward(rotate(input_ids, to_left), rotate(attention_mask, to_left), rotate(boundary_mask, to_left),
-                           rotate(expanded_ids, to_left), generator, max_patches)
+        out = self._forward(rotate(input_ids, to_left), rotate(attention_mask, to_left), rotate(boundary_mask, to_left),
+                            rotate(expanded_ids, to_left), generator, max_patches)
         return BolmoOutput(logits=rotate(out.logits, back),
                            boundary_mask=rotate(out.boundary_mask, back) & attention_mask,
                            boundary_logprobs=rotate(out.boundary_logprobs, back).masked_fill(~attention_mask, FORCE_OFF))
 
     def num_parameters_by_component(self) -> dict[str, int]:
         return parameter_counts(self, _COMPONENTS)
+
+
+def check_inputs(input_ids: torch.Tensor, vocab_size: int, **same_shape: torch.Tensor | None) -> None:
+    """Refuse, with an InputError naming the tensor, what would otherwise fail deep inside torch
+    (an embedding IndexError, a broadcast RuntimeError). Cheap enough for every training step: one
+    min/max reduction over the ids, shapes compared on the host."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise InputError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise InputError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise InputError(f"input_ids must hold integer ids (torch.long), got {input_ids.dtype}")
+    if input_ids.numel() == 0:
+        raise InputError(f"input_ids is empty (shape {tuple(input_ids.shape)}): every row needs at least the BOS id")
+    low, high = torch.stack(torch.aminmax(input_ids)).tolist()  # one reduction, one copy to the host
+    if low < 0 or high >= vocab_size:
+        raise InputError(f"input_ids must be in [0, {vocab_size}), got ids from {low} to {high}")
+    for name, tensor in same_shape.items():
+        if tensor is None:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise InputError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.shape != input_ids.shape:
+            raise InputError(f"{name} has shape {tuple(tensor.shape)}, but input_ids has {tuple(input_ids.shape)}: "
+                             "they must match")
 
 
 def padding_starts(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -155,7 +188,7 @@ def padding_starts(attention_mask: torch.Tensor) -> torch.Tensor:
     starts = torch.where(mask, positions, mask.shape[1]).amin(-1).clamp(max=mask.shape[1] - 1)
     ends = starts + mask.sum(-1)
     if not bool((mask == ((positions >= starts[:, None]) & (positions < ends[:, None]))).all()):
-        raise ValueError("attention_mask: each row must be one contiguous run of real positions "
+        raise InputError("attention_mask: each row must be one contiguous run of real positions "
                          "(left or right padding)")
     return torch.where(mask.any(-1), starts, 0)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bolmo.errors import TokenizerError
-from bolmo.tokenizer import ByteTokenizer, _special_token_ids, read_hf_tokenizer, token_bytes
+from bolmo.tokenizer import ByteTokenizer, _special_token_ids, checked_ids, read_hf_tokenizer, token_bytes
 
 
 class SubwordTokenizer:
@@ -53,7 +53,7 @@ class SubwordTokenizer:
         return [self.bos_id] + ids
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return b"".join(self._bytes[i] for i in ids)
+        return b"".join(self._bytes[i] for i in checked_ids(ids, self.vocab_size))
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

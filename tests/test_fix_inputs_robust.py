@@ -1,0 +1,154 @@
+"""Bad inputs are one BolmoError naming what is wrong, never a torch traceback or a silent NaN: the
+model's forward, empty texts in `score` and `eval bpb`, NaN in result JSON, out-of-range ids in
+`decode`, and prompt cuts that would split a UTF-8 character."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import bolmo
+from bolmo.cli import main
+from bolmo.errors import BolmoError, BolmoWarning, ContextWarning, InputError, ScoringError, TokenizerError
+from bolmo.eval.bpb import bits_per_byte
+from bolmo.eval.documents import Document
+from bolmo.eval.engine import Scorer
+from bolmo.eval.report import write_json
+from bolmo.generation.driver import generate_ids
+from conftest import load_fixture_model
+
+IDS = torch.tensor([[1, 40, 41]])
+MASK = torch.ones(1, 3, dtype=torch.bool)
+
+
+@pytest.fixture()
+def short_model(tmp_path, tiny_model_dir):
+    """The tiny model, its config claiming only 16 positions (prompts of more than 11 bytes are cut
+    when 4 new bytes are asked for)."""
+    dst = tmp_path / "short"
+    shutil.copytree(tiny_model_dir, dst, ignore=shutil.ignore_patterns("cases.*"))
+    config = json.loads((dst / "config.json").read_text())
+    config["max_position_embeddings"] = 16
+    (dst / "config.json").write_text(json.dumps(config))
+    return bolmo.load(dst)
+
+
+# ------------------------------------------------------------------------------- forward inputs
+@pytest.mark.parametrize("args,kwargs,message", [
+    ((torch.tensor([[]], dtype=torch.long),), {}, r"input_ids is empty \(shape \(1, 0\)\)"),
+    ((torch.zeros(0, 3, dtype=torch.long),), {}, "input_ids is empty"),
+    ((torch.tensor([[1, 520]]),), {}, r"\[0, 520\), got ids from 1 to 520"),
+    ((torch.tensor([[1, -1]]),), {}, r"\[0, 520\), got ids from -1 to 1"),
+    ((torch.tensor([[1.0, 40.0]]),), {}, "integer ids.*float32"),
+    ((torch.tensor([[True]]),), {}, "integer ids.*bool"),
+    ((torch.tensor([1, 40]),), {}, r"\[batch, length\], got shape \(2,\)"),
+    (([[1, 40]],), {}, "input_ids must be a torch.Tensor, got list"),
+    ((IDS,), {"attention_mask": torch.ones(1, 4, dtype=torch.bool)}, r"attention_mask has shape \(1, 4\)"),
+    ((IDS,), {"attention_mask": [[1, 1, 1]]}, "attention_mask must be a torch.Tensor"),
+    ((IDS,), {"boundary_mask": torch.ones(2, 3, dtype=torch.bool)}, r"boundary_mask has shape \(2, 3\)"),
+    ((IDS,), {"expanded_ids": torch.zeros(1, 2, dtype=torch.long)}, r"expanded_ids has shape \(1, 2\)"),
+    ((IDS,), {"attention_mask": torch.tensor([[True, False, True]])}, "contiguous"),
+])
+def test_bad_forward_inputs_are_one_input_error(tiny_model_dir, args, kwargs, message):
+    model = load_fixture_model(tiny_model_dir)
+    with torch.no_grad(), pytest.raises(InputError, match=message) as raised:
+        model(*args, **kwargs)
+    assert isinstance(raised.value, BolmoError) and isinstance(raised.value, ValueError)  # old callers keep working
+
+
+def test_other_integer_ids_run_as_long(tiny_model_dir):
+    model = load_fixture_model(tiny_model_dir)
+    with torch.no_grad():
+        expected = model(IDS, attention_mask=MASK).logits
+        for dtype in (torch.int32, torch.int16, torch.uint8):
+            torch.testing.assert_close(model(IDS.to(dtype), attention_mask=MASK).logits, expected)
+        model(torch.tensor([[1, 519]]))  # the last id of the vocabulary is accepted
+
+
+# ------------------------------------------------------------------------------- empty texts, NaN JSON
+def test_bpb_skips_empty_documents_with_a_warning_and_refuses_only_empty(tiny_model_dir):
+    scorer = Scorer(load_fixture_model(tiny_model_dir), batch_size=2)
+    docs = [Document("a", "web", "Some text."), Document("b", "web", ""), Document("c", "blank", "")]
+    with pytest.warns(BolmoWarning, match="skipped 2 empty document.*b, c"):
+        result = bits_per_byte(scorer, docs)
+    assert [d["id"] for d in result["documents"]] == ["a"] and result["skipped_empty"] == ["b", "c"]
+    assert result["sources"]["blank"] == {"documents": 0, "bytes": 0, "nats": 0.0, "bits_per_byte": None}
+    assert result["macro"] == result["sources"]["web"]["bits_per_byte"] == result["overall"]["bits_per_byte"]
+    json.dumps(result, allow_nan=False)
+    with pytest.raises(ScoringError, match="b, c: empty, nothing to score"):
+        bits_per_byte(scorer, docs[1:])
+
+
+def test_cli_eval_bpb_refuses_an_empty_file_and_writes_strict_json(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "full.txt").write_text("Hello there.")
+    out = tmp_path / "bpb.json"
+    args = ["--model", str(tiny_model_dir), "--output", str(out), "--no-progress"]
+    assert main(["eval", "bpb", str(tmp_path / "empty.txt"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "empty.txt: empty, nothing to score" in err and err.count("\n") == 1 and not out.exists()
+    assert main(["eval", "bpb", str(tmp_path / "empty.txt"), str(tmp_path / "full.txt"), *args]) == 0
+    assert "skipped 1 empty document" in capsys.readouterr().err
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    data = json.loads(out.read_text(), parse_constant=no_constants)
+    assert data["results"][str(tiny_model_dir)]["skipped_empty"] == [str(tmp_path / "empty.txt")]
+
+
+def test_write_json_refuses_nan_naming_the_field(tmp_path):
+    path = tmp_path / "out.json"
+    with pytest.raises(BolmoError, match=r"out.json: not written, results\.m\.scores\.1 is not a finite number"):
+        write_json(path, {"results": {"m": {"scores": [1.0, float("nan")]}}})
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------- decode
+@pytest.mark.parametrize("ids,message", [([1, 7600], r"ids\[1\] = 7600 is not a token id"),
+                                         ([44, -1], r"ids\[1\] = -1 is not a token id"),
+                                         ([520], r"ids\[0\] = 520"), ([44, 4.0], r"ids\[1\] is a float")])
+def test_decode_refuses_ids_outside_the_vocabulary(tiny_model_dir, ids, message):
+    tokenizer = load_fixture_model(tiny_model_dir).tokenizer
+    with pytest.raises(TokenizerError, match=message):
+        tokenizer.decode(ids)
+
+
+def test_decode_still_takes_every_valid_id(tiny_model_dir):
+    tokenizer = load_fixture_model(tiny_model_dir).tokenizer
+    assert tokenizer.decode([0, 1, 2, 3, 4 + 65, 260 + 4 + 66, 519]) == "AB\ufffd"  # 519: byte 255, fused
+    assert tokenizer.decode(torch.tensor([1, 4 + 67])) == "C"  # 0-d tensors are ids too
+
+
+def test_subword_decode_refuses_ids_outside_the_vocabulary():
+    tokenizer = bolmo.load("default-teacher").tokenizer
+    assert tokenizer.decode(tokenizer.encode("def f():")).endswith("def f():")
+    for bad in (-1, tokenizer.vocab_size):
+        with pytest.raises(TokenizerError, match=rf"ids\[1\] = {bad} is not a token id"):
+            tokenizer.decode([5, bad])
+
+
+# ------------------------------------------------------------------------------- prompt cuts
+@pytest.mark.parametrize("prompt,kept", [
+    ("é" * 20, "é" * 5),  # the last 11 bytes start inside an é: 1 more byte dropped
+    ("😀" * 10, "😀" * 2),  # ... inside a 4-byte character: 3 more dropped
+    ("a" + "é" * 20, "é" * 5),
+    ("abé" * 10, "béabéabé"),  # the cut falls on a character start: nothing more dropped
+])
+def test_a_cut_prompt_starts_on_a_whole_character(short_model, prompt, kept):
+    with pytest.warns(ContextWarning, match=f"kept its last {len(kept.encode())} of {len(prompt.encode())} bytes"):
+        result = generate_ids(short_model, [prompt], max_new_bytes=4)[0]
+    assert result.prompt == kept.encode()
+
+
+def test_a_cut_never_drops_more_than_three_extra_bytes(short_model):
+    with pytest.warns(ContextWarning, match="kept its last 8 of 40 bytes"):
+        result = generate_ids(short_model, [b"\x80" * 40], max_new_bytes=4)[0]  # only continuation bytes
+    assert result.prompt == b"\x80" * 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a prompt that fits is not touched
+        assert generate_ids(short_model, [b"\x80" * 11], max_new_bytes=4)[0].prompt == b"\x80" * 11
