@@ -124,6 +124,14 @@ def test_decode_still_takes_every_valid_id(tiny_model_dir):
     assert tokenizer.decode(torch.tensor([1, 4 + 67])) == "C"  # 0-d tensors are ids too
 
 
+def test_subword_model_forward_refuses_ids_outside_the_vocabulary():
+    model = bolmo.load("default-teacher")
+    with pytest.raises(InputError, match=rf"input_ids must be in \[0, {model.config.vocab_size}\)"):
+        model(torch.tensor([[1, model.config.vocab_size]]))
+    with pytest.raises(InputError, match="attention_mask has shape"):
+        model(torch.tensor([[1, 2]]), torch.ones(1, 3, dtype=torch.bool))
+
+
 def test_subword_decode_refuses_ids_outside_the_vocabulary():
     tokenizer = bolmo.load("default-teacher").tokenizer
     assert tokenizer.decode(tokenizer.encode("def f():")).endswith("def f():")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from bolmo.model.counts import Components, parameter_counts
+from bolmo.model.inputs import check_inputs
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
 from bolmo.olmo.config import OlmoConfig
@@ -58,9 +59,8 @@ class OlmoForCausalLM(nn.Module):
         return self.lm_head.weight.dtype
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> OlmoOutput:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        return OlmoOutput(logits=self.lm_head(self.model(input_ids, attention_mask)))
+        check_inputs(input_ids, self.config.vocab_size, attention_mask=attention_mask)
+        return OlmoOutput(logits=self.lm_head(self.model(input_ids.long(), attention_mask)))
 
     def num_parameters_by_component(self) -> dict[str, int]:
         return parameter_counts(self, _COMPONENTS)
