@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from bolmo.checkpoint.atomic import check_destination
+from bolmo.checkpoint.config_maps import RELEASED_BOLMO_CONTEXT
 from bolmo.checkpoint.convert import ConversionPlan, PlannedTensor, Progress, execute, plan_conversion
 from bolmo.checkpoint.sources import Source
 from bolmo.config import BolmoConfig, ByteTokenizerConfig
@@ -108,7 +109,8 @@ def bolmo_config_for_teacher(teacher: OlmoConfig, subword_vocab_size: int, optio
         num_attention_heads=teacher.num_attention_heads,
         num_key_value_heads=teacher.num_key_value_heads,
         head_dim=teacher.head_dim,
-        max_position_embeddings=teacher.max_position_embeddings,
+        # A teacher exported by OLMo-core may not know its context (-1): Bolmo's released one then.
+        max_position_embeddings=teacher.context_positions or RELEASED_BOLMO_CONTEXT,
         initializer_range=teacher.initializer_range,
         rope_theta=teacher.rope_theta,
         rope_scaling=teacher.rope_scaling,

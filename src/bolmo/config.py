@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bolmo.errors import ConfigError
 
@@ -36,6 +39,9 @@ _HF_BOOKKEEPING = {
 }
 
 ROPE_TYPES = ("default", "linear", "yarn")
+# How messages name a JSON type (config_maps reads OLMo-core configs with the same words).
+KIND_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "an integer",
+              float: "a number", type(None): "null"}
 
 
 @dataclass
@@ -53,15 +59,25 @@ class ByteTokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "tokenizer_config") -> "ByteTokenizerConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected an object, got {data!r}")
         cfg = _from_dict(cls, data, where)
-        if list(cfg.special_tokens) != list(SPECIAL_TOKENS) or not cfg.special_tokens_first:
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "tokenizer_config") -> None:
+        """Types, the one supported special-token layout, and ids inside the vocabulary (an id
+        past it would only fail at generation time, as an IndexError inside torch)."""
+        check_fields(self, where)
+        if list(self.special_tokens) != list(SPECIAL_TOKENS) or not self.special_tokens_first:
             raise ConfigError(
                 f"{where}.special_tokens: only {list(SPECIAL_TOKENS)} (special tokens first) is "
-                f"supported, got {cfg.special_tokens}"
+                f"supported, got {self.special_tokens}"
             )
-        if cfg.vocab_size != FUSED_VOCAB:
-            raise ConfigError(f"{where}.vocab_size: must be {FUSED_VOCAB}, got {cfg.vocab_size}")
-        return cfg
+        if self.vocab_size != FUSED_VOCAB:
+            raise ConfigError(f"{where}.vocab_size: must be {FUSED_VOCAB}, got {self.vocab_size}")
+        for name in ("bos_token_id", "pad_token_id", "eos_token_id", "bpe_token_end_id"):
+            check_token_id(getattr(self, name), self.vocab_size, where, name)
 
 
 @dataclass(frozen=True)
@@ -137,23 +153,33 @@ def parse_rope_scaling(
     unknown = sorted(set(rope_scaling) - known)
     if unknown:
         raise ConfigError(f"{where}.rope_scaling: unknown field(s) {unknown}")
-    factor = float(rope_scaling.get("factor", 1.0))
+
+    def number(key: str, default: float | None) -> float | None:
+        value = rope_scaling.get(key)
+        if value is None:
+            return default
+        require(_matches(value, float), where, f"rope_scaling.{key}", f"expected a number, got {value!r}")
+        return float(value)
+
+    factor = number("factor", 1.0)
     if rope_type != "default" and factor <= 0:
         raise ConfigError(f"{where}.rope_scaling.factor: must be positive, got {factor}")
     original = rope_scaling.get("original_max_position_embeddings")
+    require(original is None or (type(original) is int and original > 0), where,
+            "rope_scaling.original_max_position_embeddings", f"must be a positive integer, got {original!r}")
+    truncate = rope_scaling.get("truncate", True)
+    require(type(truncate) is bool, where, "rope_scaling.truncate", f"expected true or false, got {truncate!r}")
     return RopeSpec(
         theta=theta,
         rope_type=rope_type,
         factor=factor,
-        original_max_position_embeddings=int(original) if original is not None else max_position_embeddings,
-        beta_fast=float(rope_scaling.get("beta_fast") or 32.0),
-        beta_slow=float(rope_scaling.get("beta_slow") or 1.0),
-        attention_factor=(
-            float(rope_scaling["attention_factor"]) if rope_scaling.get("attention_factor") is not None else None
-        ),
-        truncate=bool(rope_scaling.get("truncate", True)),
-        mscale=float(rope_scaling["mscale"]) if rope_scaling.get("mscale") is not None else None,
-        mscale_all_dim=float(rope_scaling["mscale_all_dim"]) if rope_scaling.get("mscale_all_dim") is not None else None,
+        original_max_position_embeddings=original if original is not None else max_position_embeddings,
+        beta_fast=number("beta_fast", None) or 32.0,
+        beta_slow=number("beta_slow", None) or 1.0,
+        attention_factor=number("attention_factor", None),
+        truncate=truncate,
+        mscale=number("mscale", None),
+        mscale_all_dim=number("mscale_all_dim", None),
     )
 
 
@@ -179,6 +205,58 @@ def require(cond: bool, where: str, fld: str, msg: str) -> None:
     """Raise ConfigError naming the file and the field unless `cond`."""
     if not cond:
         raise ConfigError(f"{where}: {fld}: {msg}")
+
+
+def check_fields(config: Any, where: str, minimums: dict[str, int] | None = None) -> None:
+    """Every field of a config dataclass holds its declared JSON type, and each field in
+    `minimums` an integer at least that large: a string where a number belongs would fail deep in
+    torch, and "yes" where a boolean belongs would pass as true."""
+    minimums = minimums or {}
+    hints = _field_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if f.name in minimums and not (value is None and _matches(None, hint)):
+            low = minimums[f.name]
+            require(type(value) is int and value >= low, where, f.name,
+                    f"must be {'a positive integer' if low == 1 else f'an integer >= {low}'}, got {value!r}")
+        else:
+            require(_matches(value, hint), where, f.name, f"expected {_describe(hint)}, got {value!r}")
+
+
+def check_token_id(value: int | None, vocab_size: int, where: str, name: str) -> None:
+    """A token id (None: unset) must name an entry of the vocabulary."""
+    require(value is None or (type(value) is int and 0 <= value < vocab_size), where, name,
+            f"must be a token id in [0, {vocab_size}), got {value!r}")
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field annotation (bool is not an int; a float must be finite)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is Any:
+        return True
+    if hint is float:
+        return type(value) in (int, float) and math.isfinite(value)
+    if hint in (int, bool, type(None)):
+        return type(value) is hint
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, args[0]) for item in value)
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint: Any) -> str:
+    """'an integer or null' for `int | None`: the words a message uses for a field's type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    return KIND_NAMES.get(typing.get_origin(hint) or hint, "an object")
 
 
 def default_layer_types(n_layers: int) -> list[str]:
@@ -221,6 +299,18 @@ class TransformerConfig:
     sliding_window: int | None = None
     layer_types: list[str] | None = None  # None: every layer full attention (OLMo 2)
 
+    @property
+    def context_positions(self) -> int | None:
+        """The positions prompts and scoring windows must fit, or None where the checkpoint does
+        not say (OLMo-core's HF export writes max_position_embeddings = -1 for subword models)."""
+        return self.max_position_embeddings if self.max_position_embeddings > 0 else None
+
+    # Integer fields and their least sensible value (checked with the types by `check_fields`).
+    MINIMUMS: ClassVar[dict[str, int]] = {
+        "hidden_size": 1, "intermediate_size": 1, "num_hidden_layers": 1, "num_attention_heads": 1,
+        "num_key_value_heads": 1, "head_dim": 1,
+    }
+
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
@@ -228,10 +318,7 @@ class TransformerConfig:
     def validate_transformer(self, where: str) -> None:
         """What our transformer implements (SwiGLU, bias-free attention, untied head, grouped-query
         heads); raises ConfigError naming the file and the field."""
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads"):
-            value = getattr(self, name)
-            require(type(value) is int and value > 0, where, name, f"must be a positive integer, got {value!r}")
+        check_fields(self, where, self.MINIMUMS)
         require(self.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
         require(not self.attention_bias, where, "attention_bias", "biased attention projections are not supported")
         require(not self.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
@@ -241,6 +328,7 @@ class TransformerConfig:
             require(self.hidden_size % self.num_attention_heads == 0, where, "num_attention_heads",
                     f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
         require(self.rms_norm_eps > 0, where, "rms_norm_eps", "must be positive")
+        require(self.rope_theta > 0, where, "rope_theta", f"must be positive, got {self.rope_theta!r}")
         if self.layer_types is not None:
             validate_layer_types(self.layer_types, self.num_hidden_layers, self.sliding_window, where)
         self.transformer_spec(where)  # validates rope_scaling
@@ -270,9 +358,17 @@ class BolmoConfig(TransformerConfig):
     subword_vocab_size: int = 100278
     tokenizer_config: ByteTokenizerConfig = field(default_factory=ByteTokenizerConfig)
 
+    # max_position_embeddings: the start id and at least one byte (scoring windows hold positions - 1 bytes).
+    MINIMUMS: ClassVar[dict[str, int]] = TransformerConfig.MINIMUMS | {
+        "num_local_heads": 1, "local_intermediate_size": 1, "subword_vocab_size": 1, "max_position_embeddings": 2,
+        "num_local_encoder_layers": 0, "num_local_decoder_layers": 0, "boundary_predictor_lookahead": 0,
+        "sliding_window": 1,
+    }
+
     def __post_init__(self) -> None:
         if isinstance(self.tokenizer_config, dict):
             self.tokenizer_config = ByteTokenizerConfig.from_dict(self.tokenizer_config)
+        check_fields(self, _CONFIG_SOURCE.get(), self.MINIMUMS)  # before the defaults below compute with them
         super().__post_init__()
         if self.layer_types is None:
             self.layer_types = default_layer_types(self.num_hidden_layers)
@@ -281,17 +377,13 @@ class BolmoConfig(TransformerConfig):
     # ------------------------------------------------------------------ validation
     def validate(self, where: str = "config.json") -> None:
         """Reject values the model cannot honour, naming the field."""
+        self.validate_transformer(where)  # types and minimums of every field (MINIMUMS), then the transformer
         require(self.vocab_size == FUSED_VOCAB, where, "vocab_size", f"must be {FUSED_VOCAB}, got {self.vocab_size}")
-        for name in ("num_local_heads", "local_intermediate_size", "subword_vocab_size"):
-            value = getattr(self, name)
-            require(type(value) is int and value > 0, where, name, f"must be a positive integer, got {value!r}")
-        self.validate_transformer(where)
-        for name in ("num_local_encoder_layers", "num_local_decoder_layers"):
-            value = getattr(self, name)
-            require(type(value) is int and value >= 0, where, name, f"must be an integer >= 0, got {value!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            check_token_id(getattr(self, name), self.vocab_size, where, name)
+        self.tokenizer_config.validate(f"{where}: tokenizer_config")
         require(self.hidden_size % (2 * self.num_local_heads) == 0, where, "num_local_heads",
                 f"hidden_size {self.hidden_size} must be divisible by 2 * num_local_heads")
-        require(self.boundary_predictor_lookahead >= 0, where, "boundary_predictor_lookahead", "must be >= 0")
         require(self.local_rms_norm_eps > 0, where, "local_rms_norm_eps", "must be positive")
         parse_boundary_threshold(self.boundary_threshold, where)
 

@@ -12,8 +12,10 @@ from torch import nn
 
 from bolmo.checkpoint.convert import plan_conversion
 from bolmo.checkpoint.expected import meta_model
+from bolmo.checkpoint.inventory import DTYPES, check_finite, dtype_name
 from bolmo.checkpoint.model_config import model_kind, read_model_config
 from bolmo.checkpoint.safetensors_io import HFWeights
+from bolmo.checkpoint.sources import BUNDLED_MODELS, DEFAULT_MODEL_DIR, bundled_or_path  # noqa: F401 (re-exported)
 from bolmo.config import BolmoConfig
 from bolmo.errors import CheckpointError, ConfigError, DeviceError, TokenizerError
 from bolmo.inference import Bolmo, Olmo
@@ -21,26 +23,16 @@ from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
 
-ASSETS = Path(__file__).parent / "assets"
-DEFAULT_MODEL_DIR = ASSETS / "default_model"
-# Models shipped inside the package, by the names every `--model` accepts: the toy Bolmo and the
-# subword OLMo 2 teacher it was byteified from (recipes/toy), so a Bolmo-vs-teacher comparison
-# (`bolmo eval cute --model default --model default-teacher`) runs offline.
-BUNDLED_MODELS = {"default": DEFAULT_MODEL_DIR, "default-teacher": ASSETS / "default_teacher"}
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# The dtypes a model computes in: `--dtype` of the model commands and `bolmo.load(dtype=...)`.
+LOAD_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def resolve_source(source: str | Path | None) -> Path:
     """A local directory for `source`: a path, a Hub repo id already downloaded, or a bundled
     model (None: the default model; or a name in BUNDLED_MODELS that is not a local path).
     Never touches the network."""
-    path = Path(source).expanduser() if source is not None else None
-    if path is None or (str(source) in BUNDLED_MODELS and not path.exists()):
-        name = "default" if source is None else str(source)
-        bundled = BUNDLED_MODELS[name]
-        if not (bundled / "config.json").is_file():
-            raise CheckpointError(f"the bundled model {name!r} is missing from {bundled}")
-        return bundled
+    path = bundled_or_path(source)
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path}: expected a checkpoint directory (config.json + weights)")
@@ -70,6 +62,16 @@ def check_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def check_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """`dtype` (a torch.dtype or its name, as `--dtype` takes it) as one the model can compute in,
+    or ConfigError before any weight is read (torch's own error comes from deep inside the load)."""
+    resolved = DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or dtype_name(resolved) not in LOAD_DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not supported (use one of {', '.join(LOAD_DTYPES)}, "
+                          "or the torch.dtype of one)")
+    return resolved
+
+
 def checkpoint_kind(path: Path) -> str:
     """'bolmo' (HF), 'bolmo-olmo-core', 'olmo-core', or the HF model_type of a subword model
     (decided by `bolmo.checkpoint.model_config.model_kind`, as for every other command)."""
@@ -84,12 +86,14 @@ def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig | Olm
 
 
 def load(source: str | Path | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype = torch.float32) -> Bolmo | Olmo:
+         dtype: str | torch.dtype = torch.float32) -> Bolmo | Olmo:
     """Load a Bolmo model (HF or OLMo-core directory, downloaded Hub repo id, or the bundled
     default) in eval mode as a `bolmo.inference.Bolmo`, with its tokenizer attached as
     `model.tokenizer`. Subword OLMo 2 / Olmo 3 directories (HF or OLMo-core) load as
-    `bolmo.inference.Olmo`, with their tokenizer when the directory has a tokenizer.json."""
+    `bolmo.inference.Olmo`, with their tokenizer when the directory has a tokenizer.json.
+    `dtype`: a torch.dtype or its name (float32, bfloat16, float16, float64)."""
     device = check_device(device)
+    dtype = check_dtype(dtype)
     path = resolve_source(source)
     config, kind = read_model_config(path)
     tensors = checkpoint_tensors(path, kind)
@@ -102,7 +106,7 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     return model.eval()
 
 
-def checkpoint_tensors(path: Path, kind: str) -> Iterable[tuple[str, Path, torch.Tensor]]:
+def checkpoint_tensors(path: str | Path, kind: str) -> Iterable[tuple[str, Path, torch.Tensor]]:
     """(HF name, file, tensor) for every tensor of a checkpoint, read one at a time; OLMo-core
     tensors are renamed and reshaped by the converter's own plan."""
     if kind in ("bolmo-olmo-core", "olmo-core"):
@@ -147,10 +151,9 @@ def check_weights(name: str, file: Path, tensor: torch.Tensor) -> None:
     """A floating-point tensor with only finite values, or CheckpointError: an integer tensor would
     fail deep inside torch, and a NaN would make every score and generation silently meaningless."""
     if not tensor.is_floating_point():
-        raise CheckpointError(f"{file}: tensor {name!r} has dtype {str(tensor.dtype).removeprefix('torch.')}, "
+        raise CheckpointError(f"{file}: tensor {name!r} has dtype {dtype_name(tensor.dtype)}, "
                               "a weight must be floating point")
-    if not bool(torch.isfinite(tensor).all()):
-        raise CheckpointError(f"{file}: tensor {name!r} holds NaN or infinite values")
+    check_finite(tensor, name, str(file))
 
 
 def build_tokenizer(config: BolmoConfig, model_dir: Path | None) -> ByteTokenizer:

@@ -101,6 +101,13 @@ def byte_distributions(model: BolmoForCausalLM, text: str) -> torch.Tensor:
     return folded_byte_logprobs(out.logits[0, :-1]).cpu()
 
 
+def window_ids(model, sequences: Sequence[Sequence[int]]) -> int:
+    """The ids a scoring window holds after its start id: the model's positions - 1, or the longest
+    text (one window each) where the checkpoint does not say (`context_positions` None)."""
+    positions = model.config.context_positions
+    return positions - 1 if positions is not None else max([1, *(len(s) for s in sequences)])
+
+
 def empty_text_error(name: str) -> ScoringError:
     """The refusal of an empty file or corpus (`bolmo score`, `bolmo eval bpb`): it has no bytes to
     divide by, so its bits per byte would be NaN rather than a number."""
@@ -173,8 +180,8 @@ def score_bolmo(model, texts: Sequence[str], batch_size: int = 8, context: int |
         return folded_logprobs(out.logits[:, :-1], ids[:, 1:])
 
     sequences = [tokenizer.encode(text, add_bos=False) for text in texts]
-    logprobs = score_windows(score_rows, sequences, tokenizer.bos_id, tokenizer.pad_id,
-                             model.config.max_position_embeddings - 1, batch_size, context, model.device)
+    logprobs = score_windows(score_rows, sequences, tokenizer.bos_id, tokenizer.pad_id, window_ids(model, sequences),
+                             batch_size, context, model.device)
     return [ScoreResult(text=text, byte_logprobs=lp, nats=float(-lp.double().sum()), n_bytes=lp.numel())
             for text, lp in zip(texts, logprobs)]
 
@@ -201,8 +208,8 @@ def score_subword(model, texts: Sequence[str], batch_size: int = 8, context: int
 
     start = tokenizer.encode("")[0]
     sequences = [tokenizer.encode(text)[1:] for text in texts]
-    token_logprobs = score_windows(score_rows, sequences, start, tokenizer.pad_id,
-                                   model.config.max_position_embeddings - 1, batch_size, context, model.device)
+    token_logprobs = score_windows(score_rows, sequences, start, tokenizer.pad_id, window_ids(model, sequences),
+                                   batch_size, context, model.device)
     results: list[ScoreResult] = []
     for text, targets, token_lp in zip(texts, sequences, token_logprobs):
         n_bytes = len(text.encode("utf-8"))

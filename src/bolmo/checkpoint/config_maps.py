@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bolmo.checkpoint.keymaps import padded_vocab_size
-from bolmo.config import BolmoConfig, ByteTokenizerConfig, RopeSpec, TransformerSpec, parse_rope_scaling, yarn_mscale
+from bolmo.config import (
+    KIND_NAMES,
+    BolmoConfig,
+    ByteTokenizerConfig,
+    RopeSpec,
+    TransformerSpec,
+    parse_rope_scaling,
+    yarn_mscale,
+)
 from bolmo.errors import BolmoWarning, ConfigError
 from bolmo.olmo.config import PRETRAINED_CONFIG_KEYS, OlmoConfig, legacy_rope_fields
 
@@ -64,8 +72,11 @@ LOCAL_RMS_NORM_EPS = 1e-5  # bolmo-core builds post_last_block_norm / initial_no
 # ---------------------------------------------------------------------------------- OLMo-core side
 _REQUIRED = object()
 _NUMBER = (int, float)
-_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false", int: "an integer",
-               float: "a number"}
+# max_position_embeddings of the released Bolmo-1B and Bolmo-7B config.json: the context a Bolmo gets
+# when its OLMo-core config says nothing about one (see `context_length`).
+RELEASED_BOLMO_CONTEXT = 65536
+# What OLMo-core's own HF export writes for a subword model when it is not told a context length.
+OLMO_CORE_UNKNOWN_CONTEXT = -1
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ class _Obj:
             return default
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            expected = " or ".join(_KIND_NAMES[k] for k in kinds)
+            expected = " or ".join(KIND_NAMES[k] for k in kinds)
             raise ConfigError(f"{self.where}: {self.field(key)}: expected {expected}, got {value!r}")
         return value
 
@@ -169,7 +180,7 @@ def read_global(model: _Obj) -> tuple[dict[str, Any], str]:
         "sliding_window": sliding[0] if sliding else None,
         "attention_bias": attn.get("bias", bool, False),
         "hidden_act": ff.get("activation", str, ff.get("act_name", str, "silu")),
-        "initializer_range": model.get("init_std", _NUMBER, 0.02), "max_position_embeddings": -1,
+        "initializer_range": model.get("init_std", _NUMBER, 0.02),
     }
     return fields, model.get("dtype", str, "float32")
 
@@ -231,14 +242,37 @@ def _tokenizer(config: dict[str, Any], where: str) -> dict[str, Any]:
     return _Obj(config, "", where).obj("dataset", required=False).obj("tokenizer", required=False).data
 
 
+def context_length(config: dict[str, Any], rope_scaling: dict[str, Any] | None, where: str) -> int | None:
+    """The positions an OLMo-core model was made for (its `model` config has no such field): YaRN's
+    extended context (old_context_len x factor: 8192 x 8 = 65536 for Bolmo-7B, as released), else
+    the training sequence length (`dataset.sequence_length`, `train_module.max_sequence_length`);
+    None when the config holds neither."""
+    if rope_scaling is not None:
+        return int(rope_scaling["original_max_position_embeddings"] * rope_scaling["factor"])
+    top = _Obj(config, "", where)
+    for section, key in (("dataset", "sequence_length"), ("train_module", "max_sequence_length")):
+        length = top.obj(section, required=False).get(key, int, None)
+        if length is not None:
+            if length < 2:
+                raise ConfigError(f"{where}: {section}.{key}: must be an integer >= 2, got {length}")
+            return length
+    return None
+
+
 def olmo_core_to_hf(config: dict[str, Any], where: str, subword_vocab_size: int | None = None) -> dict[str, Any]:
     """HF config.json for an OLMo-core experiment config (Olmo2/Olmo3 config dict or BolmoConfig dict).
 
-    `subword_vocab_size`: rows of the expanded-embedding table, for configs that do not record it."""
+    `subword_vocab_size`: rows of the expanded-embedding table, for configs that do not record it.
+    `max_position_embeddings` is `context_length`, else the released Bolmo models' 65536 for Bolmo
+    (never -1: generation and scoring size their windows with it) and OLMo-core's own -1 for a
+    subword model; an `hf_overrides` value wins over both."""
     model, tok = _model_obj(config, where), _tokenizer(config, where)
     check_model_fields(model)
     fields, dtype = read_global(model)
-    if model_family(config, where) == "bolmo":
+    bolmo = model_family(config, where) == "bolmo"
+    fields["max_position_embeddings"] = context_length(config, fields["rope_scaling"], where) or (
+        RELEASED_BOLMO_CONTEXT if bolmo else OLMO_CORE_UNKNOWN_CONTEXT)
+    if bolmo:
         out = _bolmo_hf(fields, model, tok, subword_vocab_size).to_dict()
         out["dtype"] = dtype
     else:

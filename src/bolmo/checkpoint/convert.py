@@ -27,9 +27,16 @@ from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.dcp_writer import DCPWriter
 from bolmo.checkpoint.expected import expected_hf_tensors
 from bolmo.checkpoint.layout import DCP_SUBDIR
-from bolmo.checkpoint.inventory import SAFETENSORS_CODES, TensorInfo, differences, dtype_name, stored_suffix
+from bolmo.checkpoint.inventory import (
+    SAFETENSORS_CODES,
+    TensorInfo,
+    check_finite,
+    differences,
+    dtype_name,
+    stored_suffix,
+)
 from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
-from bolmo.checkpoint.sources import Source, SourceKind, open_checkpoint
+from bolmo.checkpoint.sources import Source, SourceKind, bundled_or_path, open_checkpoint
 from bolmo.errors import CheckpointError, ConfigError
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
 
@@ -71,6 +78,19 @@ class ConversionPlan:
                 yield rows.to(planned.dtype)
         else:
             yield self.produce(planned)
+
+    def checked(self, planned: PlannedTensor, values: torch.Tensor) -> torch.Tensor:
+        """`values` (of `planned`), refusing NaN or infinite values in a model's weights, which
+        `bolmo.load` would refuse. A generic DCP checkpoint has no model: its tensors (a -inf mask
+        buffer, say) are copied as they are."""
+        if self.source.family is not None:
+            check_finite(values, planned.name, str(self.source.path),
+                         stored_suffix(planned.name, {planned.name: planned.source}))
+        return values
+
+    def checked_rows(self, planned: PlannedTensor) -> Iterator[torch.Tensor]:
+        """`produce_rows`, each row block `checked`."""
+        return (self.checked(planned, rows) for rows in self.produce_rows(planned))
 
     def produce(self, planned: PlannedTensor) -> torch.Tensor:
         """Read one source tensor and turn it into the output tensor."""
@@ -404,13 +424,13 @@ def _copy_subword_tokenizer(plan: ConversionPlan, out: Path) -> None:
 def _write_hf(plan: ConversionPlan, out: Path, shard_size: int, progress: Progress | None) -> None:
     by_name = {t.name: t for t in plan.tensors}
     write_weights(out, [(t.name, t.dtype, t.shape) for t in plan.tensors],
-                  lambda name: plan.produce_rows(by_name[name]), shard_size, progress)
+                  lambda name: plan.checked_rows(by_name[name]), shard_size, progress)
 
 
 def _write_olmo_core(plan: ConversionPlan, out: Path, progress: Progress | None) -> None:
     with DCPWriter(out / DCP_SUBDIR) as writer:
         for planned in plan.tensors:
-            writer.add(planned.name, plan.produce(planned))
+            writer.add(planned.name, plan.checked(planned, plan.produce(planned)))
             if progress:
                 progress(planned.name, planned.nbytes)
 
@@ -431,6 +451,7 @@ def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str | None = N
             overwrite: bool = False, allow_missing: bool = False, verify_against: str | Path | None = None,
             progress: Progress | None = None) -> ConversionResult:
     """Plan and execute in one call (see `bolmo convert --help`)."""
+    src = bundled_or_path(src)
     check_destination(dst, overwrite, sources=[src])
     plan = plan_conversion(src, to, prefix=prefix, dtype=dtype, key_map=key_map, allow_missing=allow_missing,
                            verify_against=verify_against)

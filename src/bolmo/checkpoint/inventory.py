@@ -47,6 +47,17 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return "object" if dtype is None else str(dtype).removeprefix("torch.")
 
 
+def check_finite(tensor: torch.Tensor, name: str, where: str, suffix: str = "") -> None:
+    """CheckpointError naming the tensor unless every value is finite: a NaN or inf weight makes
+    every score and generation silently meaningless. One tensor (or row block) at a time; 1-byte
+    floats are widened first, as torch has no isfinite for some float8 kinds."""
+    if not tensor.is_floating_point():
+        return
+    values = tensor.float() if tensor.dtype.itemsize == 1 else tensor
+    if not bool(torch.isfinite(values).all()):
+        raise CheckpointError(f"{where}: tensor {name!r}{suffix} holds NaN or infinite values")
+
+
 def parse_dtype(name: str, where: str) -> torch.dtype:
     try:
         return DTYPES[name]

@@ -15,6 +15,28 @@ from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.config import read_json
 from bolmo.errors import CheckpointError, ConfigError
 
+ASSETS = Path(__file__).parent.parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "default_model"
+# Models shipped inside the package, by the names every `--model`, `bolmo.load` and checkpoint command
+# accept: the toy Bolmo and the subword OLMo 2 teacher it was byteified from (recipes/toy), so a
+# Bolmo-vs-teacher comparison (`bolmo eval cute --model default --model default-teacher`) runs offline.
+BUNDLED_MODELS = {"default": DEFAULT_MODEL_DIR, "default-teacher": ASSETS / "default_teacher"}
+
+
+def bundled_or_path(source: str | Path | None) -> Path:
+    """`source` as a path, or the directory of the bundled model it names (`default`,
+    `default-teacher`; None: `default`) when no local path of that name exists: one rule for
+    `bolmo.load` and every checkpoint command."""
+    if source is not None:
+        path = Path(source).expanduser()
+        if str(source) not in BUNDLED_MODELS or path.exists():
+            return path
+    name = "default" if source is None else str(source)
+    bundled = BUNDLED_MODELS[name]
+    if not (bundled / "config.json").is_file():
+        raise CheckpointError(f"the bundled model {name!r} is missing from {bundled}")
+    return bundled
+
 
 class SourceKind(str, Enum):
     OLMO_CORE_BOLMO = "olmo-core (bolmo)"
@@ -67,12 +89,12 @@ class Layout:
 def detect(path: str | Path) -> Layout:
     """Recognise any supported checkpoint; raise CheckpointError / ConfigError saying what is wrong.
     The one place a checkpoint's format is decided (`open_checkpoint`, `bolmo.load` and `bolmo info`
-    all ask it).
+    all ask it). A bundled model's name reads that model (`bundled_or_path`).
 
     DCP files decide the layout before config.json does: a config.json that is unrelated, of
     another architecture or unreadable leaves a readable DCP directory readable (generically, with
     a note), instead of hiding it."""
-    path = Path(path)
+    path = bundled_or_path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
     if path.is_file():

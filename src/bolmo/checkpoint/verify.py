@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bolmo.checkpoint.convert import plan_conversion
+from bolmo.checkpoint.convert import ConversionPlan, plan_conversion
 from bolmo.checkpoint.dcp_reader import DCPCheckpoint
 from bolmo.checkpoint.inventory import TensorInfo, dtype_name
 from bolmo.checkpoint.sources import open_checkpoint
@@ -30,7 +30,8 @@ class VerifyReport:
 
 def verify_directory(path: str | Path) -> VerifyReport:
     """Files named by the metadata/index exist and are long enough, headers and byte ranges are
-    valid, chunks tile their tensors, and the config's model has exactly the stored tensors."""
+    valid, chunks tile their tensors, the config's model has exactly the stored tensors, and every
+    one of its weights is finite."""
     report = VerifyReport(Path(path))
     try:
         source = open_checkpoint(path)
@@ -57,7 +58,21 @@ def verify_directory(path: str | Path) -> VerifyReport:
         return report
     report.notes += plan.warnings
     report.notes += _dtype_notes(inventory, plan.config.get("dtype") if plan.config else None)
+    report.problems += _non_finite_problems(plan)
     return report
+
+
+def _non_finite_problems(plan: ConversionPlan) -> list[str]:
+    """Every model weight holding NaN or inf, found by reading the weights as `bolmo convert` does:
+    one tensor (one row chunk of a sharded DCP tensor) at a time, so memory stays bounded."""
+    problems = []
+    for planned in plan.tensors:
+        try:
+            for _ in plan.checked_rows(planned):
+                pass
+        except BolmoError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _dtype_notes(inventory: dict[str, TensorInfo], config_dtype: str | None) -> list[str]:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = subparsers.add_parser("convert", help="convert between OLMo-core/DCP and HF safetensors",
                                     description=_CONVERT_DESCRIPTION,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    convert.add_argument("src", type=Path, help="checkpoint to read")
+    convert.add_argument("src", type=Path, help="checkpoint to read (or a bundled model: default, default-teacher)")
     convert.add_argument("dst", type=Path, help="directory to create")
     convert.add_argument("--to", required=True, choices=["hf", "olmo-core"], help="output format")
     which = convert.add_mutually_exclusive_group()
@@ -79,7 +79,9 @@ def run_convert(args: argparse.Namespace) -> int:
     from bolmo.checkpoint.convert import execute, plan_conversion
     from bolmo.checkpoint.inventory import parse_dtype
     from bolmo.checkpoint.safetensors_io import parse_size
+    from bolmo.checkpoint.sources import bundled_or_path
 
+    args.src = bundled_or_path(args.src)  # `default` / `default-teacher`: the bundled models
     shard_size = parse_size(args.shard_size)
     key_map = _read_key_map(args.key_map) if args.key_map else None
     check_destination(args.dst, args.overwrite, sources=[args.src])

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init = subparsers.add_parser("byteify-init", help="build a new Bolmo model from a subword OLMo teacher",
                                  description=_BYTEIFY_DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    init.add_argument("--teacher", required=True, type=Path, help="OLMo 2 / Olmo 3 checkpoint (HF or OLMo-core)")
+    init.add_argument("--teacher", required=True, type=Path,
+                      help="OLMo 2 / Olmo 3 checkpoint (HF or OLMo-core), or default-teacher")
     init.add_argument("--out", required=True, type=Path, help="directory to create")
     init.add_argument("--local-d-model", type=int,
                       help="local width; must equal the teacher's hidden_size (the default)")
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge = subparsers.add_parser("merge", help="task-arithmetic merge of a post-training delta into Bolmo",
                                   description=_MERGE_DESCRIPTION,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    merge.add_argument("--bolmo", required=True, type=Path, help="Bolmo checkpoint (HF or OLMo-core)")
+    merge.add_argument("--bolmo", required=True, type=Path, help="Bolmo checkpoint (HF or OLMo-core), or default")
     merge.add_argument("--base", required=True, type=Path, help="the subword model the Bolmo was made from")
     merge.add_argument("--post", required=True, type=Path, help="a post-trained descendant of --base")
     merge.add_argument("--alpha", type=float, default=1.0, help="scale of the delta (default: 1.0)")
@@ -78,6 +79,9 @@ def _progress(description: str) -> Iterator[Callable[[str, int], None]]:
 
 def run_byteify_init(args: argparse.Namespace) -> int:
     from bolmo.byteify import ByteifyOptions, byteify_init
+    from bolmo.checkpoint.sources import bundled_or_path
+
+    args.teacher = bundled_or_path(args.teacher)  # `default-teacher`: the bundled OLMo 2 teacher
 
     options = ByteifyOptions(
         local_d_model=args.local_d_model, encoder_layers=args.encoder_layers, decoder_layers=args.decoder_layers,
@@ -99,7 +103,10 @@ def run_byteify_init(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    from bolmo.checkpoint.sources import bundled_or_path
     from bolmo.merge import merge
+
+    args.bolmo, args.base, args.post = (bundled_or_path(p) for p in (args.bolmo, args.base, args.post))
 
     with _progress("merge") as progress:
         result = merge(args.bolmo, args.base, args.post, args.out, alpha=args.alpha,

@@ -58,7 +58,7 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
     engine = engine_for(model)
     rows = [Row(engine.encode(p), Continuation(options), p if isinstance(p, bytes) else p.encode("utf-8"))
             for p in prompts]
-    fit_context(rows, engine, options.max_new_bytes, model.config.max_position_embeddings)
+    fit_context(rows, engine, options.max_new_bytes, model.config.context_positions)
     if options.max_new_bytes == 0:
         yield rows
         return
@@ -69,14 +69,16 @@ def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> I
         yield rows
 
 
-def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int) -> None:
-    """Keep each prompt's last ids that fit the model's `positions` with room for the new bytes,
-    warning about every prompt cut.
+def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int | None) -> None:
+    """Keep each prompt's last ids that fit the model's `positions` (None: unknown, nothing is
+    cut) with room for the new bytes, warning about every prompt cut.
 
     A Bolmo patch and a subword token each hold at least one byte, so start id + prompt ids +
     new bytes bounds the positions a row can use. The room kept for new bytes is `max_new_bytes`,
     but at most half the context: a long generation never cuts a prompt below half the context
     (new positions past the trained range are the caller's choice, as in transformers)."""
+    if positions is None:
+        return
     reserve = min(max_new_bytes, (positions - 1) // 2)
     room = positions - 1 - reserve  # prompt ids after the start id
     for i, row in enumerate(rows):
