@@ -35,7 +35,7 @@ def test_documents_and_their_sources(corpus):
     docs = collect_documents([corpus / "web", corpus / "mixed.jsonl", corpus / "single.md"])
     assert [(d.source, d.text[:5]) for d in docs] == [
         ("web", "The q"), ("news", "Größe"), ("code", "def f"), ("code", "print"), ("mixed", "Ein k"),
-        (corpus.name, "# Tit")]
+        ("single", "# Tit")]
     assert docs[2].doc_id == "c1" and docs[3].doc_id == "mixed.jsonl:2"
     (corpus / "bad.jsonl").write_text('{"body": "x"}\n')
     with pytest.raises(BolmoError, match="bad.jsonl: line 1 has no string field 'text'"):

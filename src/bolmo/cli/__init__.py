@@ -8,12 +8,14 @@ call the library; heavy imports happen inside them so `bolmo --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 
 from bolmo.errors import BolmoError, BolmoWarning
 
@@ -50,17 +52,21 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every way it ends (error, Ctrl-C, SIGTERM, closed pipe) becomes an exit code."""
+    prog = _prog(sys.argv[1:] if argv is None else argv)  # for an interruption while parsing
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        with warnings.catch_warnings():
+        args = build_parser().parse_args(argv)
+        prog = f"bolmo {args.command}"
+        _import_numpy_before_torch()
+        with warnings.catch_warnings(), _rich_broken_pipe_raises():
             warnings.showwarning = _warning_printer(args.command)
             code = int(args.handler(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, not in an "Exception ignored" at exit
             return code
     except BolmoError as exc:
-        print(f"bolmo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `bolmo info --json | head -1`: the reader left; stop quietly like Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -73,11 +79,49 @@ def main(argv: list[str] | None = None) -> int:
         if cause is None:
             raise
         terminated = isinstance(cause, Terminated)
-        print(f"bolmo {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        _clear_unhandled_interrupt()
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _prog(argv: list[str]) -> str:
+    """`bolmo COMMAND` for messages before argparse has run: argv's first word that is not an option."""
+    return " ".join(["bolmo", *[word for word in argv if not word.startswith("-")][:1]])
+
+
+def _clear_unhandled_interrupt() -> None:
+    """A Ctrl-C that escapes code run by exec() (dataclasses build `__init__` so, many while torch
+    imports) is marked unhandled, and CPython then ends a `python -m bolmo.cli` run by SIGINT
+    whatever main() returns; every exec() of a string starts by clearing that mark, as this one does."""
+    exec("")  # noqa: S102 - runs nothing
+
+
+def _import_numpy_before_torch() -> None:
+    """torch imports numpy from C++ and turns any exception raised meanwhile, Ctrl-C included, into a
+    "Failed to initialize NumPy" warning, so the interruption would be lost; imported first, here, a
+    Ctrl-C in that moment interrupts like any other."""
+    import numpy  # noqa: F401
+
+
+@contextlib.contextmanager
+def _rich_broken_pipe_raises() -> Iterator[None]:
+    """rich's Console answers a closed stdout with SystemExit(1); have it raise BrokenPipeError instead,
+    so a table stops like print() does, through main()'s one handler (quietly, exit 141)."""
+    from rich.console import Console
+
+    def raise_broken_pipe(console: Console) -> None:
+        console.quiet = True  # nothing more from this console
+        raise BrokenPipeError
+
+    default = Console.on_broken_pipe
+    Console.on_broken_pipe = raise_broken_pipe
+    try:
+        yield
+    finally:
+        Console.on_broken_pipe = default
 
 
 def _interruption(exc: BaseException) -> BaseException | None:

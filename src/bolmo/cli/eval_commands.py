@@ -243,6 +243,8 @@ def run_cute(args: argparse.Namespace) -> int:
     if max_new_bytes < 1:
         raise BolmoError("--max-new-bytes must be at least 1")
     names = cute.parse_tasks(args.tasks)
+    if args.data is not None and not args.data.is_dir():  # else every task would say "no TASK.tsv"
+        raise BolmoError(f"{args.data}: {'not a directory' if args.data.exists() else 'no such directory'}")
     examples = [e for task in names for e in (cute.read_task(args.data, task, args.limit) if args.data
                                                else cute.load_hub_task(task, args.limit))]
     accuracies: dict[str, dict[str, float]] = {}

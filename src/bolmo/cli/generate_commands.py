@@ -8,7 +8,7 @@ import codecs
 import os
 import sys
 
-from bolmo.cli.model_commands import add_compile_argument, add_model_arguments, load_from_args
+from bolmo.cli.model_commands import add_compile_argument, add_model_arguments, load_from_args, read_stdin
 
 PATCH_SEPARATOR = "|"
 _PATCH_STYLES = ("black on cyan", "black on yellow")  # alternate per patch
@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely ids")
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= P")
     gen.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    gen.add_argument("--stop", nargs="+", action="extend", default=None, metavar="STR",
-                     help="stop before the first occurrence of any STR (not included in the output)")
+    gen.add_argument("--stop", action="append", default=None, metavar="STR",
+                     help="stop before the first occurrence of STR (not included in the output); "
+                          "repeat for several: --stop A --stop B")
     gen.add_argument("--show-patches", action="store_true",
                      help="print prompt and continuation with patch boundaries (subword models: token "
                           f"boundaries) marked: colours in a terminal, '{PATCH_SEPARATOR}' otherwise")
@@ -39,10 +40,11 @@ def run_generate(args: argparse.Namespace) -> int:
 
     # Raw bytes, so a prompt that is not valid UTF-8 (argv decodes with surrogate escapes) reaches a
     # byte model as the bytes given; a subword model refuses it with a GenerationError.
-    prompt = sys.stdin.buffer.read() if args.prompt == "-" else os.fsencode(args.prompt)
+    prompt = read_stdin() if args.prompt == "-" else os.fsencode(args.prompt)
     arguments = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed, stop=args.stop)
     GenerateOptions.build(**arguments)  # reject bad arguments before loading the model
+    note_unused_sampling(args)
     model = load_from_args(args)
     if not args.show_patches:
         for piece in model.stream(prompt, **arguments):
@@ -69,6 +71,15 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"{n_bytes} bytes in {len(patches)} {units} ({n_bytes / max(len(patches), 1):.2f} bytes per {unit}), "
           f"finished by {result.finish_reason}", file=sys.stderr)
     return 0
+
+
+def note_unused_sampling(args: argparse.Namespace) -> None:
+    """Greedy decoding ignores the sampling options: say so rather than let them look applied."""
+    given = [flag for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p), ("--seed", args.seed))
+             if value is not None]
+    if args.temperature == 0 and given:
+        print(f"bolmo generate: note: {', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with "
+              "--temperature 0 (greedy)", file=sys.stderr)
 
 
 def model_is_bolmo(model) -> bool:

@@ -4,7 +4,7 @@
   given), its source in `source` when present (Paloma's subsets), else the file's name;
 - a directory: every file under it, recursively (hidden files skipped), each file's source being
   its folder relative to the directory (the directory's own name at the top level);
-- any other file: one document whose source is its folder's name.
+- any other file: one document whose source is its file name without the suffix.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def collect_documents(paths: list[Path], text_field: str = "text") -> list[Docum
                 raise BolmoError(f"{path}: no such file")
             docs.extend(read_jsonl(path, text_field))
         else:
-            docs.append(Document(str(path), path.resolve().parent.name, read_text_file(path)))
+            docs.append(Document(str(path), path.stem, read_text_file(path)))
     if not docs:
         raise BolmoError(f"no documents found in {', '.join(map(str, paths))}")
     return docs
