@@ -39,8 +39,11 @@ def _wait_for_torch(pid: int, timeout: float = 60.0) -> None:
 def test_ctrl_c_at_any_moment_is_a_one_line_interruption(delay):
     """Ctrl-C while torch imports (its first seconds), while the model loads or while it generates:
     always `bolmo generate: interrupted` and 130, never a traceback or death by signal."""
+    # SIG_DFL in the child: a test run started in the background (`make test &`) has SIGINT ignored,
+    # which the child would inherit, and Python installs its Ctrl-C handler only where it is not.
     process = subprocess.Popen([sys.executable, "-m", "bolmo.cli", "generate", "Hi", "--max-new-bytes", "100000"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for_torch(process.pid)
         time.sleep(delay)
