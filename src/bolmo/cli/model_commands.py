@@ -161,16 +161,18 @@ def run_score(args: argparse.Namespace) -> int:
 
 def read_text_file(file: Path) -> str:
     """A non-empty UTF-8 text file's contents (`-`: stdin's), or BolmoError naming the file."""
-    try:
-        text = _decode_text(read_stdin()) if str(file) == "-" else file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BolmoError(f"{file}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise BolmoError(f"{file}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:  # a directory, a symlink loop, no permission...
-        raise BolmoError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    from bolmo.eval.documents import read_text_file as read_document
+    from bolmo.scoring import empty_text_error
+
+    if str(file) != "-":
+        text = read_document(file)
+    else:
+        try:
+            text = _decode_text(read_stdin())
+        except UnicodeDecodeError as exc:
+            raise BolmoError(f"-: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not text:
-        raise BolmoError(f"{file}: empty, nothing to score")
+        raise empty_text_error(str(file))
     return text
 
 

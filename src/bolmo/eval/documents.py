@@ -33,12 +33,15 @@ def _jsonl_name(path: Path) -> str:
 
 
 def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's contents, or BolmoError naming the file (`bolmo score` reads through it too)."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BolmoError(f"{path}: no such file") from None
     except UnicodeDecodeError as exc:
         raise BolmoError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:  # a directory, a symlink loop, no permission...
+        raise BolmoError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def read_jsonl(path: Path, text_field: str = "text") -> list[Document]:

@@ -105,9 +105,9 @@ def prefill_group(model, rows: list[list[int]], generators: list[torch.Generator
     mask = pad_sequence([predictor.decide(logprobs[b : b + 1, : len(ids)], None, generator)[0, :-1]
                          for b, (ids, generator) in enumerate(zip(rows, generators))], batch_first=True)
     # Roll back one byte: the held-back id is fed again by the first decode step.
-    valid = torch.arange(longest - 1, device=device) < (lengths - 1).unsqueeze(1)
-    if bool(valid.all()):
-        valid = None
+    valid = None  # [B, longest - 1], False on padding; None when no row is padded (known on the host)
+    if any(len(ids) < longest for ids in rows):
+        valid = torch.arange(longest - 1, device=device) < (lengths - 1).unsqueeze(1)
     h, encoder_states = encoder(full[:, :-1], None if expanded is None else expanded[:, :-1], valid=valid)
     patches, _ = pool(h, mask)  # padded patches sit after every real one: causal attention never sees them
     g, keys, values = global_prefill(inner.layers, encoder.out_projection(patches))
