@@ -78,3 +78,18 @@ def test_eval_cute_compares_the_bundled_model_with_its_teacher(tmp_path):
                  "--chart", str(tmp_path / "cute.png")])
     assert code == 0
     assert len(json.loads(out.read_text())["accuracy"]) == 2  # one column per model
+
+
+def test_bundled_configs_give_the_context_they_were_trained_on():
+    """max_position_embeddings is what recipes/toy trained on (576-byte Bolmo sequences, 128-token
+    teacher sequences), not the initial config's 4096: scoring windows and prompt cuts follow it."""
+    import yaml
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "toy"
+    stage2 = yaml.safe_load((recipes / "stage2.yaml").read_text())
+    teacher = yaml.safe_load((recipes / "teacher.yaml").read_text())
+    assert bolmo.load().config.context_positions == stage2["data"]["seq_len"] == 576
+    assert bolmo.load("default-teacher").config.context_positions == teacher["data"]["tokens_per_instance"] == 128
+    for name, positions in (("default", "576"), ("default-teacher", "128")):
+        card = (BUNDLED_MODELS[name] / "README.md").read_text()
+        assert f"gives {positions} positions" in card

@@ -80,9 +80,9 @@ $TEACHER_STEPS steps of 16 x 128 tokens (recipes/toy/teacher.yaml). Bolmo: the t
 $STAGE2_STEPS steps of 8 instances x 576 byte slots (recipes/toy/stage1.yaml, stage2.yaml).
 INFO
 "$PY" "$HERE/toy.py" package --model "$WORK/stage2/hf" --eval "$WORK/eval.json" --recipe "$WORK/recipe.txt" \
-  --out "$WORK/model"
+  --out "$WORK/model" --context 576  # trained on 576-byte sequences (stage1/2.yaml seq_len)
 "$PY" "$HERE/toy.py" package --model "$WORK/teacher/hf" --eval "$WORK/eval.json" --recipe "$WORK/recipe.txt" \
-  --out "$WORK/teacher_model" --card TEACHER_CARD.md
+  --out "$WORK/teacher_model" --card TEACHER_CARD.md --context 128  # 128 tokens (teacher.yaml)
 if [[ "$INSTALL" == 1 ]]; then
   mkdir -p "$ROOT/src/bolmo/assets"
   for pair in model:default_model teacher_model:default_teacher; do

@@ -117,10 +117,18 @@ def package(args: argparse.Namespace) -> None:
     staging = args.out.with_name(args.out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     convert(args.model, staging, "hf", dtype=getattr(torch, args.dtype))
+    # The context the model was trained on, not the initial config's 4096: scoring windows and
+    # prompt cuts follow it, and longer windows score worse than the trained length (d128 Bolmo on
+    # docs prose: 3.12 bits per byte in 4,095-byte windows against 2.96 in 575-byte ones).
+    config_path = staging / "config.json"
+    config = json.loads(config_path.read_text())
+    config["max_position_embeddings"] = args.context
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     card = (Path(__file__).parent / args.card).read_text()
     facts = {"teacher_bpb": f"{report['teacher']['bits_per_byte']:.3f}",
              "bolmo_bpb": f"{report['bolmo']['bits_per_byte']:.3f}", "ratio": f"{report['ratio']:.3f}",
-             "pages": report["pages"], "dtype": args.dtype, "recipe": args.recipe.read_text().strip()}
+             "pages": report["pages"], "dtype": args.dtype, "recipe": args.recipe.read_text().strip(),
+             "context": f"{args.context:,}"}
     (staging / "README.md").write_text(card.format(**facts))
     if args.out.exists():
         shutil.rmtree(args.out)
@@ -165,6 +173,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--card", default="MODEL_CARD.md", help="model card template next to this script")
+    p.add_argument("--context", type=int, required=True,
+                   help="max_position_embeddings to write: the sequence length the model was trained on")
     p.set_defaults(run=package)
     args = parser.parse_args()
     args.run(args)
