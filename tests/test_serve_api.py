@@ -390,3 +390,15 @@ def test_a_failing_step_fails_its_requests_not_the_server(model):
         del engine.step
         out = httpx.post(running.v1 + "/completions", json={"prompt": "a", "max_tokens": 5}, timeout=60).json()
         assert out["usage"]["completion_tokens"] == 5
+
+
+def test_a_bundled_model_has_one_served_id_however_it_is_named(tmp_path, monkeypatch):
+    from bolmo.cli.serve_commands import served_model_name
+
+    assert served_model_name(None, None) == served_model_name(None, "default") == "bolmo-default"
+    assert served_model_name(None, "default-teacher") == "bolmo-default-teacher"
+    assert served_model_name("mine", "default") == "mine"
+    assert served_model_name(None, "allenai/Bolmo-1B") == "allenai/Bolmo-1B"
+    (tmp_path / "default").mkdir()  # a local directory of that name is not the bundled model
+    monkeypatch.chdir(tmp_path)
+    assert served_model_name(None, "default") == "default"

@@ -9,7 +9,7 @@ import sys
 from bolmo.cli.model_commands import add_compile_argument, add_model_arguments
 from bolmo.errors import ServeError
 
-DEFAULT_MODEL_NAME = "bolmo-default"  # the served id of the bundled model
+SERVED_PREFIX = "bolmo-"  # bundled models are served as bolmo-default, bolmo-default-teacher
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,9 +24,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting to join; more get 429 "
                                                                  "(default 64)")
     serve.add_argument("--model-name", default=None, help="the model id clients name (default: --model, or "
-                                                          f"{DEFAULT_MODEL_NAME!r} for the bundled model)")
+                                                          f"'{SERVED_PREFIX}NAME' for a bundled model: "
+                                                          f"'{SERVED_PREFIX}default' without --model)")
     add_compile_argument(serve)
     serve.set_defaults(handler=run_serve)
+
+
+def served_model_name(model_name: str | None, model: str | None) -> str:
+    """The id clients name: --model-name, else --model as given, except that a bundled model has
+    one id however it was named (no --model and `--model default` are both `bolmo-default`)."""
+    if model_name:
+        return model_name
+    from bolmo.checkpoint.sources import BUNDLED_MODELS, bundled_or_path  # torch: imported when serving
+
+    bundled = bundled_or_path(model)
+    for name, directory in BUNDLED_MODELS.items():
+        if bundled == directory:
+            return SERVED_PREFIX + name
+    return str(model)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -83,7 +98,7 @@ def serve_on(sockets: list[socket.socket], args: argparse.Namespace) -> int:
     from bolmo.serve import ServeConfig, create_app
 
     model = load_from_args(args)
-    config = ServeConfig(model_name=args.model_name or args.model or DEFAULT_MODEL_NAME, api_key=args.api_key,
+    config = ServeConfig(model_name=served_model_name(args.model_name, args.model), api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue)
     app = create_app(model, config, resolve_source(args.model))
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
