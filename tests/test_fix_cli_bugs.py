@@ -218,3 +218,20 @@ def test_training_doc_says_the_toy_recipes_resume():
                       if re.search(r"^resume:\s*true", p.read_text(), re.MULTILINE))
     text = " ".join((ROOT / "docs" / "training.md").read_text().split())
     assert not resuming or "The toy recipes (`recipes/toy/*.yaml`) set `resume: true`" in text
+
+
+def test_generate_shows_control_characters_as_escapes_on_a_terminal_only(monkeypatch, capsys):
+    """A random or barely trained model can emit ESC sequences, bells, carriage returns: on a
+    terminal they are written as visible escapes; a pipe gets the bytes as generated."""
+    import bolmo.cli.generate_commands as generate_commands
+
+    class Model:
+        def stream(self, prompt, **options):
+            yield from ("ok\x1b[2J", "\x07\r\x85\n\tdone é")
+
+    monkeypatch.setattr(generate_commands, "load_from_args", lambda args: Model())
+    assert main(["generate", "x"]) == 0
+    assert capsys.readouterr().out == "ok\x1b[2J\x07\r\x85\n\tdone é\n"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["generate", "x"]) == 0
+    assert capsys.readouterr().out == "ok\\x1b[2J\\x07\\x0d\\x85\n\tdone é\n"

@@ -47,8 +47,9 @@ def run_generate(args: argparse.Namespace) -> int:
     note_unused_sampling(args)
     model = load_from_args(args)
     if not args.show_patches:
+        shown = terminal_safe if sys.stdout.isatty() else str  # piped output keeps every byte as generated
         for piece in model.stream(prompt, **arguments):
-            sys.stdout.write(piece)
+            sys.stdout.write(shown(piece))
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
@@ -62,7 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
         text = Text()
         for i, patch in enumerate(patches):
             for char, start in patch:
-                text.append(char, style=_PATCH_STYLES[i % 2] + ("" if start < n_prompt else " bold"))
+                text.append(terminal_safe(char), style=_PATCH_STYLES[i % 2] + ("" if start < n_prompt else " bold"))
         console.print(text)
     else:
         print(PATCH_SEPARATOR.join("".join(char for char, _ in patch) for patch in patches))
@@ -71,6 +72,17 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"{n_bytes} bytes in {len(patches)} {units} ({n_bytes / max(len(patches), 1):.2f} bytes per {unit}), "
           f"finished by {result.finish_reason}", file=sys.stderr)
     return 0
+
+
+# Control characters a terminal would act on (cursor moves, colours, clearing the screen, a bell):
+# every C0 one but newline and tab, DEL, and the C1 range. Random or barely trained models emit them.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with the control characters a terminal would act on written as visible escapes
+    (ESC as `\\x1b`): what goes to a terminal, never to a pipe or file."""
+    return text.translate(_CONTROL)
 
 
 def note_unused_sampling(args: argparse.Namespace) -> None:
