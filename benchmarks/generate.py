@@ -128,7 +128,7 @@ def new_boundaries(row) -> list[bool]:
 
 
 def closed_patch(row) -> bool:
-    """Does the id the row feeds next end a patch (so the global model runs)? (A lone BOS ends one.)"""
+    """Did the id the row was last fed end a patch (so the global model ran)? (A lone BOS ends one.)"""
     return (row.boundaries or row.prompt_boundaries or [True])[-1]
 
 
@@ -140,11 +140,12 @@ def timed_run(model, prompts: list[str], n: int, compiled: bool) -> Timing:
     rows = next(steps)  # after the prefill and the first new byte
     timing = Timing(prefill_s=time.perf_counter() - start)
     while not all(r.done for r in rows):
-        # A step feeds each running row's latest id; the global model runs if any of them closed a patch.
-        timing.global_step.append(any(closed_patch(r) for r in rows if not r.done))
         start = time.perf_counter()
         rows = next(steps)
         timing.step_s.append(time.perf_counter() - start)
+        # A step samples each row's next id, then feeds it to the rows still running: the global
+        # model ran if one of those ids closed a patch.
+        timing.global_step.append(any(closed_patch(r) for r in rows if not r.done))
     timing.data = [new_data(r) for r in rows]
     timing.new_bytes = sum(len(d) for d in timing.data)
     timing.new_patches = sum(sum(new_boundaries(r)) for r in rows)
