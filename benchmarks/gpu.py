@@ -8,7 +8,11 @@ and against the reference implementation at batch 1 where it fits (`--reference`
 The subword model's tokens/s are converted to bytes/s with `--bytes-per-token` (default 4.0, a
 typical figure for English text and a 100k-entry BPE vocabulary; its random weights emit random
 tokens, so its own output cannot give a meaningful figure). Bolmo's figures count real new bytes.
-Compiled engine: torch.compile of the local step (CUDA graphs where the step allows them).
+Compiled engine: torch.compile of each whole decode step, `mode="reduce-overhead"` (CUDA graphs
+where the step allows them). `cudagraph_skips` counts the compiled graphs torch ran without CUDA
+graphs during a measurement (torch logs why: cudagraph trees skip a graph whose non-static inputs
+it writes in place, as the step writes the mLSTM states and KV cache); 0 means every step
+replayed CUDA graphs. Untested on a GPU so far: read this column first.
 
 `--dry-run` runs every code path on the CPU with the same model families shrunk to a tiny width
 (float32, batches 1 and 2, a few bytes), so the script is known to work before a GPU is at hand;
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 from bolmo.config import BolmoConfig
 from bolmo.generation.compiled import COMPILE_ENV
@@ -164,8 +169,10 @@ def main() -> None:
         for batch in args.batches:
             olmo_prefill, olmo_decode = olmo_rates(olmo, batch, prompt_tokens, new_tokens, device)
             for engine in args.engines:
+                skips = counters["inductor"]["cudagraph_skips"]
                 prefill_rate, decode_rate = bolmo_rates(model, batch, args.prompt_bytes, args.new_bytes,
                                                         engine == "compiled", device)
+                skips = counters["inductor"]["cudagraph_skips"] - skips
                 rows.append({
                     "model": name + (" (dry-run shapes)" if args.dry_run else ""), "engine": engine, "batch": batch,
                     "prefill_bytes_per_s": prefill_rate, "decode_bytes_per_s": decode_rate,
@@ -174,6 +181,7 @@ def main() -> None:
                     "decode_vs_olmo": round(decode_rate / (olmo_decode * args.bytes_per_token), 2),
                     "decode_vs_reference": round(decode_rate / reference_rate, 2) if batch == 1 and
                     not math.isnan(reference_rate) else "",
+                    "cudagraph_skips": skips if engine == "compiled" and device.type == "cuda" else "",
                 })
         del model, olmo
         if device.type == "cuda":
@@ -181,7 +189,7 @@ def main() -> None:
     os.environ.pop(COMPILE_ENV, None)
     report(args.name or ("gpu-dry-run" if args.dry_run else "gpu"), rows,
            ["model", "engine", "batch", "prefill_bytes_per_s", "decode_bytes_per_s", "olmo_prefill_bytes_per_s",
-            "olmo_decode_bytes_per_s", "decode_vs_olmo", "decode_vs_reference"],
+            "olmo_decode_bytes_per_s", "decode_vs_olmo", "decode_vs_reference", "cudagraph_skips"],
            {"device": str(device), "dtype": str(dtype), "new_bytes": args.new_bytes, "prompt_bytes": args.prompt_bytes,
             "bytes_per_token": args.bytes_per_token, "dry_run": args.dry_run,
             "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None})
