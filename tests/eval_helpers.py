@@ -17,11 +17,14 @@ def tiny_olmo_dir(directory: Path) -> Path:
     return directory
 
 
-def hand_loglikelihood(model, context: str, continuation: str) -> tuple[float, bool]:
+def hand_loglikelihood(model, context: str, continuation: str, max_length: int | None = None) -> tuple[float, bool]:
     """BOS + context bytes + continuation bytes + "\\n\\n", the model on all but the last id,
-    p(byte) = p(id) + p(id + 260) from a plain softmax, log-probs of the continuation summed."""
+    p(byte) = p(id) + p(id + 260) from a plain softmax, log-probs of the continuation summed.
+    `max_length`: at most that many ids fed, the context's first bytes dropped to fit."""
     ctx = list(context.encode("utf-8"))
     cont = list(continuation.encode("utf-8"))
+    if max_length is not None:
+        ctx = ctx[max(0, len(ctx) + len(cont) + 2 - max_length):]  # BOS + ctx + cont + 2 - 1 ids fed
     ids = [1] + [b + 4 for b in ctx + cont] + [ord("\n") + 4] * 2
     with torch.no_grad():
         logits = model(torch.tensor([ids[:-1]])).logits[0].double()

@@ -77,3 +77,38 @@ def test_cli_bolmo_and_subword_side_by_side(corpus, tiny_model_dir, tmp_path_fac
     printed = capsys.readouterr().out
     assert "overall" in printed and "macro" in printed
     assert main(["eval", "bpb", str(corpus / "web"), "--window", "4", "--overlap", "4"]) == 2
+
+
+def test_windows_follow_each_models_context_and_match_model_score(tmp_path):
+    """The bundled Bolmo (576 positions) and its teacher (128) get windows that fit them by
+    default, so a document of several windows scores exactly as `model.score` scores it; without
+    the cap they were scored in one 2,048-id window, past what either model was trained on."""
+    import bolmo
+
+    text = " ".join(f"The {word} module documents function number {i}." for i, word in
+                    enumerate(["json", "pickle", "uuid", "zipfile", "typing"] * 6))  # ~1,500 bytes
+    (tmp_path / "doc.txt").write_text(text)
+    out = tmp_path / "bpb.json"
+    assert main(["eval", "bpb", str(tmp_path / "doc.txt"), "--model", "default", "--model", "default-teacher",
+                 "--no-progress", "--output", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    for name, window, overlap in (("default", 575, 287), ("default-teacher", 127, 63)):
+        got = results[name]
+        assert (got["window"], got["overlap"]) == (window, overlap)
+        expected = bolmo.load(name).score([text])[0]
+        assert got["overall"]["bits_per_byte"] == pytest.approx(expected.bits_per_byte, rel=1e-5)
+    assert len(text.encode()) > 2 * 575  # several windows for both models
+
+
+def test_model_window_defaults_and_a_window_past_the_context_warns(tiny_model_dir):
+    import bolmo
+    from bolmo.errors import ContextWarning
+    from bolmo.eval.rolling import model_window
+
+    model = bolmo.load()
+    assert model_window(model) == (575, 287)
+    assert model_window(model, 100) == (100, 50) and model_window(model, 100, 10) == (100, 10)
+    with pytest.warns(ContextWarning, match="longer than the model's context"):
+        assert model_window(model, 1000) == (1000, 500)
+    model.config.max_position_embeddings = -1  # a checkpoint that does not say: the plain defaults
+    assert model_window(model) == (2048, 512)

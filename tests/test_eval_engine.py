@@ -111,3 +111,19 @@ def test_subword_loglikelihood_matches_a_direct_computation(tmp_path_factory):
     assert results[0].logprob == pytest.approx(expected, abs=2e-4)
     single = Scorer(model, batch_size=1).loglikelihood([("x", " y"), ("", "z")])
     assert [r.logprob for r in single] == pytest.approx([r.logprob for r in results[1:]], abs=1e-5)
+
+
+def test_max_length_defaults_to_the_models_context(tiny):
+    from bolmo.errors import ContextWarning
+
+    positions = tiny.config.context_positions
+    scorer = Scorer(tiny)
+    assert scorer.max_length == positions + 1  # start, context, continuation + the one lookahead id fed
+    ids, _, _ = scorer.row(IdRequest(tuple(range(10, 10 + positions)), (30, 31)))
+    assert len(ids) == positions + 1  # context cut from the left to fit
+    too_long = IdRequest((5, 6), tuple([40] * (positions + 3)))
+    with pytest.warns(ContextWarning, match="longer than the model's context"):
+        ids, first, _ = scorer.row(too_long)  # scored whole, after the start id alone
+    assert ids[0] == 1 and first == 1
+    with pytest.raises(Exception, match="max_length"):
+        Scorer(tiny, max_length=positions).row(too_long)  # asked for explicitly: refused

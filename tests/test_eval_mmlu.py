@@ -107,7 +107,10 @@ def test_run_a_subject_on_the_default_model(tmp_path, capsys):
     model = bolmo.load()
     correct_char, bpb = 0, 0.0
     for doc in catalog.load_task("mmlu_world_religions_rc_5shot", limit=2).documents:
-        scores = [hand_loglikelihood(model, c.context, c.continuation)[0] for c in doc.choices]
+        # The 5-shot contexts are longer than the model's 576 positions: the engine keeps their ends
+        # (BOS, context and continuation in 576 ids, and the lookahead "\n" fed after them).
+        scores = [hand_loglikelihood(model, c.context, c.continuation, model.config.context_positions + 1)[0]
+                  for c in doc.choices]
         per_char = [s / len(c.continuation) for s, c in zip(scores, doc.choices)]
         correct_char += per_char.index(max(per_char)) == doc.label
         bpb += -scores[doc.label] / math.log(2) / len(doc.choices[doc.label].continuation.encode())

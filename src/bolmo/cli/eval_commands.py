@@ -66,8 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bpb = sub.add_parser("bpb", help="bits per byte per document, per source and overall (Paloma-style)")
     bpb.add_argument("paths", nargs="+", type=Path, help="text files, directories of them, or JSONL files")
     bpb.add_argument("--text-field", default="text", help="JSONL field holding the text (default text)")
-    bpb.add_argument("--window", type=int, default=None, help="ids per scoring window (default 2048)")
-    bpb.add_argument("--overlap", type=int, default=None, help="context ids carried into the next window (default 512)")
+    bpb.add_argument("--window", type=int, default=None,
+                     help="ids per scoring window (default 2048, or the model's context if shorter)")
+    bpb.add_argument("--overlap", type=int, default=None,
+                     help="context ids carried into the next window (default 512, or half a shorter window)")
     bpb.add_argument("--per-document", action="store_true", help="also print one row per document")
     _add_common(bpb, 8, "bolmo-eval-bpb.json")
     bpb.set_defaults(handler=run_bpb)
@@ -276,19 +278,21 @@ def run_bpb(args: argparse.Namespace) -> int:
     from bolmo.eval.documents import collect_documents
     from bolmo.eval.progress import progress_bar
     from bolmo.eval.report import model_label, print_table
-    from bolmo.eval.rolling import DEFAULT_OVERLAP, DEFAULT_WINDOW, windows
+    from bolmo.eval.rolling import DEFAULT_WINDOW, default_overlap, model_window, windows
 
-    window = DEFAULT_WINDOW if args.window is None else args.window
-    overlap = DEFAULT_OVERLAP if args.overlap is None else args.overlap
-    windows(0, window, overlap)  # reject a bad window/overlap before loading anything
+    given = DEFAULT_WINDOW if args.window is None else args.window
+    windows(0, given, default_overlap(given) if args.overlap is None else args.overlap)  # before loading anything
     docs = collect_documents(args.paths, args.text_field)
     results = {}
     for source in _models(args):
         label = model_label(source)
         scorer = _scorer(_load(source, args), args)
+        window, overlap = model_window(scorer.model, args.window, args.overlap)  # each model's own context
+        windows(0, window, overlap)
         n_windows = sum(len(windows(len(scorer.scheme.encode(d.text)), window, overlap)) for d in docs)
         with progress_bar(n_windows, label, enabled=not args.no_progress) as advance:
-            results[label] = bits_per_byte(scorer, docs, window, overlap, advance)
+            results[label] = {**bits_per_byte(scorer, docs, window, overlap, advance),
+                              "window": window, "overlap": overlap}
     if args.per_document:
         rows = [d.doc_id for d in docs]
         print_table("bits per byte per document", rows,
@@ -299,5 +303,5 @@ def run_bpb(args: argparse.Namespace) -> int:
                        "overall": r["overall"]["bits_per_byte"], "macro (mean of sources)": r["macro"]}
                for label, r in results.items()}
     print_table("bits per byte", [*sources, "overall", "macro (mean of sources)"], columns, first_column="source")
-    _finish(args, {"window": window, "overlap": overlap, "results": results})
+    _finish(args, {"results": results})
     return 0

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from bolmo.errors import BolmoWarning
 from bolmo.eval.documents import Document
 from bolmo.eval.engine import Scorer
-from bolmo.eval.rolling import DEFAULT_OVERLAP, DEFAULT_WINDOW, score_documents
+from bolmo.eval.rolling import score_documents
 from bolmo.scoring import empty_text_error
 
 
@@ -43,8 +43,8 @@ def split_empty(docs: Sequence[Document]) -> tuple[list[Document], list[str]]:
     return [d for d in docs if d.text], empty
 
 
-def bits_per_byte(scorer: Scorer, docs: Sequence[Document], window: int = DEFAULT_WINDOW,
-                  overlap: int = DEFAULT_OVERLAP, progress: Callable[[int], None] | None = None) -> dict:
+def bits_per_byte(scorer: Scorer, docs: Sequence[Document], window: int | None = None,
+                  overlap: int | None = None, progress: Callable[[int], None] | None = None) -> dict:
     """{"documents": [...], "sources": {source: {...}}, "overall": {...}, "macro": float, "skipped_empty": [...]}.
     Every source of `docs` is listed, even one whose documents were all empty."""
     scored, empty = split_empty(docs)

@@ -12,12 +12,13 @@ depends on the batch size or on its neighbours.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from bolmo.errors import BolmoError
+from bolmo.errors import BolmoError, ContextWarning
 from bolmo.eval.schemes import Scheme, scheme_for
 
 
@@ -44,7 +45,11 @@ class Scorer:
     """Scores requests with one model (Bolmo or subword, as `bolmo.load` returns them).
 
     `max_length` bounds the ids the model sees per row; longer requests lose context from the
-    left (the start id stays), as lm-eval's `hf` model does.
+    left (the start id stays), as lm-eval's `hf` model does. None: the model's context (its
+    `context_positions`, see `context_length`; unbounded where the checkpoint does not say), so
+    that no request is scored past the positions the model was trained on; a continuation longer
+    than that context is then scored whole, after the start id alone, with a ContextWarning (a
+    `max_length` given explicitly refuses it).
     """
 
     def __init__(self, model, batch_size: int = 16, max_length: int | None = None) -> None:
@@ -53,7 +58,15 @@ class Scorer:
         self.model = model
         self.scheme: Scheme = scheme_for(model)
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.strict_length = max_length is not None
+        self.max_length = max_length if max_length is not None else self.context_length(model)
+
+    def context_length(self, model) -> int | None:
+        """The default `max_length`: the start id, context and continuation within the model's
+        positions (`model.score`'s windows), plus the lookahead id fed after them, which only
+        decides whether the last byte ends a patch, something no scored probability depends on."""
+        positions = model.config.context_positions
+        return None if positions is None else positions + max(0, len(self.scheme.lookahead) - 1)
 
     # ------------------------------------------------------------------ text requests
     def encode_pair(self, context: str, continuation: str) -> IdRequest:
@@ -79,7 +92,12 @@ class Scorer:
         if self.max_length is not None and len(ids) - 1 > self.max_length:
             cut = len(ids) - 1 - self.max_length  # drop this many context ids after the start id
             if cut > len(request.context):
-                raise BolmoError(f"a continuation of {n_target} ids does not fit max_length {self.max_length}")
+                if self.strict_length:
+                    raise BolmoError(f"a continuation of {n_target} ids does not fit max_length {self.max_length}")
+                warnings.warn(f"a continuation of {n_target} ids is longer than the model's context "
+                              f"({self.max_length:,} positions): scored without its context, past that context",
+                              ContextWarning, stacklevel=3)
+                cut = len(request.context)
             ids = ids[:1] + ids[1 + cut:]
         first = len(ids) - len(self.scheme.lookahead) - n_target  # position of the first continuation id
         return ids[:-1], first, list(request.continuation)

@@ -19,7 +19,7 @@ from lm_eval.api.registry import register_model
 
 from bolmo.errors import BolmoError
 from bolmo.eval.engine import Scorer
-from bolmo.eval.rolling import DEFAULT_OVERLAP, DEFAULT_WINDOW, score_documents
+from bolmo.eval.rolling import model_window, score_documents
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_GEN_BYTES = 256
@@ -43,7 +43,7 @@ def _int_or_default(value: Any, default: int, name: str) -> int:
 class BolmoLM(LM):
     def __init__(self, pretrained: str | None = None, batch_size: int | str | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, max_length: int | None = None,
-                 window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP, model=None, **unused: Any) -> None:
+                 window: int | None = None, overlap: int | None = None, model=None, **unused: Any) -> None:
         super().__init__()
         if isinstance(dtype, str) and dtype not in DTYPES:
             raise BolmoError(f"model argument dtype={dtype!r}: choose from {', '.join(DTYPES)}")
@@ -55,7 +55,8 @@ class BolmoLM(LM):
         self.model = model
         self.scorer = Scorer(model, _int_or_default(batch_size, DEFAULT_BATCH_SIZE, "batch_size"),
                              None if max_length in (None, "auto") else _int_or_default(max_length, 0, "max_length"))
-        self.window, self.overlap = int(window), int(overlap)
+        self.window, self.overlap = model_window(model, None if window is None else int(window),
+                                                 None if overlap is None else int(overlap))
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         results = self.scorer.loglikelihood([tuple(r.args[:2]) for r in requests])

@@ -4,6 +4,11 @@ A document longer than one window is scored in windows: the first predicts its f
 ids from the start id alone; each later one predicts the next `window - overlap` ids, seeing the
 `overlap` ids before them as context. Every id is predicted exactly once, so the sum over windows
 is the document's log-likelihood under that context limit.
+
+Windows fit the model: by default DEFAULT_WINDOW ids, or fewer where the checkpoint's context is
+shorter (its positions - 1), with DEFAULT_OVERLAP or half a shorter window as overlap
+(`model_window`): then a document gets exactly `model.score`'s value, whose windows follow the
+same rule. A window asked for beyond the context is scored with a ContextWarning.
 """
 
 from __future__ import annotations
@@ -12,11 +17,32 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from bolmo.errors import BolmoError
+import warnings
+
+from bolmo.errors import BolmoError, ContextWarning
 from bolmo.eval.engine import IdRequest, Scorer
 
 DEFAULT_WINDOW = 2048
 DEFAULT_OVERLAP = 512
+
+
+def default_overlap(window: int) -> int:
+    """DEFAULT_OVERLAP, or half a window shorter than 1,024 ids (`bolmo.scoring.windows`' rule)."""
+    return min(DEFAULT_OVERLAP, window // 2)
+
+
+def model_window(model, window: int | None = None, overlap: int | None = None) -> tuple[int, int]:
+    """(window, overlap) for scoring with `model`: None picks the defaults, capped to the ids its
+    context holds after the start id (positions - 1; uncapped where the checkpoint does not say).
+    A window given beyond the context is kept, with a ContextWarning (its scores extrapolate)."""
+    positions = model.config.context_positions
+    if window is None:
+        window = DEFAULT_WINDOW if positions is None else max(1, min(DEFAULT_WINDOW, positions - 1))
+    elif positions is not None and window > positions - 1:
+        warnings.warn(f"a window of {window:,} ids is longer than the model's context ({positions:,} positions): "
+                      "its later ids are scored past the positions the model was trained on",
+                      ContextWarning, stacklevel=2)
+    return window, default_overlap(window) if overlap is None else overlap
 
 
 @dataclass(frozen=True)
@@ -42,11 +68,14 @@ def windows(n: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
     return spans
 
 
-def score_documents(scorer: Scorer, texts: Sequence[str], window: int = DEFAULT_WINDOW,
-                    overlap: int = DEFAULT_OVERLAP,
+def score_documents(scorer: Scorer, texts: Sequence[str], window: int | None = None,
+                    overlap: int | None = None,
                     progress: Callable[[int], None] | None = None) -> list[DocumentScore]:
-    """The log-likelihood of each text (after the start id), windows as described above. All
+    """The log-likelihood of each text (after the start id), windows as described above (None:
+    `model_window`'s defaults for the scorer's model; values given are used as they are). All
     windows of all documents are scored as one batched request list."""
+    if window is None or overlap is None:
+        window, overlap = model_window(scorer.model, window, overlap)
     requests: list[IdRequest] = []
     owner: list[int] = []
     for doc, text in enumerate(texts):
