@@ -110,6 +110,9 @@ def test_mismatches_are_errors_and_write_nothing(dirs, tmp_path):
         merge(dirs["base"], dirs["base"], dirs["post"], tmp_path / "out")
     with pytest.raises(BolmoError, match="alpha"):
         merge(dirs["bolmo"], dirs["base"], dirs["post"], tmp_path / "out", alpha=float("nan"))
+    # A finite alpha whose product overflows float32: blamed on alpha, not on a (finite) source.
+    with pytest.raises(BolmoError, match=r"overflows torch.float32 with alpha 1e\+40; the sources are finite"):
+        merge(dirs["bolmo"], dirs["base"], dirs["post"], tmp_path / "out", alpha=1e40)
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary leftovers
 

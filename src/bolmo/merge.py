@@ -121,7 +121,7 @@ def _plan_merge(plans: dict[str, ConversionPlan], alpha: float, instructify_embe
             result.copied.append(name)
             continue
         if delta_name in b:  # otherwise `differences` has reported it
-            merge_fn = _merge_fn(plans["base"], b[delta_name], plans["post"], p[delta_name], alpha, rows)
+            merge_fn = _merge_fn(name, plans["base"], b[delta_name], plans["post"], p[delta_name], alpha, rows)
             out.append(PlannedTensor(name, t.source, t.shape, t.dtype, _then(t.transform, merge_fn)))
             result.merged.append(name)
     if not instructify_embeddings and INPUT_EMBEDDING in p:
@@ -132,15 +132,25 @@ def _plan_merge(plans: dict[str, ConversionPlan], alpha: float, instructify_embe
     return out, result
 
 
-def _merge_fn(base: ConversionPlan, base_t: PlannedTensor, post: ConversionPlan, post_t: PlannedTensor,
+def _merge_fn(name: str, base: ConversionPlan, base_t: PlannedTensor, post: ConversionPlan, post_t: PlannedTensor,
               alpha: float, rows: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """M -> M + alpha * (post - base), in float32, reading base and post only when called."""
+    """M -> M + alpha * (post - base), in float32, reading base and post only when called. A
+    non-finite result names its cause: a source tensor, or alpha overflowing the dtype."""
 
     def apply(tensor: torch.Tensor) -> torch.Tensor:
         delta = post.produce(post_t).float() - base.produce(base_t).float()
         if rows is not None:
             delta = delta[:rows]
-        return (tensor.float() + alpha * delta).to(tensor.dtype)
+        merged = (tensor.float() + alpha * delta).to(tensor.dtype)
+        if not bool(torch.isfinite(merged).all()):
+            if not bool(torch.isfinite(tensor).all()):
+                raise CheckpointError(f"--bolmo: tensor {name!r} holds NaN or infinite values")
+            if not bool(torch.isfinite(delta).all()):
+                raise CheckpointError(f"--post minus --base: tensor {post_t.name!r} holds NaN or infinite values "
+                                      "(in one of them, or their difference overflows float32)")
+            raise CheckpointError(f"{name}: bolmo + alpha * (post - base) overflows {tensor.dtype} with alpha "
+                                  f"{alpha:g}; the sources are finite (choose a smaller alpha)")
+        return merged
 
     return apply
 
