@@ -106,9 +106,25 @@ def test_hub_task_reads_either_schema(schema, monkeypatch):
         return datasets.Dataset.from_dict(tables[schema])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("bolmo.checkpoint.hub.hub_unreachable", lambda: None)  # as if online
     if schema == "other":
         with pytest.raises(BolmoError, match="expected columns prompt and answer, or input1"):
             cute.load_hub_task("spell")
         return
     examples = cute.load_hub_task("spell", limit=2)
     assert [(e.question, e.label) for e in examples] == [(e.question, e.label) for e in local]
+
+
+def test_without_data_an_unreachable_hub_fails_fast_with_the_way_out(monkeypatch, capsys):
+    """No --data and no network: one request, not the Hub libraries' ~25 s of retries."""
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    assert main(["eval", "cute", "--tasks", "spell", "--limit", "1", "--no-progress"]) == 2
+    assert time.perf_counter() - start < 20
+    err = capsys.readouterr().err
+    assert "cannot reach the Hub" in err and "127.0.0.1:9" in err and "--data DIR" in err

@@ -297,6 +297,23 @@ def _visible_files(root: Path) -> Iterator[Path]:
             yield path
 
 
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hub cannot be reached now, or None when it answers (or in offline mode, where the
+    Hub libraries fail at once anyway): one request without retries, so that a machine without a
+    network learns it in seconds, not after huggingface_hub's retries (about 25 s, `datasets`)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure to get an answer is the answer
+        text = str(exc).strip()
+        return f"{constants.ENDPOINT}: {text.splitlines()[0] if text else type(exc).__name__}"
+    return None
+
+
 @contextmanager
 def _hub_errors(repo_id: str, revision: str, out: Path | None = None) -> Iterator[None]:
     """Turn whatever a Hub call raises (huggingface_hub, requests, hf_xet, the file system) into a

@@ -71,6 +71,11 @@ def load_hub_task(task: str, limit: int | None = None) -> list[CuteExample]:
     published one could not be checked from here (no network): ready prompts (columns prompt,
     answer) or the benchmark's own TSV columns (input1[, input2, input3], label), which get the
     task's 4-shot instruction as the local copies do."""
+    from bolmo.checkpoint.hub import hub_unreachable
+
+    unreachable = hub_unreachable()
+    if unreachable is not None:
+        raise BolmoError(f"cannot reach the Hub for {HUB_DATASET} ({unreachable}); pass --data DIR with a local copy")
     try:
         from datasets import load_dataset
 
