@@ -235,3 +235,17 @@ def test_generate_shows_control_characters_as_escapes_on_a_terminal_only(monkeyp
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     assert main(["generate", "x"]) == 0
     assert capsys.readouterr().out == "ok\\x1b[2J\\x07\\x0d\\x85\n\tdone é\n"
+
+
+def test_train_overrides_may_follow_a_flag(capsys):
+    from bolmo.cli import _parse
+
+    args = _parse(build_parser(), ["train", "run.yaml", "--resume", "optim.lr=1e-2", "schedule.steps=10"])
+    assert args.resume and args.overrides == ["optim.lr=1e-2", "schedule.steps=10"]
+    args = _parse(build_parser(), ["train", "run.yaml", "a=1", "--resume", "b=2"])
+    assert args.overrides == ["a=1", "b=2"]
+    for argv in (["train", "run.yaml", "--resume", "--bogus"], ["serve", "stray=1"]):  # serve takes no overrides
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err

@@ -147,5 +147,7 @@ def test_existing_run_needs_resume(env: TrainEnv, tmp_path: Path) -> None:
     train(as_config(config))
     with pytest.raises(bolmo.ConfigError, match="--resume"):
         train(as_config(config))
-    resumed = train(as_config({**config, "resume": True, "schedule": {**config["schedule"], "steps": 3}}))
+    # Changing a setting on resume is allowed (here: more steps), and said.
+    with pytest.warns(bolmo.BolmoWarning, match=r"differ from its config.yaml .*schedule.steps: 2 -> 3"):
+        resumed = train(as_config({**config, "resume": True, "schedule": {**config["schedule"], "steps": 3}}))
     assert [r["step"] for r in read_metrics(resumed.run_dir / "metrics.jsonl")] == [1, 2, 3]

@@ -51,13 +51,26 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse argv. KEY=VALUE overrides may also follow a flag (`bolmo train C.yaml --resume a=1`):
+    argparse hands a `*` positional its values only before the first flag and calls the rest
+    unrecognized, so those are added to the command's overrides here."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and \
+            all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every way it ends (error, Ctrl-C, SIGTERM, closed pipe) becomes an exit code."""
     prog = _prog(sys.argv[1:] if argv is None else argv)  # for an interruption while parsing
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         prog = f"bolmo {args.command}"
         _import_numpy_before_torch()
         with warnings.catch_warnings(), _rich_broken_pipe_raises():

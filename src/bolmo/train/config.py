@@ -239,6 +239,16 @@ class TrainConfig:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+    def changes_from(self, path: str | Path) -> list[str]:
+        """`key: old -> new` for every setting that differs from the config saved at `path` (a run
+        directory's config.yaml), `resume` aside; nothing when it is missing or unreadable."""
+        try:
+            saved = dict(_leaves(yaml.safe_load(Path(path).read_text())))
+        except (OSError, yaml.YAMLError):
+            return []
+        return [f"{key}: {saved.get(key)!r} -> {value!r}" for key, value in _leaves(self.to_dict())
+                if key != "resume" and saved.get(key) != value]
+
 
 def _leaves(tree: Any, key: str = "") -> Iterator[tuple[str, Any]]:
     """(dotted key, value) of every scalar in a nested dict / list."""

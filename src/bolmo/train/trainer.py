@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bolmo.errors import ConfigError
+from bolmo.errors import BolmoWarning, ConfigError
 from bolmo.loading import load
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.olmo import OlmoForCausalLM
@@ -178,6 +179,11 @@ class Trainer:
         started = time.perf_counter()
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if config.resume and self.checkpointer.latest() is not None:  # allowed, but never unnoticed
+                changes = config.changes_from(self.run_dir / "config.yaml")
+                if changes:
+                    warnings.warn(f"resuming {self.run_dir} with settings that differ from its config.yaml (the run "
+                                  f"continues with the new ones): {'; '.join(changes)}", BolmoWarning, stacklevel=2)
             config.save(self.run_dir / "config.yaml")
         dist.barrier()
         start = self.resume()
