@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+import bolmo
 from conftest import load_fixture_model, read_cases
 from bolmo.scoring import folded_logprobs
 
@@ -105,7 +106,8 @@ def test_bos_only_input_runs_and_scores(tiny_model_dir):
     for i in forward_case_indices(tiny_model_dir):
         torch.testing.assert_close(out.logits[0, 0], cases[f"fwd/{i}/logits"][0, 0], atol=ATOL, rtol=0)
     assert out.boundary_mask.tolist() == [[True]]
-    result = model.score([""])[0]
+    with pytest.warns(bolmo.BolmoWarning, match=r"texts\[0\] is empty: 0 bytes, bits per byte NaN"):
+        result = model.score([""])[0]
     assert result.n_bytes == 0 and result.nats == 0.0 and math.isnan(result.bits_per_byte)
 
 

@@ -12,13 +12,14 @@ a model run past what it was trained on.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
-from bolmo.errors import ScoringError, TokenizerError
+from bolmo.errors import BolmoWarning, ScoringError, TokenizerError
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.tokenizer import pad_rows
 
@@ -117,7 +118,7 @@ def empty_text_error(name: str) -> ScoringError:
 def check_texts(texts: Sequence[str], batch_size: int, context: int | None) -> None:
     """A list of strings and sane options, or ScoringError saying what is wrong (like generate's
     prompts, a bare string is refused rather than scored as a list of characters). An empty text
-    scores 0 bytes, 0 nats and a NaN bits per byte (0 / 0), as documented."""
+    scores 0 bytes, 0 nats and a NaN bits per byte (0 / 0), as documented, with a warning."""
     if isinstance(texts, (str, bytes)):
         raise ScoringError("texts must be a list of strings (wrap a single text in a list)")
     if not isinstance(texts, Sequence):
@@ -129,6 +130,10 @@ def check_texts(texts: Sequence[str], batch_size: int, context: int | None) -> N
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ScoringError(f"texts[{i}] cannot be encoded as UTF-8 ({exc.reason} at character {exc.start})") from None
+    empty = [i for i, text in enumerate(texts) if not text]
+    if empty:
+        warnings.warn(f"texts{empty} {'is' if len(empty) == 1 else 'are'} empty: 0 bytes, bits per byte NaN (0 / 0)",
+                      BolmoWarning, stacklevel=3)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScoringError(f"batch_size must be a positive integer, got {batch_size!r}")
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
