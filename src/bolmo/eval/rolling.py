@@ -21,6 +21,7 @@ import warnings
 
 from bolmo.errors import BolmoError, ContextWarning
 from bolmo.eval.engine import IdRequest, Scorer
+from bolmo.scoring import windows as scoring_windows
 
 DEFAULT_WINDOW = 2048
 DEFAULT_OVERLAP = 512
@@ -56,16 +57,11 @@ class DocumentScore:
 
 
 def windows(n: int, window: int, overlap: int) -> list[tuple[int, int, int]]:
-    """(context start, target start, target end) spans covering ids [0, n) exactly once."""
+    """(context start, target start, target end) spans covering ids [0, n) exactly once: the cut of
+    `bolmo.scoring.windows`, with `overlap` as its context."""
     if window < 1 or not 0 <= overlap < window:
         raise BolmoError(f"need window >= 1 and 0 <= overlap < window, got window {window}, overlap {overlap}")
-    spans = [(0, 0, min(n, window))] if n else []
-    end = spans[0][2] if spans else 0
-    while end < n:
-        new_end = min(n, end + window - overlap)
-        spans.append((end - overlap, end, new_end))
-        end = new_end
-    return spans
+    return [(w.start, w.scored_from, w.end) for w in scoring_windows(n, window, overlap) if w.end > w.start]
 
 
 def score_documents(scorer: Scorer, texts: Sequence[str], window: int | None = None,
