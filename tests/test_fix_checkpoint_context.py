@@ -94,6 +94,7 @@ def test_a_subword_model_of_unknown_context_cuts_nothing():
     cut and each scored text is one window (the same scores as with a context that holds it)."""
     model = copy.deepcopy(bolmo.load("default-teacher"))
     text = "import json\n" * 40
+    model.config.max_position_embeddings = 4096  # a context that holds the text (the bundled one: 128)
     expected = model.score([text])[0]
     model.config.max_position_embeddings = -1
     assert model.config.context_positions is None
