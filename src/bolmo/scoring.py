@@ -133,7 +133,7 @@ def check_texts(texts: Sequence[str], batch_size: int, context: int | None) -> N
     empty = [i for i, text in enumerate(texts) if not text]
     if empty:
         warnings.warn(f"texts{empty} {'is' if len(empty) == 1 else 'are'} empty: 0 bytes, bits per byte NaN (0 / 0)",
-                      BolmoWarning, stacklevel=3)
+                      BolmoWarning, stacklevel=4)  # the caller of model.score
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScoringError(f"batch_size must be a positive integer, got {batch_size!r}")
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
