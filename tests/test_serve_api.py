@@ -174,6 +174,7 @@ BAD = [
     (json.dumps({"prompt": "x", "max_tokens": 100_000}), "max_tokens", "max_tokens"),
     (json.dumps({"prompt": "x", "n": 100}), "n", "n"),
     (json.dumps({"prompt": "x" * 20_000}), "limit", "prompt"),
+    (json.dumps({"prompt": "x" * 600}), "needs 601 positions (the start id and its ids); this model has 576", "prompt"),
     (json.dumps({"prompt": []}), "non-empty", "prompt"),
     (json.dumps({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), "stop", "stop"),
     (json.dumps({"prompt": "x", "stop": [""]}), "stop", None),
@@ -402,3 +403,11 @@ def test_a_bundled_model_has_one_served_id_however_it_is_named(tmp_path, monkeyp
     (tmp_path / "default").mkdir()  # a local directory of that name is not the bundled model
     monkeypatch.chdir(tmp_path)
     assert served_model_name(None, "default") == "default"
+
+
+def test_a_prompt_that_fills_the_context_is_served_one_more_byte_is_refused(server):
+    """The bundled model has 576 positions: BOS and 575 prompt bytes fit (new bytes may run past)."""
+    ok = httpx.post(server.v1 + "/completions", json={"prompt": "x" * 575, "max_tokens": 2}, timeout=120)
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 575
+    refused = httpx.post(server.v1 + "/completions", json={"prompt": "x" * 576, "max_tokens": 2}, timeout=120)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"

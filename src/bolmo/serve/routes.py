@@ -126,6 +126,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 # --- shared by both generating routes ----------------------------------------------------------
 
 
+def check_context(scheduler: Scheduler, prompts: list[str]) -> None:
+    """A 400 (context_length_exceeded) for a prompt that does not fit the model's positions, as
+    OpenAI-style servers answer: the library would keep the prompt's end with a warning a client
+    never sees, and echoed log-probabilities over positions past the context would not be the
+    model's scores. (Bytes for Bolmo, tokens for a subword model; new bytes may run past it.)"""
+    positions = scheduler.model.config.context_positions
+    if positions is None:
+        return
+    for prompt in prompts:
+        needed = len(scheduler.engine.encode(prompt))  # the start id and the prompt's ids
+        if needed > positions:
+            raise ApiError(400, f"a prompt needs {needed} positions (the start id and its ids); this model has "
+                                f"{positions} (max_position_embeddings)", "prompt", "context_length_exceeded")
+
+
 def submit(server: Server, body: SamplingFields, prompts: list[str], max_tokens: int, top_logprobs: int | None,
            echo: bool, patches: bool) -> Job:
     """Check the request against the server's limits and queue it (429 when the queue is full)."""
@@ -156,6 +171,7 @@ def submit(server: Server, body: SamplingFields, prompts: list[str], max_tokens:
         raise ApiError(400, f"a prompt is not valid Unicode text: {exc}", "prompt") from None
     except GenerationError as exc:
         raise ApiError(400, str(exc)) from None
+    check_context(server.scheduler, prompts)
     choices = [Choice(p * body.n + i, prompt, options,
                       None if body.seed is None else body.seed + p * body.n + i, top_logprobs)
                for p, prompt in enumerate(prompts) for i in range(body.n)]
