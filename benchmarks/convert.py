@@ -108,7 +108,7 @@ def same_tensors(a: Path, b: Path) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--layers", type=int, default=18, help="transformer layers (18: 1.62 GB)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep files here (default: a temporary directory)")

@@ -18,6 +18,9 @@ import torch
 
 
 def main() -> None:
+    if len(sys.argv) < 3 or not all(b.isdigit() for b in sys.argv[2:]):  # `--help`, or run by hand
+        sys.exit("internal worker of benchmarks/eval.py, run in the reference's venv: "
+                 "eval_reference.py MODEL_DIR BATCH [BATCH...] < rows.json")
     model_dir, batches = sys.argv[1], [int(b) for b in sys.argv[2:]]
     os.chdir(model_dir)  # the config names its subword tokenizer by a relative path
     from refbolmo.modeling_bolmo import BolmoForCausalLM

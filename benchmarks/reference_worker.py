@@ -14,6 +14,9 @@ import torch
 
 
 def main() -> None:
+    if len(sys.argv) != 5:  # `--help`, or run by hand
+        sys.exit("internal worker of benchmarks/reference.py, started in the reference's venv: "
+                 "reference_worker.py MODEL_DIR THREADS DEVICE DTYPE (requests on stdin)")
     model_dir, threads, device, dtype = sys.argv[1], int(sys.argv[2]), sys.argv[3], getattr(torch, sys.argv[4])
     torch.set_num_threads(threads)
     from refbolmo.modeling_bolmo import BolmoForCausalLM  # the reference's HF code (PYTHONPATH)

@@ -94,7 +94,7 @@ def bench(work: Path, name: str, stage: str, teacher: Path, student: Path, data:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--stages", nargs="+", default=["stage1", "stage2"], choices=["stage1", "stage2"])
     parser.add_argument("--steps", type=int, default=3, help="timed steps per row (after one warm-up step)")

@@ -249,3 +249,14 @@ def test_train_overrides_may_follow_a_flag(capsys):
             main(argv)
         assert exit_.value.code == 2
         assert f"unrecognized arguments: {argv[-1]}" in capsys.readouterr().err
+
+
+def test_piped_tables_keep_every_name_whole(capsys):
+    """Piped, rich wrapped tables at 80 columns and split long tensor names over two lines."""
+    assert main(["inspect", "default", "--json"]) == 0
+    names = [t["name"] for t in json.loads(capsys.readouterr().out)["tensors"]]
+    assert main(["inspect", "default"]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in names)
+    assert main(["info"]) == 0
+    assert "max_position_embeddings" in capsys.readouterr().out  # the context a user needs to know

@@ -150,15 +150,16 @@ def run_inspect(args: argparse.Namespace) -> int:
             "notes": source.notes, "problems": problems,
         }, indent=2))
         return _report_problems(problems)
-    from rich.console import Console
     from rich.table import Table
+
+    from bolmo.cli.console import stdout_console
 
     table = Table(title=f"{args.ckpt} ({source.kind.value})")
     for column in ("name", "shape", "dtype", "file"):
         table.add_column(column, overflow="fold")
     for i in infos:
         table.add_row(i.name, str(list(i.shape)) if i.is_tensor else "", dtype_name(i.dtype), ", ".join(i.files))
-    console = Console()
+    console = stdout_console()
     console.print(table)
     for level, totals in groups.items():
         summary = Table(title=f"totals per {level}")

