@@ -238,6 +238,9 @@ def test_the_api_key_guards_every_route_but_health(model):
             openai.OpenAI(base_url=running.v1, api_key="wrong", max_retries=0).models.list()
         good = openai.OpenAI(base_url=running.v1, api_key="sesame", max_retries=0)
         assert good.completions.create(model=NAME, prompt="a", max_tokens=3).usage.completion_tokens == 3
+        for header in ("bearer sesame", "BEARER sesame"):  # the scheme's case does not matter (RFC 7235)
+            assert httpx.get(running.v1 + "/models", headers={"Authorization": header}).status_code == 200
+        assert httpx.get(running.v1 + "/models", headers={"Authorization": "Basic sesame"}).status_code == 401
 
 
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:
@@ -275,6 +278,8 @@ def test_metrics_and_page(server, client):
                  "bolmo_request_latency_seconds_bucket", "bolmo_time_to_first_byte_seconds_bucket"):
         assert name in text
     assert 'bolmo_requests_total{route="/v1/completions",status="200"}' in text
+    assert 'bolmo_request_latency_seconds_count{route="/v1/completions"}' in text  # one spelling of a route
+    assert 'bolmo_time_to_first_byte_seconds_count{route="/v1/completions"}' in text
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "return_patches" in page.text
 

@@ -22,7 +22,7 @@ from bolmo.serve.scheduler import Scheduler
 
 log = logging.getLogger("bolmo.serve")
 OPEN_ROUTES = {"/health"}
-KNOWN_ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions"}
+KNOWN_ROUTES = {"/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions"}
 
 
 def create_app(model, config: ServeConfig | None = None, model_dir: Path | None = None) -> FastAPI:
@@ -106,7 +106,8 @@ class ApiKeyAndMetrics:
 
     def _authorized(self, scope) -> bool:
         headers = dict(scope["headers"])
-        if headers.get(b"authorization", b"").decode("latin-1") == f"Bearer {self.api_key}":
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and token.strip() == self.api_key:  # the scheme is case-insensitive
             return True
         if scope["path"] == "/":
             return parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key") == [self.api_key]

@@ -86,7 +86,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     started = time.perf_counter()
     if body.stream:
         return sse(completion_chunks(server, body, job, started, request))
-    texts = await collect(server, job, request, started, "completions")
+    texts = await collect(server, job, request, started, "/v1/completions")
     choices = []
     for choice, text in zip(job.choices, texts):
         entry = {"index": choice.index, "text": text.text, "logprobs": None, "finish_reason": text.finish_reason}
@@ -116,7 +116,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     started = time.perf_counter()
     if body.stream:
         return sse(chat_chunks(server, body, job, started, request))
-    texts = await collect(server, job, request, started, "chat")
+    texts = await collect(server, job, request, started, "/v1/chat/completions")
     choices = [{"index": c.index, "message": {"role": "assistant", "content": t.text}, "logprobs": None,
                 "finish_reason": t.finish_reason} for c, t in zip(job.choices, texts)]
     return JSONResponse({"id": new_id("chatcmpl"), "object": "chat.completion", "created": created(),
@@ -259,7 +259,7 @@ async def completion_chunks(server: Server, body: CompletionRequest, job: Job, s
     cid, when, name = new_id("cmpl"), created(), server.config.model_name
     texts: list[ChoiceText] = []
     try:
-        async for update, text in streamed(server, job, request, started, "completions"):
+        async for update, text in streamed(server, job, request, started, "/v1/completions"):
             if text not in texts:
                 texts.append(text)
             shown = update.prompt and not job.echo  # the prompt's boundaries only: no text
@@ -292,7 +292,7 @@ async def chat_chunks(server: Server, body: ChatCompletionRequest, job: Job, sta
                  for c in job.choices])
     texts: list[ChoiceText] = []
     try:
-        async for update, text in streamed(server, job, request, started, "chat"):
+        async for update, text in streamed(server, job, request, started, "/v1/chat/completions"):
             if text not in texts:
                 texts.append(text)
             delta = {"content": update.text} if update.text else {}
