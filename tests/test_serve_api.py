@@ -155,6 +155,15 @@ def test_chat_uses_the_models_template(model, client):
                                                  stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected
+    # OpenAI's list-of-parts content: text parts joined by newlines.
+    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+             {"role": "user", "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "json?"}]}]
+    out = client.chat.completions.create(model=NAME, messages=parts, max_tokens=30, temperature=0)
+    split = model.generate([prompt.replace("What is json?", "What is\njson?")], max_new_bytes=30)[0]
+    assert out.choices[0].message.content == split
+    # Log-probabilities are not offered on chat: a 400, not a silent null.
+    with pytest.raises(openai.BadRequestError, match="log-probabilities"):
+        client.chat.completions.create(model=NAME, messages=messages, max_tokens=3, logprobs=True, top_logprobs=2)
 
 
 def test_chat_without_a_template_is_a_clear_400(model):

@@ -105,8 +105,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     if server.chat_template is None:
         raise ApiError(400, f"model {server.config.model_name!r} has no chat template (no 'chat_template' in its "
                             "tokenizer_config.json): use /v1/completions", "messages", "no_chat_template")
+    if body.logprobs or body.top_logprobs is not None:
+        raise ApiError(400, "chat completions do not return log-probabilities here: use /v1/completions with "
+                            "logprobs (and echo for the prompt's)", "logprobs")
     try:
-        prompt = server.chat_template.render([m.model_dump() for m in body.messages])
+        prompt = server.chat_template.render([{"role": m.role, "content": m.text()} for m in body.messages])
     except ServeError as exc:
         raise ApiError(400, str(exc), "messages") from None
     max_tokens = body.max_tokens

@@ -55,10 +55,21 @@ class CompletionRequest(SamplingFields):
     return_patches: bool = Field(False, description="bolmo extension: stream bytes and patch boundaries")
 
 
+class TextPart(RequestModel):
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(RequestModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[TextPart] = Field(..., description="a string, or OpenAI's list of text parts")
+
+    def text(self) -> str:
+        """The message's text: its text parts joined by newlines (as vLLM joins them)."""
+        return self.content if isinstance(self.content, str) else "\n".join(p.text for p in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
+    logprobs: bool = Field(False, description="not supported on chat: a 400 when true")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="not supported on chat: a 400 when given")
