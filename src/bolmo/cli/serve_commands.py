@@ -9,6 +9,8 @@ import sys
 from bolmo.cli.model_commands import add_compile_argument, add_model_arguments
 from bolmo.errors import ServeError
 
+# Ctrl-C / SIGTERM: requests in flight get this long to finish, then they are cancelled.
+SHUTDOWN_GRACE_S = 10.0
 SERVED_PREFIX = "bolmo-"  # bundled models are served as bolmo-default, bolmo-default-teacher
 
 
@@ -101,7 +103,7 @@ def serve_on(sockets: list[socket.socket], args: argparse.Namespace) -> int:
     config = ServeConfig(model_name=served_model_name(args.model_name, args.model), api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue)
     app = create_app(model, config, resolve_source(args.model))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
     for sock in sockets:  # uvicorn says where it listens only when it binds the sockets itself
         print(f"bolmo serve: listening on {url_of(sock)}", file=sys.stderr)
     server.run(sockets=sockets)
