@@ -186,7 +186,7 @@ BAD = [
     (json.dumps({"prompt": "x" * 600}), "needs 601 positions (the start id and its ids); this model has 576", "prompt"),
     (json.dumps({"prompt": []}), "non-empty", "prompt"),
     (json.dumps({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), "stop", "stop"),
-    (json.dumps({"prompt": "x", "stop": [""]}), "stop", None),
+    (json.dumps({"prompt": "x", "stop": [""]}), "non-empty", "stop"),
     (json.dumps({"prompt": "\ud800"}), "Unicode", "prompt"),
     (json.dumps([1, 2]), "body", None),
 ]

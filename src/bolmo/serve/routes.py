@@ -165,6 +165,8 @@ def submit(server: Server, body: SamplingFields, prompts: list[str], max_tokens:
     stops = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
     if len(stops) > MAX_STOPS:
         raise ApiError(400, f"stop takes at most {MAX_STOPS} strings, got {len(stops)}", "stop")
+    if "" in stops:
+        raise ApiError(400, "stop strings must be non-empty", "stop")
     try:
         for prompt in prompts:
             prompt.encode("utf-8")
