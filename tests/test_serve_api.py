@@ -204,6 +204,12 @@ NULLS = {"model": None, "max_tokens": None, "temperature": None, "top_p": None, 
          "stop": None, "n": None, "stream": None, "stream_options": None}
 
 
+def test_a_body_without_a_json_content_type_is_told_so(server):
+    r = httpx.post(server.v1 + "/completions", content='{"prompt": "x"}',
+                   headers={"Content-Type": "application/x-www-form-urlencoded"})  # what `curl -d` sends
+    assert r.status_code == 400 and "Content-Type: application/json" in r.json()["error"]["message"]
+
+
 def test_null_optional_fields_take_their_defaults(server):
     from bolmo.serve.schemas import CompletionRequest
 

@@ -57,6 +57,10 @@ def create_app(model, config: ServeConfig | None = None, model_dir: Path | None 
         first = exc.errors()[0] if exc.errors() else {}
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body(ApiError(400, "the request body is not valid JSON")), status_code=400)
+        if tuple(first.get("loc", ())) == ("body",) and "json" not in request.headers.get("content-type", ""):
+            # FastAPI reads a body without a JSON content type as a string (`curl -d` sends a form type)
+            return JSONResponse(error_body(ApiError(400, "the request body must be a JSON object sent with "
+                                                         "Content-Type: application/json")), status_code=400)
         # loc: ("body", field, index or union branch, ...); the field is the OpenAI `param`.
         where = [str(p) for p in first.get("loc", ()) if p != "body"]
         message = f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid value')}"
@@ -115,7 +119,7 @@ class ApiKeyAndMetrics:
 
     async def _unauthorized(self, send) -> None:
         body = json.dumps(error_body(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
-                                              code="invalid_api_key"))).encode()
+                                              code="invalid_api_key")), separators=(",", ":")).encode()
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
