@@ -175,7 +175,7 @@ def test_chat_without_a_template_is_a_clear_400(model):
 
 BAD = [
     ("{not json", "not valid JSON", None),
-    (json.dumps({"prompt": 3}), "prompt", "prompt"),
+    (json.dumps({"prompt": 3}), "prompt: Input should be a valid string", "prompt"),  # not pydantic's "prompt.str"
     (json.dumps({"prompt": "x", "max_tokens": "3"}), "max_tokens", "max_tokens"),
     (json.dumps({"prompt": "x", "temperature": 2.5}), "temperature", "temperature"),
     (json.dumps({"prompt": "x", "top_p": 0}), "top_p", "top_p"),

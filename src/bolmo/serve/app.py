@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -22,6 +23,7 @@ from bolmo.serve.scheduler import Scheduler
 
 log = logging.getLogger("bolmo.serve")
 OPEN_ROUTES = {"/health"}
+UNION_BRANCH = re.compile(r"(str|int|float|bool|list\[.+\]|dict\[.+\]|[A-Z]\w*)")  # pydantic's tags
 KNOWN_ROUTES = {"/", "/health", "/metrics", "/openapi.json", "/v1/models", "/v1/completions", "/v1/chat/completions"}
 
 
@@ -61,8 +63,9 @@ def create_app(model, config: ServeConfig | None = None, model_dir: Path | None 
             # FastAPI reads a body without a JSON content type as a string (`curl -d` sends a form type)
             return JSONResponse(error_body(ApiError(400, "the request body must be a JSON object sent with "
                                                          "Content-Type: application/json")), status_code=400)
-        # loc: ("body", field, index or union branch, ...); the field is the OpenAI `param`.
-        where = [str(p) for p in first.get("loc", ()) if p != "body"]
+        # loc: ("body", field, index or union branch, ...); the field is the OpenAI `param`. A union
+        # branch ("str", "list[str]") is pydantic's name for a type tried, not a place in the body.
+        where = [str(p) for p in first.get("loc", ()) if p != "body" and not UNION_BRANCH.fullmatch(str(p))]
         message = f"{'.'.join(where) or 'body'}: {first.get('msg', 'invalid value')}"
         return JSONResponse(error_body(ApiError(400, message, where[0] if where else None)), status_code=400)
 
