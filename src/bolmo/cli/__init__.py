@@ -59,8 +59,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     if extra and isinstance(getattr(args, "overrides", None), list) and \
             all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    elif extra:  # with the command's own usage line, as argparse gives for its other errors
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
