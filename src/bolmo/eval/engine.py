@@ -94,9 +94,10 @@ class Scorer:
             if cut > len(request.context):
                 if self.strict_length:
                     raise BolmoError(f"a continuation of {n_target} ids does not fit max_length {self.max_length}")
-                warnings.warn(f"a continuation of {n_target} ids is longer than the model's context "
-                              f"({self.max_length:,} positions): scored without its context, past that context",
-                              ContextWarning, stacklevel=3)
+                # One message per model (no per-request numbers), so a warning filter shows it once.
+                warnings.warn(f"a continuation is longer than the model's context ({self.max_length:,} "
+                              "positions): scored without its context, past that context", ContextWarning,
+                              stacklevel=3)
                 cut = len(request.context)
             ids = ids[:1] + ids[1 + cut:]
         first = len(ids) - len(self.scheme.lookahead) - n_target  # position of the first continuation id
