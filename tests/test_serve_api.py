@@ -161,6 +161,10 @@ def test_chat_uses_the_models_template(model, client):
     out = client.chat.completions.create(model=NAME, messages=parts, max_tokens=30, temperature=0)
     split = model.generate([prompt.replace("What is json?", "What is\njson?")], max_new_bytes=30)[0]
     assert out.choices[0].message.content == split
+    # A conversation longer than the model's context: a 400 naming the messages.
+    with pytest.raises(openai.BadRequestError, match="context_length_exceeded|this model has 576") as long:
+        client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "x" * 600}], max_tokens=3)
+    assert long.value.body["param"] == "messages"
     # Log-probabilities are not offered on chat: a 400, not a silent null.
     with pytest.raises(openai.BadRequestError, match="log-probabilities"):
         client.chat.completions.create(model=NAME, messages=messages, max_tokens=3, logprobs=True, top_logprobs=2)

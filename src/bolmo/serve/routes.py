@@ -129,7 +129,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 # --- shared by both generating routes ----------------------------------------------------------
 
 
-def check_context(scheduler: Scheduler, prompts: list[str]) -> None:
+def check_context(scheduler: Scheduler, prompts: list[str], param: str) -> None:
     """A 400 (context_length_exceeded) for a prompt that does not fit the model's positions, as
     OpenAI-style servers answer: the library would keep the prompt's end with a warning a client
     never sees, and echoed log-probabilities over positions past the context would not be the
@@ -141,7 +141,7 @@ def check_context(scheduler: Scheduler, prompts: list[str]) -> None:
         needed = len(scheduler.engine.encode(prompt))  # the start id and the prompt's ids
         if needed > positions:
             raise ApiError(400, f"a prompt needs {needed} positions (the start id and its ids); this model has "
-                                f"{positions} (max_position_embeddings)", "prompt", "context_length_exceeded")
+                                f"{positions} (max_position_embeddings)", param, "context_length_exceeded")
 
 
 def submit(server: Server, body: SamplingFields, prompts: list[str], max_tokens: int, top_logprobs: int | None,
@@ -176,7 +176,7 @@ def submit(server: Server, body: SamplingFields, prompts: list[str], max_tokens:
         raise ApiError(400, f"a prompt is not valid Unicode text: {exc}", "prompt") from None
     except GenerationError as exc:
         raise ApiError(400, str(exc)) from None
-    check_context(server.scheduler, prompts)
+    check_context(server.scheduler, prompts, "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
     choices = [Choice(p * body.n + i, prompt, options,
                       None if body.seed is None else body.seed + p * body.n + i, top_logprobs)
                for p, prompt in enumerate(prompts) for i in range(body.n)]
