@@ -179,6 +179,23 @@ def test_prepare_workers_give_identical_output(tokenizer: Path, tmp_path: Path) 
     assert _arrays(tmp_path / "one") == _arrays(tmp_path / "two")
 
 
+def test_cli_prepare_with_workers_ends_cleanly(tokenizer: Path, tmp_path: Path) -> None:
+    """The CLI turns SIGTERM into an exception; forked workers must not inherit that, or ending the
+    pool printed a worker traceback and could hang the run (a worker killed inside the queue lock)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"Next up {i} Hi there"}) + "\n"
+                                               for i in range(24)))
+    for run in range(3):
+        out = tmp_path / f"out{run}"
+        done = subprocess.run([sys.executable, "-m", "bolmo.cli", "prepare", str(tmp_path / "in.jsonl"), "--tokenizer",
+                               str(tokenizer), "--out", str(out), "--docs-per-shard", "2", "--workers", "2",
+                               "--no-progress"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert (out / "meta.json").is_file()
+
+
 def test_cli_prepare(tokenizer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bolmo.cli import train_commands
 

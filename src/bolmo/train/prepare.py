@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -258,6 +259,11 @@ def _write_json_atomic(file: Path, data: dict[str, Any]) -> None:
 
 def _init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    # A forked worker inherits the CLI's handlers, which raise on SIGTERM: then pool.terminate()
+    # could stop a worker inside the pool's queue lock and leave the other waiting on it forever.
+    # Workers die on SIGTERM and leave Ctrl-C to the parent, which ends the pool.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def prepare(config: PrepareConfig) -> dict[str, Any]:
@@ -302,10 +308,15 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
                 finish_one()
         while pending:
             finish_one()
+        if pool is not None:  # every shard is done: let the workers exit on their own
+            pool.close()
+            pool.join()
+            pool = None
     finally:
         bar.close()
-        if pool is not None:
+        if pool is not None:  # an error or an interruption: stop the workers now
             pool.terminate()
+            pool.join()
     meta = _build_meta(config, vocab, results)
     _write_json_atomic(config.out / "meta.json", meta)
     return meta
