@@ -115,6 +115,11 @@ def test_metrics_by_hand():
     assert m["acc_per_byte"] == 0.5
     assert m["bits_per_byte"] == pytest.approx((3.0 / 7 + 4.0 / 3) / math.log(2) / 2)
     assert "acc_uncond" not in m  # no unconditional requests
+    # per token: the ids the model scored (here 1 and 2, then 4 and 1): doc0 -1 vs -1.5 -> picks 0
+    # (wrong); doc1 -1 vs -3 -> picks 0 (right)
+    per_token = task_metrics(task, [[Loglikelihood(-1.0, True, 1), Loglikelihood(-3.0, False, 2)],
+                                    [Loglikelihood(-4.0, False, 4), Loglikelihood(-3.0, True, 1)]])
+    assert per_token["acc_per_token"] == 0.5 and per_token["acc_raw"] == m["acc_raw"]
     # acc_uncond: log-likelihood minus that after the bare "Answer:"; doc0 -1-(-0.5) vs -3-(-4) -> picks 1
     # (right); doc1 -4-(-1) vs -3-(-2) -> picks 1 (wrong)
     with_uncond = Task("u", "acc_uncond", tuple(Document(d.doc_id, d.choices, d.label, d.choices) for d in docs))
@@ -185,3 +190,15 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert main(["eval", "run", "--tasks", "nope", "--no-progress"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert main(["eval", "run", "--tasks", "arc_easy", "--batch-size", "0"]) == 2
+
+
+def test_every_tasks_primary_metric_is_one_the_run_reports():
+    """olmes names acc_per_token (computed from the ids the model scored) and logits_per_byte
+    (reported in bits as bits_per_byte) as primary metrics: each listed one must be in the results."""
+    from bolmo.eval import catalog
+
+    reported = {"acc_raw", "acc_per_char", "acc_per_byte", "acc_per_token", "acc_uncond", "bits_per_byte",
+                "greedy_acc"}
+    metrics = {catalog.describe(name)["primary_metric"] for name in catalog.task_names()}
+    assert metrics <= reported, metrics - reported
+    assert "acc_per_token" in metrics  # the case this guards is present

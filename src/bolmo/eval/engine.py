@@ -32,6 +32,7 @@ class IdRequest:
 class Loglikelihood:
     logprob: float  # sum of log p(continuation id | everything before it), nats
     is_greedy: bool  # every continuation id was the model's argmax
+    n_ids: int = 0  # continuation ids scored: bytes for Bolmo, tokens for a subword model
 
 
 def move_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -123,12 +124,13 @@ class Scorer:
             for b, i in enumerate(chunk):
                 _, first, continuation = rows[i]
                 if not continuation:
-                    results[i] = Loglikelihood(0.0, True)
+                    results[i] = Loglikelihood(0.0, True, 0)
                     continue
                 targets = torch.tensor(continuation, device=device)
                 # logits[t] predicts id t + 1
                 logprobs, argmax = self.scheme.logprobs(logits[b, first - 1 : first - 1 + len(continuation)], targets)
-                results[i] = Loglikelihood(float(logprobs.double().sum()), bool((argmax == targets).all()))
+                results[i] = Loglikelihood(float(logprobs.double().sum()), bool((argmax == targets).all()),
+                                           len(targets))
             if progress is not None:
                 progress(len(chunk))
         return results  # type: ignore[return-value]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -107,7 +108,15 @@ def read_config(directory: Path) -> dict:
         raise BolmoError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+# Bits-per-byte variants (`..._bpb_0shot`, `..._gold_bpb_3shot`) score only the gold continuation.
+# Their request files name olmes' own metrics (logits_per_byte, bits_per_byte_corr, even
+# exact_match for the math ones): the result reports bits_per_byte, and that is the primary.
+BPB_TASK = re.compile(r"(^|_)bpb_\d+shot$")
+
+
 def primary_metric(directory: Path) -> str:
+    if BPB_TASK.search(directory.name):
+        return "bits_per_byte"
     return read_config(directory).get("task_config", {}).get("primary_metric") or "acc_raw"
 
 
