@@ -261,3 +261,13 @@ def test_piped_tables_keep_every_name_whole(capsys):
     assert all(name in table for name in names)
     assert main(["info"]) == 0
     assert "max_position_embeddings" in capsys.readouterr().out  # the context a user needs to know
+
+
+def test_piped_eval_tables_keep_long_task_names(capsys):
+    from bolmo.eval.report import print_table
+
+    name = "mmlu_high_school_government_and_politics_rc_5shot acc_per_char"
+    print_table("OLMo tasks", [name], {"bundled default model": {name: 0.25}, "default-teacher": {name: 0.5}},
+                first_column="task metric")
+    out = capsys.readouterr().out
+    assert name in out and "0.2500" in out and "0.5000" in out

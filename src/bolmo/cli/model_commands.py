@@ -97,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_info(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from bolmo.cli.console import stdout_console
+    from bolmo.console import stdout_console
 
     from bolmo.loading import load_config_and_counts
 
@@ -148,7 +148,7 @@ def run_score(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    from bolmo.cli.console import stdout_console
+    from bolmo.console import stdout_console
 
     table = Table(title=f"bits per byte ({args.model or 'bundled model'})")
     table.add_column("file", overflow="fold")  # a long name wraps onto more lines, never cut

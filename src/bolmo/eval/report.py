@@ -26,8 +26,9 @@ def format_value(value: float | None, digits: int = 4) -> str:
 def print_table(title: str, row_names: Sequence[str], columns: Mapping[str, Mapping[str, float | None]],
                 first_column: str = "task", digits: int = 4) -> None:
     """columns: model label -> {row name: value}. Missing values print as "-"."""
-    from rich.console import Console
     from rich.table import Table
+
+    from bolmo.console import stdout_console
 
     table = Table(title=title)
     table.add_column(first_column)
@@ -35,7 +36,7 @@ def print_table(title: str, row_names: Sequence[str], columns: Mapping[str, Mapp
         table.add_column(label, justify="right")
     for name in row_names:
         table.add_row(name, *(format_value(values.get(name), digits) for values in columns.values()))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 def non_finite_field(data: Any, where: str = "") -> str | None:

@@ -1,4 +1,4 @@
-"""The rich Console the commands print their tables with."""
+"""The rich Console the commands and the evaluation reports print their tables with."""
 
 from __future__ import annotations
 
