@@ -258,6 +258,21 @@ def test_offline_mode_reuses_an_earlier_download(hub, tmp_path, capsys, monkeypa
     assert len(hub.seen) == requests_before
 
 
+def test_offline_native_layout_without_its_staging_copy(hub, tmp_path, capsys, monkeypatch):
+    """The guide lets users delete DIR/.cache once done: offline, the native layout in place is
+    the earlier download (it was refused as "not downloaded before")."""
+    import shutil
+
+    out = download(REPO, tmp_path / "native", fmt="olmo-core")
+    shutil.rmtree(out / ".cache")
+    _go_offline(monkeypatch)
+    code, stdout, error = _cli(capsys, "download", "1b", "-o", str(out), "--format", "olmo-core")
+    assert (code, error) == (0, "") and "offline mode" in stdout
+    (out / "config.json").unlink()  # an incomplete layout is still refused
+    code, _, error = _cli(capsys, "download", "1b", "-o", str(out), "--format", "olmo-core")
+    assert code == 2 and "config.json" in error
+
+
 def test_unreachable_endpoint(hub, tmp_path, capsys, monkeypatch):
     from huggingface_hub import constants
 

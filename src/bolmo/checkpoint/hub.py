@@ -138,6 +138,8 @@ def fetch(plan: Plan, output_dir: str | Path, token: str | None = None) -> Downl
     with _hub_errors(plan.repo_id, plan.revision, out):
         for allow, ignore in _selections(plan.fmt):
             staged = plan.fmt == "olmo-core"
+            if staged and plan.commit is None and not (out / _STAGING / NATIVE_DIR).is_dir():
+                continue  # offline, the staged copy deleted (as the guide allows): what is in place is checked below
             snapshot_download(plan.repo_id, revision=pinned, local_dir=out / _STAGING if staged else out,
                               allow_patterns=allow, ignore_patterns=ignore, token=token)
             if staged:
