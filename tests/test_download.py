@@ -249,13 +249,15 @@ def test_offline_mode_without_an_earlier_download(hub, tmp_path, capsys, monkeyp
     assert not hub.seen  # nothing was asked of the Hub
 
 
-def test_offline_mode_reuses_an_earlier_download(hub, tmp_path, capsys, monkeypatch):
+def test_offline_mode_reuses_an_earlier_download(hub, tmp_path, capsys, monkeypatch, caplog):
     out = download(REPO, tmp_path / "hf")
     _go_offline(monkeypatch)
     requests_before = len(hub.seen)
     code, stdout, error = _cli(capsys, "download", "1b", "-o", str(out))
     assert (code, error) == (0, "") and "offline mode" in stdout
     assert len(hub.seen) == requests_before
+    # huggingface_hub's own multi-line "Returning existing local_dir" notice is not shown too.
+    assert not [r for r in caplog.records if "Returning existing local_dir" in r.getMessage()]
 
 
 def test_offline_native_layout_without_its_staging_copy(hub, tmp_path, capsys, monkeypatch):

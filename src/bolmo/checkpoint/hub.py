@@ -135,7 +135,7 @@ def fetch(plan: Plan, output_dir: str | Path, token: str | None = None) -> Downl
     out = Path(output_dir).expanduser().resolve()
     _refuse_mixed_layouts(out, plan.fmt)
     pinned = plan.commit or plan.revision
-    with _hub_errors(plan.repo_id, plan.revision, out):
+    with _hub_errors(plan.repo_id, plan.revision, out), _quiet_offline_reuse(plan.commit is None):
         for allow, ignore in _selections(plan.fmt):
             staged = plan.fmt == "olmo-core"
             if staged and plan.commit is None and not (out / _STAGING / NATIVE_DIR).is_dir():
@@ -314,6 +314,22 @@ def hub_unreachable(timeout: float = 5.0) -> str | None:
         text = str(exc).strip()
         return f"{constants.ENDPOINT}: {text.splitlines()[0] if text else type(exc).__name__}"
     return None
+
+
+@contextmanager
+def _quiet_offline_reuse(offline: bool) -> Iterator[None]:
+    """Offline, huggingface_hub logs a multi-line warning each time it returns the files already in
+    the directory ("Returning existing local_dir ..."): the CLI says that in one line itself."""
+    import logging
+
+    hub_logger = logging.getLogger("huggingface_hub._snapshot_download")
+    level = hub_logger.level
+    if offline:
+        hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 @contextmanager
