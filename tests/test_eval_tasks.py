@@ -105,8 +105,8 @@ def test_metrics_by_hand():
     docs = (Document(0, (Choice("q", " a"), Choice("q", " bbbbbb")), 1),
             Document(1, (Choice("q", " é"), Choice("q", " cc")), 0))
     task = Task("t", "acc_raw", docs)
-    m = task_metrics(task, [[Loglikelihood(-1.0, True), Loglikelihood(-3.0, False)],
-                            [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
+    m = task_metrics(task, [[Loglikelihood(-1.0, True, 2), Loglikelihood(-3.0, False, 7)],
+                            [Loglikelihood(-4.0, False, 3), Loglikelihood(-3.0, True, 3)]])
     # raw: doc0 picks 0 (wrong), doc1 picks 1 (wrong)
     assert m["acc_raw"] == 0.0
     # per char: doc0 -0.5 vs -3/7 -> picks 1 (right); doc1 -2 vs -1 -> picks 1 (wrong)
@@ -123,12 +123,13 @@ def test_metrics_by_hand():
     # acc_uncond: log-likelihood minus that after the bare "Answer:"; doc0 -1-(-0.5) vs -3-(-4) -> picks 1
     # (right); doc1 -4-(-1) vs -3-(-2) -> picks 1 (wrong)
     with_uncond = Task("u", "acc_uncond", tuple(Document(d.doc_id, d.choices, d.label, d.choices) for d in docs))
-    uncond = task_metrics(with_uncond, [[Loglikelihood(v, False) for v in (-1.0, -3.0, -0.5, -4.0)],
-                                        [Loglikelihood(v, False) for v in (-4.0, -3.0, -1.0, -2.0)]])
+    uncond = task_metrics(with_uncond, [[Loglikelihood(v, False, 1) for v in (-1.0, -3.0, -0.5, -4.0)],
+                                        [Loglikelihood(v, False, 1) for v in (-4.0, -3.0, -1.0, -2.0)]])
     assert uncond["acc_uncond"] == 0.5 and uncond["acc_raw"] == m["acc_raw"]
     # bits-per-byte tasks: the gold continuation only; greedy_acc from its is_greedy
-    bpb = task_metrics(Task("b", "bits_per_byte", docs), [[Loglikelihood(-2.0, False), Loglikelihood(-9.0, True)],
-                                                          [Loglikelihood(-4.0, False), Loglikelihood(-3.0, True)]])
+    bpb = task_metrics(Task("b", "bits_per_byte", docs),
+                       [[Loglikelihood(-2.0, False, 2), Loglikelihood(-9.0, True, 7)],
+                        [Loglikelihood(-4.0, False, 3), Loglikelihood(-3.0, True, 3)]])
     assert bpb == {"bits_per_byte": pytest.approx((9.0 / 7 + 4.0 / 3) / math.log(2) / 2), "greedy_acc": 0.5}
 
 

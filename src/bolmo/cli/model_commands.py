@@ -60,7 +60,8 @@ def load_from_args(args: argparse.Namespace):
 
 # Shown by `bolmo info`, in this order, where the config has them.
 INFO_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "intermediate_size", "vocab_size", "max_position_embeddings", "layer_types", "sliding_window", "rope_theta", "rope_scaling",
+               "intermediate_size", "vocab_size", "max_position_embeddings", "layer_types", "sliding_window",
+               "rope_theta", "rope_scaling",
                "num_local_encoder_layers", "num_local_decoder_layers", "num_local_heads", "local_intermediate_size",
                "add_expanded_embeddings", "subword_vocab_size", "boundary_predictor_lookahead", "boundary_threshold",
                "rms_norm_eps", "local_rms_norm_eps")

@@ -32,7 +32,7 @@ class IdRequest:
 class Loglikelihood:
     logprob: float  # sum of log p(continuation id | everything before it), nats
     is_greedy: bool  # every continuation id was the model's argmax
-    n_ids: int = 0  # continuation ids scored: bytes for Bolmo, tokens for a subword model
+    n_ids: int  # continuation ids scored: bytes for Bolmo, tokens for a subword model
 
 
 def move_trailing_whitespace(context: str, continuation: str) -> tuple[str, str]:
@@ -60,13 +60,13 @@ class Scorer:
         self.scheme: Scheme = scheme_for(model)
         self.batch_size = batch_size
         self.strict_length = max_length is not None
-        self.max_length = max_length if max_length is not None else self.context_length(model)
+        self.max_length = max_length if max_length is not None else self.context_length()
 
-    def context_length(self, model) -> int | None:
+    def context_length(self) -> int | None:
         """The default `max_length`: the start id, context and continuation within the model's
         positions (`model.score`'s windows), plus the lookahead id fed after them, which only
         decides whether the last byte ends a patch, something no scored probability depends on."""
-        positions = model.config.context_positions
+        positions = self.model.config.context_positions
         return None if positions is None else positions + max(0, len(self.scheme.lookahead) - 1)
 
     # ------------------------------------------------------------------ text requests
