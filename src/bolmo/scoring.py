@@ -49,6 +49,11 @@ class Window:
     end: int
 
 
+def default_context(max_ids: int) -> int:
+    """The ids of context a window after the first reads by default: half the window."""
+    return max_ids // 2
+
+
 def windows(n: int, max_ids: int, context: int | None = None) -> list[Window]:
     """Cut a sequence of `n` ids (bytes for Bolmo, tokens for a subword model; the start id not
     counted) into windows of at most `max_ids` ids that score every id exactly once.
@@ -56,7 +61,7 @@ def windows(n: int, max_ids: int, context: int | None = None) -> list[Window]:
     The rule: the first window scores ids [0, max_ids) with everything before them as context; each
     later one scores the next `max_ids - context` ids, after the `context` ids before them, which
     it reads but does not score. So every id is predicted from at least min(its position, context)
-    preceding ids. `context` defaults to max_ids // 2.
+    preceding ids. `context` defaults to half a window (`default_context`).
 
     For Bolmo, `max_ids` = max_position_embeddings - 1 bytes: a patch holds at least one byte, so
     the start id plus max_ids bytes never make more patches than the global model has positions,
@@ -64,7 +69,7 @@ def windows(n: int, max_ids: int, context: int | None = None) -> list[Window]:
     """
     if max_ids < 1:
         raise ScoringError(f"a window must hold at least one id, got max_ids={max_ids}")
-    context = max_ids // 2 if context is None else context
+    context = default_context(max_ids) if context is None else context
     if not 0 <= context < max_ids:
         raise ScoringError(f"context must be in [0, {max_ids - 1}] (the window holds {max_ids} ids), got {context}")
     result = [Window(0, 0, min(n, max_ids))]

@@ -21,6 +21,7 @@ import warnings
 
 from bolmo.errors import BolmoError, ContextWarning
 from bolmo.eval.engine import IdRequest, Scorer
+from bolmo.scoring import default_context
 from bolmo.scoring import windows as scoring_windows
 
 DEFAULT_WINDOW = 2048
@@ -28,8 +29,8 @@ DEFAULT_OVERLAP = 512
 
 
 def default_overlap(window: int) -> int:
-    """DEFAULT_OVERLAP, or half a window shorter than 1,024 ids (`bolmo.scoring.windows`' rule)."""
-    return min(DEFAULT_OVERLAP, window // 2)
+    """DEFAULT_OVERLAP, or `bolmo.scoring`'s default context (half the window) when that is less."""
+    return min(DEFAULT_OVERLAP, default_context(window))
 
 
 def model_window(model, window: int | None = None, overlap: int | None = None) -> tuple[int, int]:
