@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from bolmo.config import PLAIN_VOCAB
-from bolmo.generation import bolmo_engine, compiled
+from bolmo.generation import bolmo_engine, compiled, fused_step, kv_cache
 from bolmo.generation import generate_ids
 from bolmo.generation.bolmo_engine import cpu_threads, decode_step, initial_state
 from bolmo.generation.bolmo_prefill import prefill_rows
@@ -42,12 +42,23 @@ def module_step(model, state, byte_ids, expanded, closing) -> torch.Tensor:
     return model.lm_head(inner.norm(y))
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["onednn-packed", "mkl"])
-@pytest.mark.parametrize("every_row", [False, True], ids=["closing-rows", "every-row"])
-def test_fused_step_matches_module_step(fixture_model_dir, every_row, packed, monkeypatch):
+STEP_VARIANTS = {  # every_row, oneDNN-packed products, row-by-row attention (eager closing rows only)
+    "closing-rows-onednn-packed": (False, True, False), "closing-rows-mkl": (False, False, False),
+    "every-row-onednn-packed": (True, True, False), "every-row-mkl": (True, False, False),
+    "closing-rows-row-by-row-attention": (False, True, True),
+}
+
+
+@pytest.mark.parametrize(("every_row", "packed", "row_attention"), STEP_VARIANTS.values(), ids=STEP_VARIANTS.keys())
+def test_fused_step_matches_module_step(fixture_model_dir, every_row, packed, row_attention, monkeypatch):
     model = load_fixture_model(fixture_model_dir)
     if packed and not ONEDNN:
         pytest.skip("torch has no oneDNN backend here")
+    row_steps = []  # the global steps that attended row by row
+    if row_attention:  # from the first slot on (the default waits for long caches)
+        monkeypatch.setattr(kv_cache, "ROW_ATTENTION_FROM", 0)
+        real = fused_step._row_attention
+        monkeypatch.setattr(fused_step, "_row_attention", lambda *a: row_steps.append(1) or real(*a))
     kernels = kernels_for(model)
     monkeypatch.setattr(kernels, "batch_onednn", packed)  # the batch's products: oneDNN-packed or MKL
     monkeypatch.setattr(kernels, "packed", None)
@@ -73,6 +84,7 @@ def test_fused_step_matches_module_step(fixture_model_dir, every_row, packed, mo
             for h, t in zip(histories, tokens):
                 h.append(t % PLAIN_VOCAB)
     assert (kernels.packed is not None) == packed  # the packed weights served the batch
+    assert bool(row_steps) == row_attention
 
 
 def test_fused_weights_follow_the_model(tiny_model_dir):

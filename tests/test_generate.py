@@ -19,7 +19,7 @@ from bolmo.cli import main
 from bolmo.cli.generate_commands import patch_characters
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB, BolmoConfig
 from bolmo.errors import GenerationError
-from bolmo.generation import generate_ids
+from bolmo.generation import generate_ids, kv_cache
 from bolmo.generation.bolmo_engine import banned_special_ids, cpu_threads
 from bolmo.loading import build_tokenizer
 from bolmo.model.bolmo import BolmoForCausalLM
@@ -155,6 +155,18 @@ def variant_model(model_dir, changes: dict) -> BolmoForCausalLM:
 def test_architecture_variants_match_oracle_and_batch(tiny_model_dir, changes):
     model = variant_model(tiny_model_dir, changes)
     prompts = ["Hello world, hello bytes and patches", ""]
+    together = generate_ids(model, prompts, max_new_bytes=16)
+    for prompt, result in zip(prompts, together):
+        assert (new_ids(result), result.boundaries) == oracle(model, prompt, 16)
+
+
+@pytest.mark.parametrize("changes", [{}, VARIANTS["window3-yarn"]], ids=["fixture", "window3-yarn"])
+def test_row_by_row_attention_matches_oracle_and_batch(tiny_model_dir, changes, monkeypatch):
+    """Attention row by row over each row's own slots (what eager steps over long caches do), here
+    from the first slot, full and sliding-window layers, rows of different positions."""
+    monkeypatch.setattr(kv_cache, "ROW_ATTENTION_FROM", 0)
+    model = variant_model(tiny_model_dir, changes)
+    prompts = ["Hello world, hello bytes and patches", "", "a", "Once upon a time, "]
     together = generate_ids(model, prompts, max_new_bytes=16)
     for prompt, result in zip(prompts, together):
         assert (new_ids(result), result.boundaries) == oracle(model, prompt, 16)
