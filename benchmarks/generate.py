@@ -1,6 +1,6 @@
 # python benchmarks/generate.py [--reference ../shared/reference] [--models d256 fixture 1b-local] [--lengths 128 512 2048]
 #                               [--batches 1 32] [--engines eager compiled] [--repeats 3] [--threads 1]
-#                               [--reference-threads 1 2] [--name generate]
+#                               [--reference-threads 1 2] [--one-at-a-time] [--name generate]
 """Generation throughput of the cached engine (bolmo.generation), against the reference
 implementation in the same run.
 
@@ -8,7 +8,10 @@ Models: `d256`, the random Bolmo of issue 15 (d_model 256, 4 global layers, 1 en
 mLSTM layers with 2 heads, local MLP 352, a 1,000-entry subword table); `fixture` (the tiny-gqa
 test model); `1b-local` (Bolmo-1B's local sizes with 2 global layers). Prompt "Language modeling
 is " at batch 1; at larger batches, prompts of mixed lengths (every row is checked to equal its
-prompt generated alone, at the shortest length). Greedy. Engines: `eager` (the fused step
+prompt generated alone, at the shortest length). At larger batches `vs_batch_1` is the aggregate
+bytes/s against batch 1's (the short prompt alone) and `vs_one_at_a_time` against the same prompts
+generated alone one after the other (the batch's own workload, prefills included: eager at the
+shortest length, every engine and length with `--one-at-a-time`). Greedy. Engines: `eager` (the fused step
 kernels) and `compiled` (the same under torch.compile; its compilation is timed separately).
 
 With `--reference PATH` (a checkout of the reference code with its venv, see
@@ -152,6 +155,13 @@ def timed_run(model, prompts: list[str], n: int, compiled: bool) -> Timing:
     return timing
 
 
+def one_at_a_time(model, prompts: list[str], n: int, compiled: bool) -> tuple[list[bytes], float]:
+    """The same prompts generated alone, one after the other: every row's new bytes and the
+    aggregate bytes/s (prefills included), the batch-1 throughput on the batch's own workload."""
+    runs = [timed_run(model, [p], n, compiled) for p in prompts]
+    return [r.data[0] for r in runs], sum(r.new_bytes for r in runs) / sum(r.seconds for r in runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, default=None,
@@ -169,6 +179,10 @@ def main() -> None:
                              "vs_reference is against the fastest of them (default: --threads)")
     parser.add_argument("--bandwidth", action="store_true",
                         help="measure memory bandwidth and report batch-1 decoding as a fraction of its bound")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="at batches > 1, also generate the batch's prompts alone, one after the other, at "
+                             "every length and with every engine, for vs_one_at_a_time (default: eager, shortest "
+                             "length only, to check that every row equals its prompt alone)")
     parser.add_argument("--name", default="generate", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -215,9 +229,11 @@ def main() -> None:
                     rows.append({"model": label, "engine": "reference", "threads": threads, "batch": 1, "new_bytes": n,
                                  "bytes_per_s": len(ref_ids) / seconds, "ms_per_step": 1e3 * seconds / len(ref_ids),
                                  "same_bytes": same_prefix(bytes(i - BYTE_OFFSET for i in ref_ids), eager_data[0])})
-                alone = ""
-                if batch > 1 and n == min(args.lengths):  # every row equals its prompt alone
-                    alone = all(timed_run(model, [p], n, False).data[0] == d for p, d in zip(prompts, eager_data))
+                alone, sequential = "", {}  # engine -> bytes/s of the same prompts one at a time
+                if batch > 1 and (args.one_at_a_time or n == min(args.lengths)):
+                    for engine in args.engines if args.one_at_a_time else args.engines[:1]:
+                        data, sequential[engine] = one_at_a_time(model, prompts, n, engine == "compiled")
+                        alone = alone is not False and data == eager_data  # every row equals its prompt alone
                 for engine, t in best.items():
                     ms = {kind: t.mean_ms(kind) for kind in (None, False, True)}
                     for kind, value in ms.items():
@@ -241,6 +257,8 @@ def main() -> None:
                                        and r["batch"] == 1 and r["new_bytes"] == n), None)
                         if single is not None:
                             row["vs_batch_1"] = round(t.bytes_per_s / single["bytes_per_s"], 2)
+                        if engine in sequential:
+                            row["vs_one_at_a_time"] = round(t.bytes_per_s / sequential[engine], 2)
                     rows.append(row)
         for r in rows:
             if r["model"] == label and r["engine"] == "compiled":
@@ -249,11 +267,13 @@ def main() -> None:
             reference.close()
         del model
     for r in rows:
-        for column in ("vs_reference", "vs_batch_1", "compile_s", "weight_mb_per_byte", "bandwidth_fraction",
+        for column in ("vs_reference", "vs_batch_1", "vs_one_at_a_time", "compile_s", "weight_mb_per_byte",
+                       "bandwidth_fraction",
                        "local_step_ms", "global_step_ms",
                        "bytes_per_patch", "rows_equal_alone", "local_vs_first", "global_vs_first"):
             r.setdefault(column, "")
     report(args.name, rows, ["model", "engine", "threads", "batch", "new_bytes", "bytes_per_s", "vs_reference", "vs_batch_1",
+                             "vs_one_at_a_time",
                              "ms_per_step", "local_step_ms", "global_step_ms", "bytes_per_patch",
                              "local_vs_first", "global_vs_first", "same_bytes", "rows_equal_alone", "compile_s",
                              "weight_mb_per_byte", "bandwidth_fraction"],
