@@ -111,6 +111,20 @@ def test_labels_give_the_mean_next_byte_loss(loaded):
         loss = model(ids, labels=ids).loss
     expected = core.score([text])[0]
     assert loss.item() == pytest.approx(expected.nats / expected.n_bytes, rel=1e-5)
+    from bolmo.errors import InputError
+
+    with pytest.raises(InputError, match="labels must be plain ids in \\[0, 260\\) or -100, got 336"):
+        model(torch.tensor([[1, 76, 109]]), labels=torch.tensor([[1, 336, 109]]))
+    with pytest.raises(InputError, match="attention_mask is all zeros"):
+        model(torch.tensor([[1, 76, 105]]), attention_mask=torch.zeros(1, 3))
+
+
+def test_a_model_without_its_tokenizer_says_so(repo):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(repo))
+    with pytest.raises(GenerationError, match="no subword tokenizer"):
+        model.generate(torch.tensor([[1, 76, 105]]), max_new_tokens=2)
 
 
 # ------------------------------------------------------------------ generate
@@ -192,6 +206,24 @@ def test_max_new_tokens_counts_bytes_and_unsupported_settings_fail(loaded):
         model.generate(ids, max_new_tokens=3, num_beams=2)
     with pytest.raises(GenerationError, match="not a byte id"):
         model.generate(torch.tensor([[1, 76, 2, 77]]), max_new_tokens=3)
+    for setting in ({"suppress_tokens": [36]}, {"sequence_bias": {(36,): -1e9}}, {"max_time": 5.0},
+                    {"forced_eos_token_id": 36}, {"renormalize_logits": True}, {"epsilon_cutoff": 1e-3}):
+        with pytest.raises(GenerationError, match=next(iter(setting))):  # refused, never silently ignored
+            model.generate(ids, max_new_tokens=3, **setting)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["byte-id", "fused-id"])
+def test_eos_token_id_ends_a_row_after_that_byte(loaded, fused):
+    model, tokenizer, _ = loaded
+    ids = tokenizer(["Language modeling is ", "x"], return_tensors="pt", padding=True)
+    plain = [new_ids(row[None], ids["input_ids"].shape[1])
+             for row in model.generate(**ids, max_new_tokens=40, pad_token_id=0)]
+    end = plain[0][5]  # a byte the first row generates; the second row may or may not
+    out = model.generate(**ids, max_new_tokens=40, pad_token_id=0, eos_token_id=[end + 260 * fused, 999])
+    for row, full in zip(out, plain):
+        cut = full[: full.index(end) + 1] if end in full else full
+        assert new_ids(row[None], ids["input_ids"].shape[1])[: len(cut)] == cut
+        assert row[ids["input_ids"].shape[1] + len(cut):].eq(0).all()  # padded after it
 
 
 def test_streamers_see_every_new_byte(loaded):

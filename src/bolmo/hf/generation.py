@@ -3,6 +3,7 @@
 transformers' meaning throughout: `max_new_tokens` counts new bytes (ids), the result is the input
 ids followed by the new ids (an ending EOS included, finished rows padded with `pad_token_id`),
 `do_sample=False` is greedy, `stop_strings` end a row once the sequence ends with one (it is kept),
+`eos_token_id` ids end a row once generated (kept too; the tokenizer's EOS always ends one),
 streamers get the prompt and then one id per row and step. Sampling draws its seed from torch's
 global generator, so `torch.manual_seed` makes it reproducible. Left- or right-padded batches come
 with their `attention_mask`; each row is decoded exactly as its prompt alone.
@@ -19,11 +20,19 @@ from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
 from bolmo.errors import GenerationError
 from bolmo.hf.engine import byte_steps
 
-# Settings the byte engine cannot honour, with the values that mean "off".
+# Settings the byte engine cannot honour, with the values that mean "off" (transformers 4.x defaults;
+# 5.x defaults them to None, which is off too). Refused rather than ignored: a caller who sets one
+# expects its effect.
 _UNSUPPORTED = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                 "min_new_tokens": 0, "min_length": 0, "min_p": 0.0, "typical_p": 1.0, "penalty_alpha": 0.0,
                 "return_dict_in_generate": False, "output_scores": False, "output_logits": False,
-                "bad_words_ids": None, "force_words_ids": None}
+                "bad_words_ids": None, "force_words_ids": None, "suppress_tokens": None,
+                "begin_suppress_tokens": None, "sequence_bias": None, "forced_bos_token_id": None,
+                "forced_eos_token_id": None, "guidance_scale": 1.0, "encoder_repetition_penalty": 1.0,
+                "exponential_decay_length_penalty": None, "renormalize_logits": False, "remove_invalid_values": False,
+                "max_time": None, "eta_cutoff": 0.0, "epsilon_cutoff": 0.0, "top_h": None, "diversity_penalty": 0.0,
+                "num_beam_groups": 1, "watermarking_config": None, "prompt_lookup_num_tokens": None,
+                "token_healing": False, "dola_layers": None}
 # Keyword arguments transformers callers pass that need nothing here (the processor lists only when empty).
 _IGNORED = {"tokenizer", "use_cache", "synced_gpus", "logits_processor", "stopping_criteria"}
 
@@ -33,6 +42,9 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
         input_ids = kwargs.pop("input_ids", None)
     if input_ids is None:
         raise GenerationError("generate() needs input_ids")
+    if model.core.tokenizer is None:
+        raise GenerationError("generate(): this model has no subword tokenizer (built with from_config?): load it "
+                              "with from_pretrained or bolmo.load")
     attention_mask = kwargs.pop("attention_mask", None)
     for name in _IGNORED & set(kwargs):
         value = kwargs.pop(name)
@@ -56,6 +68,7 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
     stops = [s.encode("utf-8") for s in ([stops] if isinstance(stops, str) else stops or [])]
     pad = config.pad_token_id if config.pad_token_id is not None else model.config.pad_token_id
     eos = model.core.tokenizer.eos_id
+    ends = end_ids(config.eos_token_id)  # the caller's EOS ids (byte ids among them end a row after that byte)
 
     if streamer is not None:
         streamer.put(input_ids.cpu())
@@ -77,7 +90,8 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
             step.append(token)
             if stops and token != eos:
                 tails[r] = (tails[r] + bytes((token - BYTE_OFFSET,)))[-longest:]
-            done[r] = row.eos or len(new[r]) >= max_new or any(tails[r].endswith(s) for s in stops)
+            done[r] = (row.eos or token in ends or len(new[r]) >= max_new
+                       or any(tails[r].endswith(s) for s in stops))
         if streamer is not None:
             streamer.put(torch.tensor(step))
         if all(done):
@@ -90,6 +104,16 @@ def generate(model, input_ids: torch.Tensor | None, generation_config, streamer,
     for r, ids in enumerate(new):
         out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return torch.cat([input_ids.cpu(), out], dim=1).to(input_ids.device)
+
+
+def end_ids(eos_token_id: int | list[int] | None) -> set[int]:
+    """transformers' `eos_token_id` (one id or a list) as the set of plain ids that end a row: a
+    fused id (>= 260: a byte that ends a patch) stands for its byte. The tokenizer's EOS always
+    ends a row too; any other id is kept in the output, as transformers keeps an EOS."""
+    ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise GenerationError(f"generate(): eos_token_id={eos_token_id!r} must be an id or a list of ids")
+    return {i - PLAIN_VOCAB if i >= PLAIN_VOCAB else i for i in ids}
 
 
 def sampling_arguments(config) -> dict[str, Any]:

@@ -18,7 +18,8 @@ import torch
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from bolmo.errors import TokenizerError
+from bolmo.config import PLAIN_VOCAB
+from bolmo.errors import InputError, TokenizerError
 from bolmo.hf.configuration import BolmoHFConfig
 from bolmo.model.bolmo import BolmoForCausalLM as CoreBolmoForCausalLM
 from bolmo.scoring import folded_logprobs
@@ -86,6 +87,8 @@ class BolmoForCausalLM(BolmoPreTrainedModel, GenerationMixin):
         unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in _IGNORED_FORWARD_ARGS)
         if unknown:
             raise TypeError(f"BolmoForCausalLM.forward() does not take {', '.join(unknown)}")
+        if labels is not None:
+            _check_labels(labels, input_ids)
         out = self.core(input_ids, attention_mask=attention_mask)
         loss = None
         if labels is not None:
@@ -158,3 +161,16 @@ def _copy_companions(source: Path, target: Path, config: BolmoHFConfig) -> None:
         for file in sorted(source.glob("*.py")):
             if not (target / file.name).exists():
                 shutil.copy2(file, target / file.name)
+
+
+def _check_labels(labels: torch.Tensor, input_ids: torch.Tensor) -> None:
+    """labels [B, L] like input_ids, plain ids or -100 (InputError otherwise, not an index error
+    from deep in the loss)."""
+    if not isinstance(labels, torch.Tensor) or labels.shape != getattr(input_ids, "shape", None):
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise InputError(f"labels must be a tensor shaped like input_ids {tuple(getattr(input_ids, 'shape', ()))}, "
+                         f"got {shape}")
+    bad = labels[(labels != -100) & ((labels < 0) | (labels >= PLAIN_VOCAB))]
+    if bad.numel():
+        raise InputError(f"labels must be plain ids in [0, {PLAIN_VOCAB}) or -100, got {bad[0].item()} "
+                         f"(a fused id >= {PLAIN_VOCAB} names a byte and a boundary: give the byte's id)")

@@ -31,3 +31,6 @@ def check_inputs(input_ids: torch.Tensor, vocab_size: int, **same_shape: torch.T
         if tensor.shape != input_ids.shape:
             raise InputError(f"{name} has shape {tuple(tensor.shape)}, but input_ids has {tuple(input_ids.shape)}: "
                              "they must match")
+        if name == "attention_mask" and not bool(tensor.any()):
+            raise InputError("attention_mask is all zeros: no row has a position to run (each needs at least "
+                             "its BOS)")
