@@ -308,7 +308,7 @@ def test_shard_file_the_index_does_not_name_is_reported(capsys, tmp_path):
 
 
 def test_index_without_total_size_is_still_checked(capsys, tmp_path):
-    """No metadata.total_size: the named tensors must still account for every byte of the shards."""
+    """No metadata.total_size: every byte of the shards must still belong to a tensor."""
     from safetensors.torch import load_file
 
     out, shards = _sharded_copy(capsys, tmp_path)
@@ -327,4 +327,89 @@ def test_index_without_total_size_is_still_checked(capsys, tmp_path):
     encoded += b" " * (-len(encoded) % 8)
     (out / shards[-1]).write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
     code, report = _verify(capsys, out)
-    assert code == 1 and "has no metadata.total_size; the tensors it names need" in report
+    assert code == 1 and "bytes of the data section between tensors" in report and "belong to no tensor" in report
+
+
+def _trailing_bytes(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"XXXXXXXX")
+
+
+def _gap_before_data(path: Path) -> None:
+    """Every data offset moved 8 bytes on, 8 bytes inserted at the start of the data section."""
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    for name, entry in header.items():
+        if name != "__metadata__":
+            entry["data_offsets"] = [o + 8 for o in entry["data_offsets"]]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8 + data[8 + n:])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_trailing_bytes, "8 bytes after the 1608800 bytes of tensor data the header describes"),
+    (_gap_before_data, "the data section's first 8 bytes belong to no tensor"),
+])
+def test_safetensors_data_not_fully_covered_is_one_problem(damage, message, capsys, tmp_path):
+    """What the safetensors library refuses is refused while planning and by verify, as one line
+    about the file (not one per tensor), and not listed by inspect as a sound checkpoint."""
+    src = _hf_copy_with(tmp_path, damage)
+    code, out = _verify(capsys, src)
+    assert code == 1 and message in out and out.count("model.safetensors") <= 2
+    code, err = _convert(capsys, src, tmp_path / "out")
+    assert code == 2 and message in err and not (tmp_path / "out").exists()
+
+
+def test_convert_arguments_that_would_write_a_wrong_checkpoint(capsys, tmp_path):
+    """Each would once exit 0: a key map renaming a model's tensors (the output then contradicts its
+    config), --allow-missing where nothing can be missing, --verify-against with OLMo-core names."""
+    (tmp_path / "map.json").write_text(json.dumps({"lm_head.weight": "foo.weight"}))
+    code, err = _convert(capsys, BOLMO_FIXTURES / "tiny-gqa", tmp_path / "out", "--key-map", str(tmp_path / "map.json"))
+    assert code == 2 and "--key-map renames the tensors of checkpoints without a model config" in err
+    code, err = _convert(capsys, BOLMO_FIXTURES / "tiny-gqa", tmp_path / "out", "--allow-missing")
+    assert code == 2 and "--allow-missing applies to --prefix/--ema" in err
+    code = main(["convert", str(BOLMO_FIXTURES / "tiny-gqa"), str(tmp_path / "out"), "--to", "olmo-core",
+                 "--verify-against", str(BOLMO_FIXTURES / "tiny-gqa")])
+    assert code == 2 and "it needs --to hf" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_key_map_renames_must_stay_distinct_and_named(capsys, tmp_path):
+    from bolmo.checkpoint.keymaps import apply_rename_file
+    from bolmo.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="renames to an empty name: a"):
+        apply_rename_file(["a", "b"], {"a": ""}, "--key-map")
+    with pytest.raises(CheckpointError, match="'b' by a, b"):
+        apply_rename_file(["a", "b"], {"a": "b"}, "--key-map")
+
+
+def test_destination_under_a_file_is_refused_clearly(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, err = _convert(capsys, CKPT_FIXTURES / "olmo2", tmp_path / "file" / "out")
+    assert code == 2 and f"{tmp_path / 'file'} is not a directory" in err
+
+
+def test_float16_overflow_names_the_cast(capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _copy(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "hf")
+    weights = load_file(src / "model.safetensors")
+    weights["model.norm.weight"][3] = 1e6
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    code, err = _convert(capsys, src, tmp_path / "out", "--dtype", "float16")
+    assert code == 2 and "'model.norm.weight' has values beyond float16's range (largest |x| 1e+06" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_convert_takes_dtype_and_shard_size_names(tmp_path):
+    from bolmo.checkpoint.convert import convert
+    from bolmo.errors import CheckpointError
+
+    result = convert(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "out", "hf", dtype="bfloat16", shard_size="200KB")
+    assert {t.dtype for t in result.plan.tensors} == {torch.bfloat16}
+    assert (tmp_path / "out" / "model.safetensors.index.json").exists()
+    with pytest.raises(CheckpointError, match="must be a floating-point type"):
+        convert(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "int", "hf", dtype=torch.int8)
+    assert not (tmp_path / "int").exists()

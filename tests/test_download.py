@@ -258,6 +258,12 @@ def test_offline_mode_reuses_an_earlier_download(hub, tmp_path, capsys, monkeypa
     assert len(hub.seen) == requests_before
     # huggingface_hub's own multi-line "Returning existing local_dir" notice is not shown too.
     assert not [r for r in caplog.records if "Returning existing local_dir" in r.getMessage()]
+    # A directory with the config but not the weights is no earlier download to report as done.
+    weights = sorted(out.glob("model*.safetensors"))
+    assert weights
+    weights[-1].unlink()
+    code, stdout, error = _cli(capsys, "download", "1b", "-o", str(out))
+    assert code == 2 and f"{weights[-1].name} is missing" in error and "Done" not in stdout
 
 
 def test_offline_native_layout_without_its_staging_copy(hub, tmp_path, capsys, monkeypatch):

@@ -56,14 +56,30 @@ def check_destination(dst: str | Path, overwrite: bool | int, sources: Iterable[
         if dst == src or dst in src.parents or src in dst.parents:
             relation = "is" if dst == src else "contains" if dst in src.parents else "is inside"
             raise CheckpointError(f"{dst}: the destination {relation} the source {src}; nothing was written")
-    if dst.exists() and not overwrite:
+    exists = _exists(dst)
+    if exists and not overwrite:
         raise CheckpointError(f"{dst}: destination exists (pass --overwrite to replace it)")
-    if dst.exists() and not dst.is_dir():
+    if exists and not dst.is_dir():
         raise CheckpointError(f"{dst}: destination exists and is not a directory")
-    if dst.exists() and overwrite < 2 and not looks_replaceable(dst):
+    if exists and overwrite < 2 and not looks_replaceable(dst):
         raise CheckpointError(f"{dst}: destination exists and does not look like a checkpoint (no config.json, "
                               "weights or DCP metadata); pass --overwrite twice to replace it anyway")
     return dst
+
+
+def _exists(dst: Path) -> bool:
+    """Whether `dst` exists; a path that cannot even be checked (a parent that is a file, a parent
+    without search permission) is refused here, naming the cause, not later by a traceback."""
+    try:
+        dst.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            blocker = next((p for p in dst.parents if p.exists() and not p.is_dir()), dst.parent)
+            raise CheckpointError(f"{dst}: cannot create the destination: {blocker} is not a directory") from None
+        raise CheckpointError(f"{dst}: cannot create the destination ({exc.strerror or exc})") from None
+    return True
 
 
 def _resolve(path: str | Path) -> Path:

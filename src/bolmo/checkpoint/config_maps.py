@@ -15,7 +15,6 @@ and that OLMo-core cannot express are refused.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from bolmo.config import (
     parse_rope_scaling,
     yarn_mscale,
 )
-from bolmo.errors import BolmoWarning, ConfigError
+from bolmo.errors import ConfigError, warn
 from bolmo.olmo.config import PRETRAINED_CONFIG_KEYS, OlmoConfig, legacy_rope_fields
 
 _OC = "olmo_core.nn."
@@ -234,8 +233,7 @@ def check_model_fields(model: _Obj) -> None:
 
     walk(model.data, model.path)
     if unknown:
-        warnings.warn(f"{model.where}: ignoring model field(s) bolmo does not know: {', '.join(unknown)}",
-                      BolmoWarning, stacklevel=3)
+        warn(f"{model.where}: ignoring model field(s) bolmo does not know: {', '.join(unknown)}")
 
 
 def _tokenizer(config: dict[str, Any], where: str) -> dict[str, Any]:

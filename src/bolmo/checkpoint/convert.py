@@ -33,9 +33,10 @@ from bolmo.checkpoint.inventory import (
     check_finite,
     differences,
     dtype_name,
+    parse_dtype,
     stored_suffix,
 )
-from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
+from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, parse_size, write_weights
 from bolmo.checkpoint.sources import Source, SourceKind, bundled_or_path, open_checkpoint
 from bolmo.errors import CheckpointError, ConfigError
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
@@ -75,7 +76,7 @@ class ConversionPlan:
         """The output tensor as row blocks: a sharded DCP tensor streams chunk by chunk, never assembled."""
         if planned.transform is None and isinstance(self.source.reader, DCPCheckpoint):
             for rows in self.source.reader.read_rows(planned.source):
-                yield rows.to(planned.dtype)
+                yield self.cast(planned, rows)
         else:
             yield self.produce(planned)
 
@@ -88,6 +89,20 @@ class ConversionPlan:
                          stored_suffix(planned.name, {planned.name: planned.source}))
         return values
 
+    def cast(self, planned: PlannedTensor, values: torch.Tensor) -> torch.Tensor:
+        """`values` in the output dtype; a model weight whose finite values the cast would turn
+        into infinities (--dtype float16 and |x| > 65504) is refused naming the cast, not as a
+        source that holds infinite values."""
+        out = values.to(planned.dtype)
+        if (self.source.family is not None and out.dtype != values.dtype and out.is_floating_point()
+                and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(values).all())):
+            name, suffix = dtype_name(out.dtype), stored_suffix(planned.name, {planned.name: planned.source})
+            raise CheckpointError(
+                f"{self.source.path}: tensor {planned.name!r}{suffix} has values beyond {name}'s range (largest |x| "
+                f"{values.abs().max().item():g}, {name} holds up to {torch.finfo(out.dtype).max:g}): the cast would "
+                "make them infinite")
+        return out
+
     def checked_rows(self, planned: PlannedTensor) -> Iterator[torch.Tensor]:
         """`produce_rows`, each row block `checked`."""
         return (self.checked(planned, rows) for rows in self.produce_rows(planned))
@@ -97,7 +112,7 @@ class ConversionPlan:
         tensor = self.source.reader.read_tensor(planned.source)
         if planned.transform is not None:
             tensor = planned.transform(tensor)
-        tensor = tensor.to(planned.dtype)
+        tensor = self.cast(planned, tensor)
         if tuple(tensor.shape) != planned.shape:
             raise CheckpointError(f"{self.source.path}: {planned.source} has shape {list(tensor.shape)}, "
                                   f"expected {list(planned.shape)}")
@@ -113,7 +128,7 @@ class ConversionResult:
 
 
 # ---------------------------------------------------------------------------------- planning
-def plan_conversion(src: str | Path, to: str, prefix: str | None = None, dtype: torch.dtype | None = None,
+def plan_conversion(src: str | Path, to: str, prefix: str | None = None, dtype: torch.dtype | str | None = None,
                     key_map: dict[str, str] | None = None, allow_missing: bool = False,
                     verify_against: str | Path | None = None) -> ConversionPlan:
     """Everything about the conversion that can be known without reading tensor data.
@@ -121,11 +136,18 @@ def plan_conversion(src: str | Path, to: str, prefix: str | None = None, dtype: 
     `prefix`: the DCP top-level key holding the weights (default `model`; '' = every tensor, names
     unchanged); refused for HF sources, which have no such keys. `verify_against`: an HF directory or
     safetensors file the output must match in tensor names, shapes and dtypes, checked here."""
+    dtype = _output_dtype(dtype)
     source = open_checkpoint(src)
     source.reader.check()
     if prefix is not None and not source.is_dcp:
         raise CheckpointError(f"{source.path}: --prefix/--ema pick a top-level key of a DCP checkpoint; "
                               f"HF weights ({source.kind.value}) have none")
+    if allow_missing and prefix in (None, "model"):
+        raise CheckpointError("--allow-missing applies to --prefix/--ema (weights other than 'model' that may lack "
+                              "some of its trained parameters); nothing would be missing here")
+    if verify_against is not None and to != "hf":
+        raise CheckpointError(f"--verify-against compares with HF tensors (names, shapes, dtypes): it needs --to hf, "
+                              f"not --to {to}")
     reference = _reference_tensors(Path(verify_against)) if verify_against is not None else None
     if to == "hf":
         plan = (_plan_dcp_to_hf(source, "model" if prefix is None else prefix, allow_missing) if source.is_dcp
@@ -138,6 +160,9 @@ def plan_conversion(src: str | Path, to: str, prefix: str | None = None, dtype: 
     else:
         raise CheckpointError(f"unknown target format {to!r} (hf or olmo-core)")
     if key_map:
+        if plan.config is not None:  # the model's names are fixed: renaming one breaks the checkpoint
+            raise CheckpointError(f"{source.path}: --key-map renames the tensors of checkpoints without a model "
+                                  f"config (generic DCP); this {source.kind.value} checkpoint's names are its model's")
         renamed = keymaps.apply_rename_file([t.name for t in plan.tensors], key_map, "--key-map")
         plan.tensors = [replace(t, name=renamed[t.name]) for t in plan.tensors]
     if dtype is not None:
@@ -149,6 +174,17 @@ def plan_conversion(src: str | Path, to: str, prefix: str | None = None, dtype: 
     if reference is not None:
         _compare_with_reference(plan, reference, Path(verify_against))
     return plan
+
+
+def _output_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """`dtype` as a torch floating-point dtype (a name such as 'bfloat16' is accepted): a model's
+    weights cast to an integer type would be written and then refused by every loader."""
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype, "dtype")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise CheckpointError(f"dtype {dtype!r}: the output dtype must be a floating-point type "
+                              "(float32, bfloat16, float16)")
+    return dtype
 
 
 def _check_safetensors_dtypes(plan: ConversionPlan) -> None:
@@ -375,11 +411,13 @@ def write_hf_config(directory: Path, config: dict[str, Any]) -> None:
     (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
-def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-            progress: Progress | None = None) -> ConversionResult:
-    """Write the planned checkpoint to `dst` (atomically) and check what was written."""
+def execute(plan: ConversionPlan, dst: str | Path, overwrite: bool = False,
+            shard_size: int | str = DEFAULT_SHARD_SIZE, progress: Progress | None = None) -> ConversionResult:
+    """Write the planned checkpoint to `dst` (atomically) and check what was written. `shard_size`:
+    bytes, or a size such as '2GB' (bolmo.checkpoint.safetensors_io.parse_size)."""
     start = time.perf_counter()
     dst = Path(dst)
+    shard_size = parse_size(str(shard_size))
     with atomic_directory(dst, overwrite, sources=[plan.source.path]) as tmp:
         config = _relocate_tokenizer(plan, tmp)
         _copy_subword_tokenizer(plan, tmp)
@@ -447,7 +485,8 @@ def check_written(out: Path, planned: dict[str, tuple[tuple[int, ...], torch.dty
 
 
 def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str | None = None,
-            dtype: torch.dtype | None = None, key_map: dict[str, str] | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+            dtype: torch.dtype | str | None = None, key_map: dict[str, str] | None = None,
+            shard_size: int | str = DEFAULT_SHARD_SIZE,
             overwrite: bool = False, allow_missing: bool = False, verify_against: str | Path | None = None,
             progress: Progress | None = None) -> ConversionResult:
     """Plan and execute in one call (see `bolmo convert --help`)."""

@@ -278,10 +278,26 @@ def _check_sizes(plan: Plan, out: Path) -> None:
 
 
 def missing_layout(plan: Plan, out: Path) -> list[str]:
-    """The files of the requested layout that `out` lacks (an offline run can only use what is there)."""
+    """The files of the requested layout that `out` lacks (an offline run can only use what is
+    there): the config, and the weights (HF: model.safetensors, or the index and every shard it names)."""
     needed = {"hf": ["config.json"], "olmo-core": ["config.json", DCP_SUBDIR],
               "all": ["config.json", f"{NATIVE_DIR}/{DCP_SUBDIR}"]}[plan.fmt]
-    return [name for name in needed if not (out / name).exists()]
+    missing = [name for name in needed if not (out / name).exists()]
+    return missing + (_missing_hf_weights(out) if plan.fmt in ("hf", "all") else [])
+
+
+def _missing_hf_weights(out: Path) -> list[str]:
+    from bolmo.checkpoint.safetensors_io import INDEX_NAME
+
+    if (out / "model.safetensors").is_file():
+        return []
+    if not (out / INDEX_NAME).is_file():
+        return ["model.safetensors"]
+    try:
+        shards = set(json.loads((out / INDEX_NAME).read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # a damaged index is verify's to report, naming what is wrong with it
+    return sorted(name for name in shards if isinstance(name, str) and not (out / name).is_file())
 
 
 def _require_layout(plan: Plan, out: Path) -> None:

@@ -127,9 +127,18 @@ def apply_rename_file(names: list[str], mapping: dict[str, str], where: str) -> 
     unknown = sorted(set(mapping) - set(names))
     if unknown:
         raise CheckpointError(f"{where}: renames tensor(s) not in the output: {', '.join(unknown[:20])}")
+    empty = sorted(old for old, new in mapping.items() if not new.strip())
+    if empty:
+        raise CheckpointError(f"{where}: renames to an empty name: {', '.join(empty[:20])}")
     renamed = {name: mapping.get(name, name) for name in names}
-    if len(set(renamed.values())) != len(renamed):
-        raise CheckpointError(f"{where}: the renames make two tensors share one name")
+    by_target: dict[str, list[str]] = {}
+    for old, new in renamed.items():
+        by_target.setdefault(new, []).append(old)
+    shared = {new: olds for new, olds in by_target.items() if len(olds) > 1}
+    if shared:
+        new, olds = next(iter(sorted(shared.items())))
+        raise CheckpointError(f"{where}: the renames make {len(shared)} name(s) shared by several tensors, e.g. "
+                              f"{new!r} by {', '.join(sorted(olds))}")
     return renamed
 
 

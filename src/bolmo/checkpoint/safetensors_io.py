@@ -69,11 +69,19 @@ def read_header(path: Path) -> SafetensorsFile:
     for (_, end, a), (begin, _, b) in zip(ranges, ranges[1:]):
         if begin < end:
             raise CheckpointError(f"{path}: tensors {a} and {b} overlap in the data section")
+        if begin > end:  # the format (and the safetensors library) requires the data fully covered
+            raise CheckpointError(f"{path}: {begin - end} bytes of the data section between tensors {a} and {b} "
+                                  "belong to no tensor")
+    if ranges and ranges[0][0] > 0:
+        raise CheckpointError(f"{path}: the data section's first {ranges[0][0]} bytes belong to no tensor")
     data_bytes = ranges[-1][1] if ranges else 0
     available = size - 8 - n
     if available < data_bytes:
         raise CheckpointError(f"{path}: data is short: the header needs {data_bytes} bytes of tensor data, "
                               f"the file has {available} (truncated download?)")
+    if available > data_bytes:
+        raise CheckpointError(f"{path}: {available - data_bytes} bytes after the {data_bytes} bytes of tensor data "
+                              "the header describes (a damaged or concatenated file?)")
     return SafetensorsFile(path, tensors, dict(metadata), data_bytes)
 
 

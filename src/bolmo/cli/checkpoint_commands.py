@@ -38,11 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--ema", dest="prefix", action="store_const", const="ema",
                        help="convert the EMA weights (same as --prefix ema)")
     convert.add_argument("--allow-missing", action="store_true",
-                         help="with --prefix/--ema: write the output even though the prefix lacks trained parameters "
-                         "that 'model' has, naming them (default: fail). What the prefix lacks and training does not "
-                         "update (buffers, frozen parameters: no optimizer state) is always taken from 'model'")
+                         help="with --prefix/--ema (refused without): write the output even though the prefix lacks "
+                         "trained parameters that 'model' has, naming them (default: fail). What the prefix lacks and "
+                         "training does not update (buffers, frozen parameters: no optimizer state) is always taken "
+                         "from 'model'")
     convert.add_argument("--key-map", type=Path, metavar="FILE",
-                         help="JSON object renaming output tensors: {\"old name\": \"new name\", ...}")
+                         help="JSON object renaming output tensors: {\"old name\": \"new name\", ...}; for checkpoints "
+                         "without a model config (generic DCP)")
     convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                          help="cast floating-point tensors (default: keep the stored dtype)")
     convert.add_argument("--shard-size", default="5GB",
@@ -67,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "long enough, headers and byte ranges are valid, every DCP item loads and "
                                    "matches its CRC-32s (this reads the whole checkpoint), and the config's model "
                                    "has exactly the stored tensors. Exit 0 if so, 1 with the list of problems.")
-    verify.add_argument("dir", type=Path, help="HF or OLMo-core (or any DCP) directory")
+    verify.add_argument("dir", type=Path, metavar="PATH",
+                        help="HF or OLMo-core (or any DCP) directory, or a .safetensors file")
     verify.set_defaults(handler=run_verify)
 
 
