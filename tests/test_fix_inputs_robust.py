@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 import bolmo
 from bolmo.cli import main
-from bolmo.errors import BolmoError, BolmoWarning, ContextWarning, InputError, ScoringError, TokenizerError
+from bolmo.errors import (BolmoError, BolmoWarning, ContextWarning, GenerationError, InputError, ScoringError,
+                          TokenizerError)
 from bolmo.eval.bpb import bits_per_byte
 from bolmo.eval.documents import Document
 from bolmo.eval.engine import Scorer
@@ -160,3 +164,41 @@ def test_a_cut_never_drops_more_than_three_extra_bytes(short_model):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a prompt that fits is not touched
         assert generate_ids(short_model, [b"\x80" * 11], max_new_bytes=4)[0].prompt == b"\x80" * 11
+
+
+@pytest.mark.parametrize("entry", ["generate", "stream", "score"])
+def test_warnings_point_at_the_callers_line(short_model, entry):
+    """Whichever entry point (a generator underneath or not), a warning names the user's file."""
+    with pytest.warns(BolmoWarning) as caught:
+        if entry == "generate":
+            short_model.generate(["x" * 100], max_new_bytes=2)
+        elif entry == "stream":
+            list(short_model.stream("x" * 100, max_new_bytes=2))
+        else:
+            short_model.score(["", "ab"])
+    assert {Path(w.filename).name for w in caught} == {Path(__file__).name}
+
+
+def test_prompts_may_be_any_iterable_and_stream_checks_at_the_call(short_model):
+    import numpy as np
+
+    expected = short_model.generate(["ab", "c"], max_new_bytes=3)
+    assert short_model.generate((p for p in ["ab", "c"]), max_new_bytes=3) == expected
+    assert short_model.generate(np.array(["ab", "c"]), max_new_bytes=3) == expected
+    assert short_model.generate(("ab", "c"), max_new_bytes=3) == expected
+    with pytest.raises(GenerationError, match="prompts must be a list of strings, got int"):
+        short_model.generate(3, max_new_bytes=3)
+    with pytest.raises(GenerationError, match="max_new_bytes"):
+        short_model.stream("x", max_new_bytes=-1)  # not at the first next()
+
+
+def test_a_half_read_stream_leaves_no_noise_at_exit(tmp_path):
+    """A suspended decode used to print 'Exception ignored in: <generator object decode ...>' when
+    the interpreter closed it after torch's globals were gone."""
+    script = ("import bolmo\n"
+              "m = bolmo.load('default')\n"
+              "it = m.stream('The json module', max_new_bytes=100)\n"
+              "print(next(it) is not None)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "True"
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr

@@ -109,6 +109,8 @@ def test_bos_only_input_runs_and_scores(tiny_model_dir):
     with pytest.warns(bolmo.BolmoWarning, match=r"texts\[0\] is empty: 0 bytes, bits per byte NaN"):
         result = model.score([""])[0]
     assert result.n_bytes == 0 and result.nats == 0.0 and math.isnan(result.bits_per_byte)
+    assert math.copysign(1.0, result.nats) == 1.0 and result.as_dict()["nats"] == 0.0  # 0, not -0.0
+    assert str(result.as_dict()["nats"]) == "0.0"
 
 
 def test_multibyte_utf8_roundtrip(tiny_model_dir):

@@ -6,6 +6,10 @@ the file, tensor or field at fault on its own.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 
 class BolmoError(Exception):
     """Base class: a problem with the user's input, not a bug in bolmo."""
@@ -50,3 +54,18 @@ class BolmoWarning(UserWarning):
 
 class ContextWarning(BolmoWarning):
     """An input was cut to fit the model's positions (the warning says how much was kept)."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_WRAPPERS = ("contextlib", "torch.utils._contextlib")  # decorators between a caller and bolmo's code
+
+
+def warn(message: str, category: type[Warning] = BolmoWarning) -> None:
+    """warnings.warn attributed to the user's line: the first caller outside bolmo (and outside
+    context-manager decorators), whichever entry point led here. (Python 3.12's
+    `skip_file_prefixes` does this; 3.11 has no such option.)"""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
+                                 or frame.f_globals.get("__name__") in _WRAPPERS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -12,14 +12,13 @@ a model run past what it was trained on.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
-from bolmo.errors import BolmoWarning, ScoringError, TokenizerError
+from bolmo.errors import ScoringError, TokenizerError, warn
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.tokenizer import pad_rows
 
@@ -137,8 +136,7 @@ def check_texts(texts: Sequence[str], batch_size: int, context: int | None) -> N
             raise ScoringError(f"texts[{i}] cannot be encoded as UTF-8 ({exc.reason} at character {exc.start})") from None
     empty = [i for i, text in enumerate(texts) if not text]
     if empty:
-        warnings.warn(f"texts{empty} {'is' if len(empty) == 1 else 'are'} empty: 0 bytes, bits per byte NaN (0 / 0)",
-                      BolmoWarning, stacklevel=4)  # the caller of model.score
+        warn(f"texts{empty} {'is' if len(empty) == 1 else 'are'} empty: 0 bytes, bits per byte NaN (0 / 0)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ScoringError(f"batch_size must be a positive integer, got {batch_size!r}")
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 0):
@@ -192,7 +190,7 @@ def score_bolmo(model, texts: Sequence[str], batch_size: int = 8, context: int |
     sequences = [tokenizer.encode(text, add_bos=False) for text in texts]
     logprobs = score_windows(score_rows, sequences, tokenizer.bos_id, tokenizer.pad_id, window_ids(model, sequences),
                              batch_size, context, model.device)
-    return [ScoreResult(text=text, byte_logprobs=lp, nats=float(-lp.double().sum()), n_bytes=lp.numel())
+    return [ScoreResult(text=text, byte_logprobs=lp, nats=0.0 - float(lp.double().sum()), n_bytes=lp.numel())
             for text, lp in zip(texts, logprobs)]
 
 
@@ -228,6 +226,6 @@ def score_subword(model, texts: Sequence[str], batch_size: int = 8, context: int
         byte_lp = torch.zeros(n_bytes, dtype=torch.float32)
         if n_bytes:
             byte_lp.index_add_(0, ends, token_lp)
-        results.append(ScoreResult(text=text, byte_logprobs=byte_lp, nats=float(-token_lp.double().sum()),
+        results.append(ScoreResult(text=text, byte_logprobs=byte_lp, nats=0.0 - float(token_lp.double().sum()),
                                    n_bytes=n_bytes))
     return results

@@ -69,7 +69,10 @@ INFO_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     info = subparsers.add_parser("info", help="print a model's config and parameter counts per component "
-                                              "(Bolmo or subword OLMo, HF or OLMo-core)")
+                                              "(Bolmo or subword OLMo, HF or OLMo-core)",
+                                 description="Load a model (Bolmo or subword OLMo, HF or OLMo-core layout) and print "
+                                 "its architecture (sizes, context, boundary predictor) and its parameter counts per "
+                                 "component, without running it.")
     info.add_argument("source", nargs="?", default=None, metavar="PATH",
                       help="checkpoint directory, downloaded Hub repo id, or a bundled model: default, default-teacher "
                              "(default: default)")

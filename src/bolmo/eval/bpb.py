@@ -12,10 +12,9 @@ corpus of only empty documents is refused.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
-from bolmo.errors import BolmoWarning
+from bolmo.errors import warn
 from bolmo.eval.documents import Document
 from bolmo.eval.engine import Scorer
 from bolmo.eval.rolling import score_documents
@@ -38,8 +37,7 @@ def split_empty(docs: Sequence[Document]) -> tuple[list[Document], list[str]]:
     if empty and len(empty) == len(docs):
         raise empty_text_error(_names(empty))
     if empty:
-        warnings.warn(f"skipped {len(empty)} empty document(s), nothing to score: {_names(empty)}", BolmoWarning,
-                      stacklevel=3)
+        warn(f"skipped {len(empty)} empty document(s), nothing to score: {_names(empty)}")
     return [d for d in docs if d.text], empty
 
 

@@ -12,13 +12,12 @@ depends on the batch size or on its neighbours.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from bolmo.errors import BolmoError, ContextWarning
+from bolmo.errors import BolmoError, ContextWarning, warn
 from bolmo.eval.schemes import Scheme, scheme_for
 
 
@@ -96,9 +95,8 @@ class Scorer:
                 if self.strict_length:
                     raise BolmoError(f"a continuation of {n_target} ids does not fit max_length {self.max_length}")
                 # One message per model (no per-request numbers), so a warning filter shows it once.
-                warnings.warn(f"a continuation is longer than the model's context ({self.max_length:,} "
-                              "positions): scored without its context, past that context", ContextWarning,
-                              stacklevel=3)
+                warn(f"a continuation is longer than the model's context ({self.max_length:,} "
+                     "positions): scored without its context, past that context", ContextWarning)
                 cut = len(request.context)
             ids = ids[:1] + ids[1 + cut:]
         first = len(ids) - len(self.scheme.lookahead) - n_target  # position of the first continuation id

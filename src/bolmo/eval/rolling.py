@@ -17,9 +17,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import warnings
 
-from bolmo.errors import BolmoError, ContextWarning
+from bolmo.errors import BolmoError, ContextWarning, warn
 from bolmo.eval.engine import IdRequest, Scorer
 from bolmo.scoring import default_context
 from bolmo.scoring import windows as scoring_windows
@@ -41,9 +40,8 @@ def model_window(model, window: int | None = None, overlap: int | None = None) -
     if window is None:
         window = DEFAULT_WINDOW if positions is None else max(1, min(DEFAULT_WINDOW, positions - 1))
     elif positions is not None and window > positions - 1:
-        warnings.warn(f"a window of {window:,} ids is longer than the model's context ({positions:,} positions): "
-                      "its later ids are scored past the positions the model was trained on",
-                      ContextWarning, stacklevel=2)
+        warn(f"a window of {window:,} ids is longer than the model's context ({positions:,} positions): "
+             "its later ids are scored past the positions the model was trained on", ContextWarning)
     return window, default_overlap(window) if overlap is None else overlap
 
 

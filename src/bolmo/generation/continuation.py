@@ -39,18 +39,25 @@ class GenerateOptions:
                    tuple(utf8(s, "stop") for s in stops))
 
 
-def check_prompts(prompts: Sequence[str | bytes]) -> None:
-    """A non-empty list of strings (or raw bytes), or GenerationError saying what is wrong."""
+def check_prompts(prompts: Iterable[str | bytes]) -> list[str | bytes]:
+    """The prompts as a non-empty list of strings (or raw bytes), or GenerationError saying what
+    is wrong. Any iterable is taken (a tuple, a generator, a numpy array or pandas Series of
+    strings), read once."""
     if isinstance(prompts, (str, bytes)):
         raise GenerationError("prompts must be a list of strings (wrap a single prompt in a list)")
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise GenerationError(f"prompts must be a list of strings, got {type(prompts).__name__}") from None
     if not prompts:
         raise GenerationError("prompts is empty: give at least one prompt (an empty string is a valid prompt)")
     bad = [type(p).__name__ for p in prompts if not isinstance(p, (str, bytes))]
     if bad:
-        raise GenerationError(f"prompts must be strings, got {', '.join(sorted(set(bad)))}")
+        raise GenerationError(f"prompts must be strings (or bytes), got {', '.join(sorted(set(bad)))}")
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
             utf8(prompt, f"prompts[{i}]")
+    return prompts
 
 
 def utf8(text: str, what: str) -> bytes:

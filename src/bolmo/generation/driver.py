@@ -11,13 +11,12 @@ a batch gives exactly what its prompt gives alone.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from bolmo.errors import ContextWarning
+from bolmo.errors import ContextWarning, warn
 from bolmo.generation.batch import Batch
 from bolmo.generation.bolmo_engine import BolmoEngine
 from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
@@ -49,24 +48,47 @@ def engine_for(model) -> Engine:
     return BolmoEngine(model) if isinstance(model, BolmoForCausalLM) else OlmoEngine(model)
 
 
-@torch.inference_mode()
-def decode(model, prompts: Sequence[str | bytes], options: GenerateOptions) -> Iterator[list[Row]]:
-    """Decode all prompts together, yielding every row after each step (finished rows stay in the
-    list, marked `done`). `generate_ids` and `stream` are this loop run to the end or read as it
-    goes."""
-    check_prompts(prompts)
+def decode(model, prompts: Iterable[str | bytes], options: GenerateOptions) -> Iterator[list[Row]]:
+    """Decode all prompts together: an iterator giving every row after each step (finished rows
+    stay in the list, marked `done`). `generate_ids` and `stream` are this loop run to the end or
+    read as it goes. The prompts are checked (and cut to the context) here, before any step."""
+    prompts = check_prompts(prompts)
     engine = engine_for(model)
     rows = [Row(engine.encode(p), Continuation(options), p if isinstance(p, bytes) else p.encode("utf-8"))
             for p in prompts]
     fit_context(rows, engine, options.max_new_bytes, model.config.context_positions)
-    if options.max_new_bytes == 0:
-        yield rows
-        return
-    batch = Batch(engine)
-    batch.join(rows, RowSampler(options.sampling, len(rows), engine.device))
-    while batch.rows:
-        batch.step()
-        yield rows
+    return _Steps(engine, rows, options)
+
+
+class _Steps:
+    """The steps of one `decode`. An iterator object, not a generator: each step runs under
+    inference mode without leaving it on in the caller's code between steps, and one dropped half
+    read needs no cleanup (a suspended generator is closed at interpreter exit, after torch's
+    globals are gone)."""
+
+    def __init__(self, engine: Engine, rows: list[Row], options: GenerateOptions) -> None:
+        self.engine, self.rows, self.options = engine, rows, options
+        self.batch: Batch | None = None
+        self.finished = False
+
+    def __iter__(self) -> _Steps:
+        return self
+
+    def __next__(self) -> list[Row]:
+        if self.finished:
+            raise StopIteration
+        with torch.inference_mode():
+            if self.batch is None:
+                if self.options.max_new_bytes == 0:  # the rows as they are, once
+                    self.finished = True
+                    return self.rows
+                self.batch = Batch(self.engine)
+                self.batch.join(self.rows, RowSampler(self.options.sampling, len(self.rows), self.engine.device))
+            if not self.batch.rows:
+                self.finished = True
+                raise StopIteration
+            self.batch.step()
+        return self.rows
 
 
 def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int | None) -> None:
@@ -87,9 +109,9 @@ def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: 
             kept = row.ids[len(row.ids) - room :]
             row.ids = row.ids[:1] + kept[split_character_ids(kept, engine.tokenizer) :]
             row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
-            warnings.warn(f"prompt {i} is longer than the model's context ({positions:,} positions, "
-                          f"{reserve:,} of them for new bytes): kept its last {len(row.prompt):,} "
-                          f"of {total:,} bytes", ContextWarning, stacklevel=2)
+            warn(f"prompt {i} is longer than the model's context ({positions:,} positions, "
+                 f"{reserve:,} of them for new bytes): kept its last {len(row.prompt):,} "
+                 f"of {total:,} bytes", ContextWarning)
 
 
 def split_character_ids(ids: Sequence[int], tokenizer) -> int:
@@ -105,7 +127,7 @@ def split_character_ids(ids: Sequence[int], tokenizer) -> int:
     return count
 
 
-def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
+def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: str | Sequence[str] | None = None) -> list[Generation]:
     """Generate a continuation for every prompt (text, or raw bytes for a byte model): new bytes,
@@ -120,7 +142,7 @@ def generate_ids(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256
                        row.continuation.finish_reason or "length") for row in rows]
 
 
-def generate(model, prompts: Sequence[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
+def generate(model, prompts: Iterable[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop: str | Sequence[str] | None = None) -> list[str]:
     """The continuations (not the prompts) as text; invalid UTF-8 becomes U+FFFD."""
@@ -133,6 +155,7 @@ def stream(model, prompt: str | bytes, max_new_bytes: int = 256, temperature: fl
            stop: str | Sequence[str] | None = None) -> Iterator[str]:
     """One prompt's continuation in pieces as it is decoded. Pieces never split a UTF-8
     character, and bytes that could still turn out to start a stop string are held back, so the
-    pieces concatenate to exactly what `generate` returns."""
+    pieces concatenate to exactly what `generate` returns. Arguments are checked at the call, before
+    the first piece is asked for."""
     options = GenerateOptions.build(max_new_bytes, temperature, top_k, top_p, seed, stop)
-    yield from text_pieces(row.continuation for (row,) in decode(model, [prompt], options))
+    return text_pieces(row.continuation for (row,) in decode(model, [prompt], options))
