@@ -413,3 +413,11 @@ def test_python_convert_takes_dtype_and_shard_size_names(tmp_path):
     with pytest.raises(CheckpointError, match="must be a floating-point type"):
         convert(BOLMO_FIXTURES / "tiny-gqa", tmp_path / "int", "hf", dtype=torch.int8)
     assert not (tmp_path / "int").exists()
+
+
+def test_olmo_core_step_without_its_config_is_noted(capsys, tmp_path):
+    src = _copy(CKPT_FIXTURES / "bolmo_olmo_core", tmp_path / "step")
+    (src / "config.json").unlink()
+    code = main(["convert", str(src), str(tmp_path / "out"), "--to", "hf"])
+    captured = capsys.readouterr()
+    assert code == 0 and "has model_and_optim/ but no config.json" in captured.out + captured.err

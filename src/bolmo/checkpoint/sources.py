@@ -170,6 +170,9 @@ def _dcp_layout(path: Path) -> Layout:
     if family is None:
         if why_not:
             notes.insert(0, f"{why_not}; reading {path} as a generic DCP checkpoint (pick the tensors with --prefix)")
+        elif (path / DCP_SUBDIR).is_dir():  # an OLMo-core step directory whose experiment config is gone
+            notes.insert(0, f"{path} has {DCP_SUBDIR}/ but no config.json (an OLMo-core checkpoint's experiment "
+                            "config): read as a generic DCP checkpoint, names as stored, no model config written")
         return Layout(path, SourceKind.DCP, _dcp_dir(path), notes=notes)
     kind = SourceKind.OLMO_CORE_BOLMO if family == "bolmo" else SourceKind.OLMO_CORE_OLMO
     return Layout(path, kind, _dcp_dir(path), config, config_path, notes)
