@@ -371,6 +371,8 @@ def _rewrite_dtypes(node: Any, name: str) -> None:
 def _reference_tensors(reference: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """--verify-against REF: opened and checked while planning, so that a missing, damaged or wrong
     kind of reference fails before any data is written. It must be HF weights (what the output is)."""
+    if not reference.exists():
+        raise CheckpointError(f"{reference}: --verify-against: no such file or directory")
     ref = open_checkpoint(reference)
     if ref.is_dcp:
         raise CheckpointError(f"{reference}: --verify-against needs an HF directory or a .safetensors file, "
