@@ -60,3 +60,14 @@ def test_export_that_fails_its_check_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="differs from the plan"):
         export_hf(root, desc, tmp_path / "hf", SINGLE)
     assert not (tmp_path / "hf").exists()
+
+
+def test_export_context_is_at_least_the_trained_length(tmp_path):
+    """A model byteified from a short-context teacher but trained on longer windows is exported
+    with the trained length as its context (its prompt cuts and scoring windows follow it)."""
+    root, _ = _trained(tmp_path)
+    short = root.model.config.max_position_embeddings
+    for trained, expected in ((short + 448, short + 448), (short - 1, short)):
+        desc = ModelDescription.of(root.model, tmp_path / "tok", trained)
+        out = export_hf(root, desc, tmp_path / f"hf{trained}", SINGLE)
+        assert bolmo.load(out).config.max_position_embeddings == expected

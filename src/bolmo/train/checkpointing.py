@@ -78,8 +78,14 @@ class ModelDescription:
     tokenizer_dir: str  # where it goes inside a checkpoint / export ("" = the directory itself)
 
     @classmethod
-    def of(cls, model: nn.Module, tokenizer_src: Path) -> "ModelDescription":
+    def of(cls, model: nn.Module, tokenizer_src: Path, trained_positions: int | None = None) -> "ModelDescription":
+        """`trained_positions`: the sequence length trained on (byte slots for Bolmo, tokens for a
+        subword model). The written config's max_position_embeddings is raised to it when smaller (a Bolmo
+        byteified from a short-context teacher starts with the teacher's token count, but has been
+        trained on longer byte windows: prompt cuts and scoring windows follow this field)."""
         config = model.config
+        if trained_positions is not None and config.max_position_embeddings < trained_positions:
+            config = dataclasses.replace(config, max_position_embeddings=trained_positions)
         if isinstance(config, OlmoConfig):
             return cls("olmo", config.to_dict(), tokenizer_src, "")
         identifier = config.tokenizer_config.original_identifier or ""

@@ -151,7 +151,10 @@ class Trainer:
             whitespace = SubwordVocab.load(self.data.data_dir / "tokenizer").whitespace_initial_ids()
         pad = self.data.pad_s if self.data.pad_s != self.data.eos_s else None
         self.module = TrainModule(config.stage, model, config.losses, teacher, whitespace, pad).to(dist.device)
-        self.desc = ModelDescription.of(model, tokenizer)
+        # Positions trained on: byte slots for a Bolmo stage (what its prompt cuts and scoring
+        # windows count), teacher tokens for the subword stage.
+        trained = config.data.tokens_per_instance if config.stage == "subword" else config.data.seq_len
+        self.desc = ModelDescription.of(model, tokenizer, trained)
         k = len(self.module.encoder_weights) - 1 if config.stage == "stage1" else 0
         self.flops = FlopsPerStep.of(config.stage, model, k, teacher.lm_head if teacher is not None else None)
         if dist.active:
