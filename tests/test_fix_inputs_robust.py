@@ -202,3 +202,28 @@ def test_a_half_read_stream_leaves_no_noise_at_exit(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "True"
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_eval_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    text = tmp_path / "doc.txt"
+    text.write_text("hello bytes")
+    for output, message in ((tmp_path / "file" / "x.json", "is not a directory"),
+                            (tmp_path, "is a directory; give a file name")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", "bpb", str(text), "--output", str(output), "--no-progress"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert main(["eval", "bpb", str(text), "--output", str(tmp_path / "new" / "r.json"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "new" / "r.json").read_text())  # missing directories are created
+
+
+def test_write_json_failure_is_one_error_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(BolmoError, match="cannot write the results \\(No space left on device\\)"):
+        write_json(tmp_path / "r.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []

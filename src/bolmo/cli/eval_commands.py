@@ -21,7 +21,7 @@ def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | 
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"requests per batch (default {batch_size})")
-    parser.add_argument("--output", type=Path, default=None if output is None else Path(output),
+    parser.add_argument("--output", type=_output_path, default=None if output is None else Path(output),
                         help=f"JSON results file (default {output})" if output else "JSON results file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_compile_argument(parser)
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cute.add_argument("--max-new-bytes", type=int, default=None, help="generation budget per answer (default 200)")
     cute.add_argument("--chat-template", choices=("auto", "none"), default="auto",
                       help="auto: the model's chat template when it has one (default)")
-    cute.add_argument("--chart", type=Path, default=Path("bolmo-eval-cute.png"), help="bar chart PNG")
+    cute.add_argument("--chart", type=_output_path, default=Path("bolmo-eval-cute.png"), help="bar chart PNG")
     _add_common(cute, 16, "bolmo-eval-cute.json")
     cute.set_defaults(handler=run_cute)
 
@@ -76,6 +76,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _output_path(text: str) -> Path:
+    """--output, refused at once (exit 2) where no results file can be written, not after the run."""
+    from bolmo.errors import BolmoError
+    from bolmo.eval.report import check_output
+
+    path = Path(text)
+    try:
+        check_output(path)
+    except BolmoError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
+
+
 def _models(args: argparse.Namespace) -> list[str | None]:
     return list(dict.fromkeys(args.model)) if args.model else [None]
 

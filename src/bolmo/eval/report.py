@@ -58,7 +58,24 @@ def write_json(path: Path, data: Any) -> None:
     if field is not None:
         raise BolmoError(f"{path}: not written, {field} is not a finite number (NaN or infinite)")
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BolmoError(f"{path}: cannot write the results ({exc.strerror or exc})") from None
+
+
+def check_output(path: Path) -> None:
+    """BolmoError unless a results file can be written at `path` (missing parent directories are
+    created): checked before an evaluation starts, so a bad --output does not cost the run."""
+    if path.is_dir():
+        raise BolmoError(f"{path}: is a directory; give a file name for the results")
+    existing = next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise BolmoError(f"{path}: cannot write the results: {existing} is not a directory")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise BolmoError(f"{path}: cannot write the results: no permission to write in {existing}")
