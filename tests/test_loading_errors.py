@@ -131,3 +131,13 @@ def test_cli_turns_errors_into_one_line_and_exit_2(model_copy, capsys):
 def test_nonexistent_source(tmp_path):
     with pytest.raises(CheckpointError, match="no such directory"):
         bolmo.load(tmp_path / "absent")
+
+
+def test_an_olmo_core_steps_dcp_directory_loads_as_its_step(tmp_path):
+    """`step/model_and_optim` (what `bolmo convert` also accepts): the step's config and its
+    relative subword tokenizer are found, as for the step directory itself."""
+    from bolmo.checkpoint.convert import convert
+
+    convert("default", tmp_path / "step", "olmo-core")
+    step, inner = bolmo.load(tmp_path / "step"), bolmo.load(tmp_path / "step" / "model_and_optim")
+    assert inner.generate(["Hello"], max_new_bytes=8) == step.generate(["Hello"], max_new_bytes=8)

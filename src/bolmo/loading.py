@@ -13,6 +13,7 @@ from torch import nn
 from bolmo.checkpoint.convert import plan_conversion
 from bolmo.checkpoint.expected import meta_model
 from bolmo.checkpoint.inventory import DTYPES, check_finite, dtype_name
+from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.model_config import model_kind, read_model_config
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.checkpoint.sources import BUNDLED_MODELS, DEFAULT_MODEL_DIR, bundled_or_path  # noqa: F401 (re-exported)
@@ -95,6 +96,8 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     device = check_device(device)
     dtype = check_dtype(dtype)
     path = resolve_source(source)
+    if path.name == DCP_SUBDIR and (path.parent / "config.json").is_file():
+        path = path.parent  # an OLMo-core step's DCP directory: the step holds its config and tokenizer
     config, kind = read_model_config(path)
     tensors = checkpoint_tensors(path, kind)
     if isinstance(config, BolmoConfig):
