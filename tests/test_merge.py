@@ -140,3 +140,11 @@ def test_olmo_core_inputs(tmp_path):
     assert len(result.merged) == 3 * 11 + 1
     m, out = _state(bolmo_dir), _state(tmp_path / "out")
     assert set(out) == set(m) and all(torch.equal(out[k], m[k]) for k in m)
+
+
+def test_a_long_list_of_problems_is_cut_with_a_count():
+    from bolmo.checkpoint.inventory import listed
+
+    text = listed([f"missing t{i}" for i in range(93)])
+    assert text.count("\n  ") == 21 and text.endswith("... and 73 more") and "missing t19" in text
+    assert listed(["one"]) == "\n  one"

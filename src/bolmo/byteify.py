@@ -38,6 +38,7 @@ from torch import nn
 from bolmo.checkpoint.atomic import check_destination
 from bolmo.checkpoint.config_maps import RELEASED_BOLMO_CONTEXT
 from bolmo.checkpoint.convert import ConversionPlan, PlannedTensor, Progress, execute, plan_conversion
+from bolmo.checkpoint.inventory import listed
 from bolmo.checkpoint.sources import Source
 from bolmo.config import BolmoConfig, ByteTokenizerConfig
 from bolmo.errors import CheckpointError, ConfigError, TokenizerError
@@ -256,7 +257,7 @@ def _plan_outputs(plan: ConversionPlan, config: BolmoConfig, options: ByteifyOpt
             problems.append(f"{TEACHER_EMBEDDING} is [{rows}, {width}]; the subword tokenizer needs "
                             f"[>= {config.subword_vocab_size}, {config.hidden_size}]")
     if problems:
-        raise CheckpointError(f"{plan.source.path}: the teacher does not fit a Bolmo model:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{plan.source.path}: the teacher does not fit a Bolmo model:" + listed(problems))
     out = []
     for name in sorted(expected):
         if name in from_teacher:

@@ -34,7 +34,7 @@ import torch
 
 from bolmo.checkpoint.atomic import check_destination
 from bolmo.checkpoint.convert import ConversionPlan, PlannedTensor, Progress, execute, plan_conversion
-from bolmo.checkpoint.inventory import differences
+from bolmo.checkpoint.inventory import differences, listed
 from bolmo.errors import BolmoError, CheckpointError
 
 SKIPPED_FOR_SHAPE = ("lm_head.weight",)  # the byte head: 520 rows, not the subword vocabulary
@@ -128,7 +128,7 @@ def _plan_merge(plans: dict[str, ConversionPlan], alpha: float, instructify_embe
         result.notes.append(f"not used: {INPUT_EMBEDDING} of --base/--post (pass --instructify-embeddings to "
                             f"merge its delta into {SUBWORD_EMBEDDING})")
     if problems:
-        raise CheckpointError("cannot merge; nothing was written:\n  " + "\n  ".join(problems))
+        raise CheckpointError("cannot merge; nothing was written:" + listed(problems))
     return out, result
 
 

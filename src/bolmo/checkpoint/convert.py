@@ -33,6 +33,7 @@ from bolmo.checkpoint.inventory import (
     check_finite,
     differences,
     dtype_name,
+    listed,
     parse_dtype,
     stored_suffix,
 )
@@ -342,7 +343,7 @@ def _check_against_model(found: dict[str, tuple[tuple[int, ...], torch.dtype]], 
                             f"{dtype_name(wanted)} (floating point and integer do not mix)"
                             + stored_suffix(name, stored_as))
     if problems:
-        raise CheckpointError(f"{where}: tensors do not match the model its config describes:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{where}: tensors do not match the model its config describes:" + listed(problems))
 
 
 def _set_config_dtype(plan: ConversionPlan, dtype: torch.dtype) -> None:
@@ -387,7 +388,7 @@ def _compare_with_reference(plan: ConversionPlan, reference: dict[str, tuple], l
     problems = differences({t.name: (t.shape, t.dtype) for t in plan.tensors}, reference, "output", str(label))
     if problems:
         raise CheckpointError(f"{plan.source.path}: the output would differ from the reference {label} "
-                              f"({len(problems)} difference(s)); nothing was written:\n  " + "\n  ".join(problems))
+                              f"({len(problems)} difference(s)); nothing was written:" + listed(problems))
 
 
 def _find_tokenizer(source: Source, hf_config: dict[str, Any] | None) -> Path | None:
@@ -483,7 +484,7 @@ def check_written(out: Path, planned: dict[str, tuple[tuple[int, ...], torch.dty
     found = {n: (i.shape, i.dtype) for n, i in reader.inventory().items()}
     problems = differences(found, planned, "output", "plan")
     if problems:
-        raise CheckpointError(f"{out}: written checkpoint differs from the plan:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{out}: written checkpoint differs from the plan:" + listed(problems))
 
 
 def convert(src: str | Path, dst: str | Path, to: str, *, prefix: str | None = None,

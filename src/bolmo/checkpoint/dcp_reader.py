@@ -24,7 +24,7 @@ import torch
 import zstandard
 
 from bolmo.checkpoint.dcp_metadata import read_metadata
-from bolmo.checkpoint.inventory import Chunk, TensorInfo
+from bolmo.checkpoint.inventory import Chunk, TensorInfo, listed
 from bolmo.checkpoint.interrupts import signals_held
 from bolmo.errors import CheckpointError
 
@@ -132,7 +132,7 @@ class DCPCheckpoint:
         """Raise one CheckpointError listing every structural problem (before anything is read)."""
         problems = self.problems()
         if problems:
-            raise CheckpointError("checkpoint is incomplete or damaged:\n  " + "\n  ".join(problems))
+            raise CheckpointError("checkpoint is incomplete or damaged:" + listed(problems))
 
     def _item_problems(self) -> list[str]:
         """Load every item, one at a time (memory: one chunk), and compare neighbouring byte ranges."""

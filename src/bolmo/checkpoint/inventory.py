@@ -150,6 +150,13 @@ def differences(found: dict[str, tuple], expected: dict[str, tuple], found_label
     return out
 
 
+def listed(problems: list[str], limit: int = 20) -> str:
+    """Problems as indented lines for an error message, at most `limit` of them and then how many
+    more (a model of the wrong size differs in every tensor: hundreds of lines help nobody)."""
+    shown = problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
+    return "".join(f"\n  {p}" for p in shown)
+
+
 def stored_suffix(name: str, stored_as: dict[str, str] | None) -> str:
     """' (stored as X)' when the source stores `name` under another name X, else ''."""
     stored = (stored_as or {}).get(name, name)
