@@ -329,3 +329,13 @@ def test_whitespace_initial_ids(tokenizer: Path) -> None:
     for token in ("Ġ", "Ġthere", "Ġup", "Ċ", "ĉ"):
         assert token_id(tokenizer, token) in ids
     assert token_id(tokenizer, "Hi") not in ids and len(ids) == 3 + 7  # Ġ Ċ ĉ, and Ġt Ġth Ġthe Ġther Ġthere Ġu Ġup
+
+
+def test_prepare_cli_takes_the_bundled_teachers_tokenizer(tmp_path: Path, capsys) -> None:
+    from bolmo.cli import main
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("Hello bytes and patches. " * 20)
+    assert main(["prepare", str(tmp_path / "docs"), "--tokenizer", "default-teacher", "--out", str(tmp_path / "d"),
+                 "--no-progress"]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "d").is_dir()

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "resumes when started again with the same arguments.",
     )
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="input files or directories")
-    p.add_argument("--tokenizer", required=True, type=Path, help="HF tokenizer directory (tokenizer.json)")
+    p.add_argument("--tokenizer", required=True, type=Path,
+                   help="HF tokenizer directory (tokenizer.json), or default-teacher: the bundled teacher's")
     p.add_argument("--out", required=True, type=Path, metavar="DATA_DIR", help="output directory")
     p.add_argument("--workers", type=int, default=1, help="tokenizing processes (default 1)")
     p.add_argument("--max-documents", type=int, default=None, metavar="N",
@@ -42,8 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prepare(args: argparse.Namespace) -> int:
     from bolmo.train.prepare import PrepareConfig, format_summary, prepare
 
+    from bolmo.checkpoint.sources import bundled_or_path
+
     started = time.time()
-    meta = prepare(PrepareConfig(inputs=args.inputs, tokenizer=args.tokenizer, out=args.out, workers=args.workers,
+    tokenizer = bundled_or_path(args.tokenizer)  # `default-teacher`: the bundled teacher's directory
+    meta = prepare(PrepareConfig(inputs=args.inputs, tokenizer=tokenizer, out=args.out, workers=args.workers,
                                  max_documents=args.max_documents, docs_per_shard=args.docs_per_shard,
                                  progress=not args.no_progress))
     print(format_summary(meta))
