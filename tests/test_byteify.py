@@ -122,7 +122,7 @@ def test_default_local_mlp_width_is_the_released_one(d, width):
     assert bolmo_config_for_teacher(teacher, 100, ByteifyOptions()).local_intermediate_size == width
 
 
-def test_errors(teacher, tmp_path):
+def test_errors(teacher, tmp_path, capsys):
     with pytest.raises(ConfigError, match="hidden_size 32"):
         byteify_init(teacher[0], tmp_path / "x", ByteifyOptions(local_d_model=64))
     with pytest.raises(TokenizerError, match="--subword-tokenizer"):
@@ -130,6 +130,7 @@ def test_errors(teacher, tmp_path):
     assert not (tmp_path / "x").exists()
     assert main(["byteify-init", "--teacher", str(teacher[0]), "--out", str(tmp_path / "y"),
                  "--local-heads", "3"]) == 2
+    assert "--local-heads 3: the teacher's hidden_size 32" in capsys.readouterr().err  # not "config.json"
     assert not (tmp_path / "y").exists()
     (tmp_path / "exists").mkdir()
     assert main(["byteify-init", "--teacher", str(teacher[0]), "--out", str(tmp_path / "exists")]) == 2

@@ -97,6 +97,9 @@ def bolmo_config_for_teacher(teacher: OlmoConfig, subword_vocab_size: int, optio
             f"--local-d-model {options.local_d_model} differs from the teacher's hidden_size {d}: in this "
             "architecture the local width equals the global width (out_projection and in_projection are d x d)"
         )
+    if options.local_heads is not None and d % (2 * options.local_heads):
+        raise ConfigError(f"--local-heads {options.local_heads}: the teacher's hidden_size {d} must be divisible by "
+                          "2 * local heads (the mLSTM's query/key width per head is d / (2 heads))")
     if options.final_norm not in ("teacher", "ones"):
         raise ConfigError(f"final_norm must be 'teacher' or 'ones', got {options.final_norm!r}")
     if options.out_projection_scaling not in ("column", "row"):
