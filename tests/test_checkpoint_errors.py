@@ -372,7 +372,8 @@ def test_convert_arguments_that_would_write_a_wrong_checkpoint(capsys, tmp_path)
     code = main(["convert", str(BOLMO_FIXTURES / "tiny-gqa"), str(tmp_path / "out"), "--to", "olmo-core",
                  "--verify-against", str(BOLMO_FIXTURES / "tiny-gqa")])
     assert code == 2 and "it needs --to hf" in capsys.readouterr().err
-    code, err = _convert(capsys, BOLMO_FIXTURES / "tiny-gqa", tmp_path / "out", "--verify-against", str(tmp_path / "no"))
+    code, err = _convert(capsys, BOLMO_FIXTURES / "tiny-gqa", tmp_path / "out",
+                         "--verify-against", str(tmp_path / "no"))
     assert code == 2 and "--verify-against: no such file or directory" in err
     assert not (tmp_path / "out").exists()
 
