@@ -19,9 +19,10 @@ from bolmo.generation.fused_step import GlobalCache
 from bolmo.model.transformer import OlmoBlockStack
 
 ATTENTION_BLOCK = 64  # the fused global step attends over a multiple of this many cache slots
-# From this many slots an eager fused step attends row by row over each row's own slots instead of
-# gathering the rows and attending over the longest (d256, two threads, per layer, 16 of 32 rows:
-# 0.55 against 0.57 ms over 192 slots, 0.9 against 1.5 ms over 448, 1.8 against 4.4 ms over 1,024).
+# From this many slots an eager fused step on a CPU attends row by row over each row's own slots
+# instead of gathering the rows and attending over the longest (d256, two threads, per layer, 16 of
+# 32 rows: 0.55 against 0.57 ms over 192 slots, 0.9 against 1.5 ms over 448, 1.8 against 4.4 ms over
+# 1,024). Not on a GPU, where a gather is one fast copy and every row's operations one more launch.
 ROW_ATTENTION_FROM = 192
 
 
@@ -169,7 +170,7 @@ class KVCache:
         # layer's ring slot below its window), so writes through them land in the cache.
         views = [(k[:, :, :visible], v[:, :, :visible]) for k, v in zip(self.keys, self.values)]
         spans = None
-        if not every_row and visible >= ROW_ATTENTION_FROM:
+        if not every_row and visible >= ROW_ATTENTION_FROM and self.lengths.device.type == "cpu":
             spans = [(r, self.host_lengths[r]) for r in host_rows]
         return GlobalCache([k for k, _ in views], [v for _, v in views], self.rope, self.lengths, rows, spans)
 
