@@ -178,6 +178,12 @@ def test_tasks_lists_everything(capsys):
     assert listing["aliases"]["arc_easy"] == "arc_easy_rc_5shot"
     assert listing["aliases"]["mmlu_anatomy"] == "mmlu_anatomy_rc_5shot" and "mmlu_anatomy_mc_5shot" in names
     assert len(listing["paper_suites"]["bolmo1b"]) == 21 and "bolmo1b" in listing["suites"]
+    # Every task says how many documents it has, also where its config.json does not record it.
+    counts = {t["task"]: t["documents"] for t in listing["tasks"]}
+    assert all(isinstance(n, int) and n > 0 for n in counts.values())
+    from bolmo.eval.catalog import load_task
+
+    assert counts["basic_skills_arithmetic_rc_5shot"] == len(load_task("basic_skills_arithmetic_rc_5shot").documents)
 
 
 def test_tasks_table(capsys):

@@ -189,7 +189,7 @@ def run_tasks(args: argparse.Namespace) -> int:
         table.add_column(column)
     by_target = {v: k for k, v in bare.items()}
     for row in listing:
-        table.add_row(row["task"], row["primary_metric"], str(row["documents"] or "?"), by_target.get(row["task"], ""))
+        table.add_row(row["task"], row["primary_metric"], str(row["documents"]), by_target.get(row["task"], ""))
     console.print(table)
     suites = Table(title="suites")
     suites.add_column("suite")

@@ -35,7 +35,7 @@ def describe(name: str) -> dict:
                 "documents": len(mmlu.read_split(subject, "test"))}
     path = olmes.available_tasks()[name]
     return {"task": name, "primary_metric": olmes.primary_metric(path),
-            "documents": olmes.read_config(path).get("num_instances")}
+            "documents": olmes.read_config(path).get("num_instances") or olmes.count_documents(path)}
 
 
 @dataclass(frozen=True)

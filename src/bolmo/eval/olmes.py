@@ -133,6 +133,13 @@ def read_requests(directory: Path) -> list[dict]:
     return rows
 
 
+def count_documents(directory: Path) -> int:
+    """How many documents a task's request file holds (for request files whose config.json does
+    not record num_instances)."""
+    return len({row.get("doc_id") for row in read_requests(directory)
+                if isinstance(row.get("doc_id"), int) and row["doc_id"] < UNCONDITIONAL_DOC_ID})
+
+
 def load_task(name: str, limit: int | None = None, root: Path | None = None) -> Task:
     """Task `name` with its documents in doc_id order (the first `limit` of them)."""
     directory = available_tasks(root).get(name)
