@@ -95,7 +95,9 @@ class ConversionPlan:
         into infinities (--dtype float16 and |x| > 65504) is refused naming the cast, not as a
         source that holds infinite values."""
         out = values.to(planned.dtype)
-        if (self.source.family is not None and out.dtype != values.dtype and out.is_floating_point()
+        narrowing = (out.is_floating_point() and values.is_floating_point()
+                     and torch.finfo(out.dtype).max < torch.finfo(values.dtype).max)  # float16, float8: not bfloat16
+        if (self.source.family is not None and narrowing
                 and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(values).all())):
             name, suffix = dtype_name(out.dtype), stored_suffix(planned.name, {planned.name: planned.source})
             raise CheckpointError(

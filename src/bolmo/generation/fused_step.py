@@ -238,7 +238,7 @@ class StepKernels:
 
     # ------------------------------------------------------------------ global model
     def global_layer(self, x: Tensor, w: GlobalLayerWeights, cos: Tensor, sin: Tensor,
-                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, bias: Tensor,
+                     keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, bias: Tensor | None,
                      rows: Tensor | None, spans: list[tuple[int, int]] | None = None) -> Tensor:
         """x [R, D]: one new position for each of R rows through one block (cos/sin [R, 1, 1, hd]).
         Their keys/values go to keys/values[write_rows, :, slot] ([B, KV, S, hd] caches, written
@@ -274,9 +274,12 @@ class StepKernels:
         for w, keys, values, (cos, sin), window in zip(self.global_layers, cache.keys, cache.values, cache.rope,
                                                          self.windows):
             if window not in per_window:
-                hidden = torch.arange(keys.shape[2], device=x.device) > pos.unsqueeze(1)  # [R, slots]
-                bias = torch.zeros(hidden.shape, dtype=x.dtype, device=x.device).masked_fill(hidden, -torch.inf)
-                per_window[window] = (pos if window is None else pos % window, bias[:, None, None, :])
+                bias = None  # row-by-row attention (cache.spans) reads only visible slots: no mask
+                if cache.spans is None:
+                    hidden = torch.arange(keys.shape[2], device=x.device) > pos.unsqueeze(1)  # [R, slots]
+                    bias = torch.zeros(hidden.shape, dtype=x.dtype, device=x.device).masked_fill(hidden, -torch.inf)
+                    bias = bias[:, None, None, :]
+                per_window[window] = (pos if window is None else pos % window, bias)
             slot, bias = per_window[window]
             x = self.global_layer(x, w, cos[pos][:, None, None], sin[pos][:, None, None], keys, values,
                                   write_rows, slot, bias, rows, cache.spans)
