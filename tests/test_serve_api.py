@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -21,7 +19,7 @@ import bolmo
 from bolmo.cli import main
 from bolmo.scoring import score_texts
 from bolmo.serve import ServeConfig
-from serve_helpers import model_dir_with_chat_template, serving
+from serve_helpers import cli_server, model_dir_with_chat_template, serving, wait_for
 
 NAME = "toy"
 
@@ -262,14 +260,6 @@ def test_the_api_key_guards_every_route_but_health(model):
         assert httpx.get(running.v1 + "/models", headers={"Authorization": "Basic sesame"}).status_code == 401
 
 
-def wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_a_full_queue_answers_429_and_a_disconnect_frees_the_row(model):
     config = ServeConfig(model_name=NAME, max_batch=1, max_queue=1, max_tokens=4096)
     with serving(model, config) as running, httpx.Client(timeout=120) as http:
@@ -303,32 +293,10 @@ def test_metrics_and_page(server, client):
     assert page.status_code == 200 and "return_patches" in page.text
 
 
-def test_cli_serves_the_bundled_model(tmp_path):
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    process = subprocess.Popen([sys.executable, "-m", "bolmo.cli", "serve", "--port", str(port), "--max-batch", "4"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                return httpx.get(base + "/health").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, "bolmo serve to start", timeout=120)
+def test_cli_serves_the_bundled_model():
+    with cli_server("--max-batch", "4") as (_, base):
         models = httpx.get(base + "/v1/models").json()["data"]
         assert [m["id"] for m in models] == ["bolmo-default"]
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def test_cli_rejects_bad_options_with_exit_2(capsys):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import socket
 import sys
 
 from bolmo.cli.model_commands import add_compile_argument, add_model_arguments
 from bolmo.errors import ServeError
 
-# Ctrl-C / SIGTERM: requests in flight get this long to finish, then they are cancelled.
+# Ctrl-C / SIGTERM: requests in flight get this long to finish (--shutdown-grace), then they are cut short.
 SHUTDOWN_GRACE_S = 10.0
 SERVED_PREFIX = "bolmo-"  # bundled models are served as bolmo-default, bolmo-default-teacher
 
@@ -28,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--model-name", default=None, help="the model id clients name (default: --model, or "
                                                           f"'{SERVED_PREFIX}NAME' for a bundled model: "
                                                           f"'{SERVED_PREFIX}default' without --model)")
+    serve.add_argument("--shutdown-grace", type=float, default=SHUTDOWN_GRACE_S, metavar="S",
+                       help="at Ctrl-C or SIGTERM, requests in flight get S seconds to finish, then they are cut "
+                            f"short (default {SHUTDOWN_GRACE_S:g}); a second Ctrl-C stops at once")
     add_compile_argument(serve)
     serve.set_defaults(handler=run_serve)
 
@@ -50,6 +55,8 @@ def run_serve(args: argparse.Namespace) -> int:
     for name in ("max_batch", "max_queue"):
         if getattr(args, name) < 1:
             raise ServeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.shutdown_grace < float("inf"):  # NaN fails too
+        raise ServeError(f"--shutdown-grace must be a finite number of seconds >= 0, got {args.shutdown_grace}")
     if not 0 <= args.port < 65536:
         raise ServeError(f"--port must be in [0, 65535], got {args.port}")
     sockets = listen(args.host, args.port)  # before the model loads: a taken port fails at once
@@ -93,8 +100,6 @@ def url_of(sock: socket.socket) -> str:
 
 def serve_on(sockets: list[socket.socket], args: argparse.Namespace) -> int:
     """Load the model and serve it on `sockets` until interrupted."""
-    import uvicorn
-
     from bolmo.cli.model_commands import load_from_args
     from bolmo.loading import resolve_source
     from bolmo.serve import ServeConfig, create_app
@@ -103,8 +108,28 @@ def serve_on(sockets: list[socket.socket], args: argparse.Namespace) -> int:
     config = ServeConfig(model_name=served_model_name(args.model_name, args.model), api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue)
     app = create_app(model, config, resolve_source(args.model))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
+    server = uvicorn_server(app, args.shutdown_grace)
     for sock in sockets:  # uvicorn says where it listens only when it binds the sockets itself
         print(f"bolmo serve: listening on {url_of(sock)}", file=sys.stderr)
     server.run(sockets=sockets)
     return 0
+
+
+def uvicorn_server(app, shutdown_grace: float):
+    """A uvicorn server for `app` (uvicorn imported here: `bolmo --help` stays fast)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a second Ctrl-C during the shutdown grace period ends the
+        process at once: uvicorn would cancel every task, and the requests and the app's lifespan
+        would each print a CancelledError traceback. Serving writes no files, so nothing is left
+        half-written."""
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if self.should_exit and sig == signal.SIGINT:
+                print("bolmo serve: interrupted again: stopped without waiting for the requests in flight",
+                      file=sys.stderr, flush=True)
+                os._exit(128 + signal.SIGINT)
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=shutdown_grace))

@@ -3,6 +3,7 @@ scheduler thread's lifetime (started and stopped with the app)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -96,11 +97,13 @@ class ApiKeyAndMetrics:
             return
         path = scope["path"]
         route = path if path in KNOWN_ROUTES else "other"
-        status = {"code": 500}
+        status = {"code": 500, "started": False, "complete": False}
 
         async def record(message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                status["complete"] = True
             await send(message)
 
         try:
@@ -108,6 +111,15 @@ class ApiKeyAndMetrics:
                 await self._unauthorized(record)
                 return
             await self.app(scope, receive, record)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its shutdown grace period ends: end
+            # each response here with one log line (uvicorn would log a traceback per request).
+            # Not re-raised: this is the request's outermost frame, and the task ends right here.
+            log.warning("%s %s cut short: the server is shutting down", scope.get("method", ""), path)
+            if not status["started"]:
+                await self._shutting_down(record)
+            elif not status["complete"]:
+                await record({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.metrics.requests.labels(route, str(status["code"])).inc()
 
@@ -121,8 +133,16 @@ class ApiKeyAndMetrics:
         return False
 
     async def _unauthorized(self, send) -> None:
-        body = json.dumps(error_body(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
-                                              code="invalid_api_key")), separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
+                                         code="invalid_api_key"))
+
+    async def _shutting_down(self, send) -> None:
+        await _send_error(send, ApiError(503, "the server is shutting down", kind="server_error"))
+
+
+async def _send_error(send, error: ApiError) -> None:
+    """An OpenAI-style error response sent through raw ASGI messages (from the middleware)."""
+    body = json.dumps(error_body(error), separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": error.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
