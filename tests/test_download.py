@@ -266,6 +266,23 @@ def test_offline_mode_reuses_an_earlier_download(hub, tmp_path, capsys, monkeypa
     assert code == 2 and f"{weights[-1].name} is missing" in error and "Done" not in stdout
 
 
+def test_offline_mode_checks_the_revision_it_cannot_resolve(hub, tmp_path, capsys, monkeypatch):
+    """Offline, an earlier download is reused whatever commit it came from: a commit asked for by
+    its hash must be the one recorded; a branch or tag cannot be checked, and the run says so."""
+    out = download(REPO, tmp_path / "hf")
+    commit = hub.repos[REPO].sha
+    _go_offline(monkeypatch)
+    for revision in (commit, commit[:10]):
+        code, stdout, error = _cli(capsys, "download", "1b", "-o", str(out), "--revision", revision)
+        assert (code, error) == (0, "") and "offline mode" in stdout
+    other = "0123456789abcdef0123456789abcdef01234567"
+    code, stdout, error = _cli(capsys, "download", "1b", "-o", str(out), "--revision", other)
+    assert code == 2 and f"holds commit {commit} of {REPO}, not revision {other}" in error and "Done" not in stdout
+    main(["download", "1b", "-o", str(out), "--revision", "v1.0"])
+    err = capsys.readouterr().err
+    assert f"cannot check that {out} is revision 'v1.0' of {REPO} (it holds commit {commit})" in err
+
+
 def test_offline_native_layout_without_its_staging_copy(hub, tmp_path, capsys, monkeypatch):
     """The guide lets users delete DIR/.cache once done: offline, the native layout in place is
     the earlier download (it was refused as "not downloaded before")."""

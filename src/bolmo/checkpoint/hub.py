@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bolmo.checkpoint.layout import DCP_SUBDIR
-from bolmo.errors import BolmoError, CheckpointError, TokenizerError
+from bolmo.errors import BolmoError, CheckpointError, TokenizerError, warn
 
 ALIASES = {"1b": "allenai/Bolmo-1B", "7b": "allenai/Bolmo-7B"}
 FORMATS = ("hf", "olmo-core", "all")
@@ -43,6 +43,7 @@ _NATIVE_PATTERNS = [f"{NATIVE_DIR}/*"]
 # and the library's resume bookkeeping (`.cache/huggingface/` beside the files) stays valid.
 _STAGING = Path(".cache") / "bolmo"
 _LOGIN = "run `huggingface-cli login` or set HF_TOKEN (or pass --token)"
+_COMMIT_HASH = re.compile(r"[0-9a-f]{7,40}")  # a revision given as a (possibly short) commit hash
 
 
 class HubError(BolmoError):
@@ -147,6 +148,7 @@ def fetch(plan: Plan, output_dir: str | Path, token: str | None = None) -> Downl
     _check_sizes(plan, out)
     tokenizer = _fetch_subword_tokenizer(plan, out, token) if plan.fmt in ("hf", "all") else None
     _require_layout(plan, out)
+    _check_offline_revision(plan, out)
     sizes = [p.stat().st_size for p in _visible_files(out)]
     return DownloadResult(plan, out, files=len(sizes), total_bytes=sum(sizes), tokenizer=tokenizer)
 
@@ -306,6 +308,31 @@ def _require_layout(plan: Plan, out: Path) -> None:
     if missing:
         why = "offline mode found only part of an earlier download" if plan.commit is None else "the repo lacks it"
         raise CheckpointError(f"{out / missing[0]} is missing after downloading {plan.repo_id} ({why})")
+
+
+def _check_offline_revision(plan: Plan, out: Path) -> None:
+    """Offline, no revision can be resolved and the files in place are reused whatever commit they
+    came from: a revision given as a commit hash must be the commit the earlier download recorded
+    (huggingface_hub's `.cache/**/*.metadata`, first line); a branch or tag cannot be checked,
+    which is said (main, the default, is taken to mean "what is there")."""
+    if plan.commit is not None or plan.revision == "main":
+        return
+    commits = sorted({line for path in (out / ".cache").rglob("*.metadata") if (line := _first_line(path))})
+    held = f"commit {', '.join(commits)}" if commits else "files without a recorded commit"
+    if _COMMIT_HASH.fullmatch(plan.revision) and commits:
+        if any(not commit.startswith(plan.revision) for commit in commits):
+            raise CheckpointError(f"offline mode: {out} holds {held} of {plan.repo_id}, not revision {plan.revision}; "
+                                  "download that revision online, or into another directory")
+        return
+    warn(f"offline mode: cannot check that {out} is revision {plan.revision!r} of {plan.repo_id} (it holds {held})")
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as file:
+            return file.readline().strip()
+    except OSError:
+        return ""
 
 
 def _visible_files(root: Path) -> Iterator[Path]:
