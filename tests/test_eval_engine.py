@@ -122,7 +122,8 @@ def test_max_length_defaults_to_the_models_context(tiny):
     ids, _, _ = scorer.row(IdRequest(tuple(range(10, 10 + positions)), (30, 31)))
     assert len(ids) == positions + 1  # context cut from the left to fit
     too_long = IdRequest((5, 6), tuple([40] * (positions + 3)))
-    with pytest.warns(ContextWarning, match="longer than the model's context"):
+    # The model's positions, as every other context warning says (not max_length, which counts the lookahead id)
+    with pytest.warns(ContextWarning, match=rf"longer than the model's context \({positions:,} positions\)"):
         ids, first, _ = scorer.row(too_long)  # scored whole, after the start id alone
     assert ids[0] == 1 and first == 1
     with pytest.raises(Exception, match="max_length"):

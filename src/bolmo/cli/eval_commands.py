@@ -249,7 +249,7 @@ def run_cute(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise BolmoError("--limit must be at least 1")
     from bolmo.eval import cute
-    from bolmo.eval.chart import accuracy_chart
+    from bolmo.eval.chart import accuracy_chart, require_matplotlib
     from bolmo.eval.chat import find_chat_template
     from bolmo.eval.progress import progress_bar
     from bolmo.eval.report import model_label, print_table
@@ -259,6 +259,7 @@ def run_cute(args: argparse.Namespace) -> int:
     if max_new_bytes < 1:
         raise BolmoError("--max-new-bytes must be at least 1")
     names = cute.parse_tasks(args.tasks)
+    require_matplotlib()
     if args.data is not None and not args.data.is_dir():  # else every task would say "no TASK.tsv"
         raise BolmoError(f"{args.data}: {'not a directory' if args.data.exists() else 'no such directory'}")
     examples = [e for task in names for e in (cute.read_task(args.data, task, args.limit) if args.data

@@ -59,12 +59,22 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ServeError(f"--shutdown-grace must be a finite number of seconds >= 0, got {args.shutdown_grace}")
     if not 0 <= args.port < 65536:
         raise ServeError(f"--port must be in [0, 65535], got {args.port}")
+    require_serve_extra()
     sockets = listen(args.host, args.port)  # before the model loads: a taken port fails at once
     try:
         return serve_on(sockets, args)
     finally:
         for sock in sockets:
             sock.close()
+
+
+def require_serve_extra() -> None:
+    """The server's own dependencies (the `serve` extra), checked before the port and the model."""
+    from importlib.util import find_spec
+
+    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if find_spec(name) is None]
+    if missing:
+        raise ServeError(f"bolmo serve needs {', '.join(missing)}: pip install 'bolmo[serve]'")
 
 
 def listen(host: str, port: int) -> list[socket.socket]:

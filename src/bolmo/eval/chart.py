@@ -9,6 +9,17 @@ from pathlib import Path
 from bolmo.errors import BolmoError
 
 
+NO_MATPLOTLIB = "the chart needs matplotlib: pip install 'bolmo[eval]'"
+
+
+def require_matplotlib() -> None:
+    """Fail before an evaluation whose chart could not be drawn at its end."""
+    from importlib.util import find_spec
+
+    if find_spec("matplotlib") is None:
+        raise BolmoError(NO_MATPLOTLIB)
+
+
 def accuracy_chart(path: Path, tasks: Sequence[str], accuracies: Mapping[str, Mapping[str, float]],
                    title: str = "CUTE accuracy") -> Path:
     """accuracies: model label -> {task: accuracy in [0, 1]}; tasks give the x-axis order."""
@@ -18,7 +29,7 @@ def accuracy_chart(path: Path, tasks: Sequence[str], accuracies: Mapping[str, Ma
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise BolmoError("the chart needs matplotlib: pip install 'bolmo[eval]'") from None
+        raise BolmoError(NO_MATPLOTLIB) from None
     n_models = max(len(accuracies), 1)
     width = 0.8 / n_models
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(tasks) * (1 + 0.3 * n_models)), 4.5))

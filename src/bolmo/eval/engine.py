@@ -95,7 +95,7 @@ class Scorer:
                 if self.strict_length:
                     raise BolmoError(f"a continuation of {n_target} ids does not fit max_length {self.max_length}")
                 # One message per model (no per-request numbers), so a warning filter shows it once.
-                warn(f"a continuation is longer than the model's context ({self.max_length:,} "
+                warn(f"a continuation is longer than the model's context ({self.model.config.context_positions:,} "
                      "positions): scored without its context, past that context", ContextWarning)
                 cut = len(request.context)
             ids = ids[:1] + ids[1 + cut:]

