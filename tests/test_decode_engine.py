@@ -155,7 +155,7 @@ def test_compile_failure_falls_back_with_one_notice(tiny_model_dir, monkeypatch,
         again = generate_ids(model, ["Hello there"], max_new_bytes=12)[0]
     assert (result.data, again.data) == (expected.data, expected.data)
     notices = [r.getMessage() for r in caplog.records if r.name == "bolmo"]
-    assert len(notices) == 2  # one per compiled function (local step, patch step), then eager for good
+    assert len(notices) == 1  # the first failure switches both compiled functions to eager for good
     assert all("C++ compiler not found" in n and "\n" not in n for n in notices)
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bolmo.checkpoint.convert import plan_conversion
-from bolmo.checkpoint.expected import meta_model
+from bolmo.checkpoint.expected import build_on_meta, meta_model
 from bolmo.checkpoint.inventory import DTYPES, check_finite, dtype_name
 from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.model_config import model_kind, read_model_config
@@ -57,6 +57,8 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
         torch.empty(0, device=device)
+        if device.type == "meta":  # tensors without data: the first value read (.tolist(), .item()) fails deep in torch
+            raise RuntimeError("the meta device holds no data, so a model cannot run on it")
     except Exception as exc:  # RuntimeError, AssertionError ("not compiled with CUDA"), TypeError...
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DeviceError(f"device {str(device)!r} is not usable here: {why}") from None
@@ -82,8 +84,9 @@ def checkpoint_kind(path: Path) -> str:
 def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig | OlmoConfig, dict[str, int], str]:
     """Config, parameters per component and checkpoint kind of anything `load` accepts, without
     reading any weights."""
-    config, kind = read_model_config(resolve_source(source))
-    return config, meta_model(config).num_parameters_by_component(), kind
+    path = resolve_source(source)
+    config, kind = read_model_config(path)
+    return config, meta_model(config, f"{path}/config.json").num_parameters_by_component(), kind
 
 
 def load(source: str | Path | None = None, device: str | torch.device = "cpu",
@@ -101,10 +104,10 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     config, kind = read_model_config(path)
     tensors = checkpoint_tensors(path, kind)
     if isinstance(config, BolmoConfig):
-        model = materialize(Bolmo, config, tensors, device, dtype)
+        model = materialize(Bolmo, config, tensors, device, dtype, f"{path}/config.json")
         model.tokenizer = build_tokenizer(config, path)
     else:
-        model = materialize(Olmo, config, tensors, device, dtype)
+        model = materialize(Olmo, config, tensors, device, dtype, f"{path}/config.json")
         model.tokenizer = SubwordTokenizer(path) if (path / "tokenizer.json").is_file() else None
     return model.eval()
 
@@ -119,11 +122,10 @@ def checkpoint_tensors(path: str | Path, kind: str) -> Iterable[tuple[str, Path,
 
 
 def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[str, Path, torch.Tensor]],
-                device: str | torch.device, dtype: torch.dtype) -> nn.Module:
+                device: str | torch.device, dtype: torch.dtype, where: str = "config.json") -> nn.Module:
     """Build `model_class(config)` on the meta device and assign checkpoint tensors to it,
     checking every name and shape against what the config implies."""
-    with torch.device("meta"):
-        model = model_class(config)
+    model = build_on_meta(model_class, config, where)
     reference = model.state_dict()
     expected = {name: tuple(p.shape) for name, p in reference.items()}
     state: dict[str, torch.Tensor] = {}

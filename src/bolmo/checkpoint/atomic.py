@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bolmo.checkpoint.interrupts import signals_held
-from bolmo.errors import CheckpointError
+from bolmo.errors import CheckpointError, warn
 
 _SWEEP_AFTER_S = 60  # a younger temporary directory may belong to a run that has not locked it yet
 
@@ -49,6 +49,8 @@ def check_destination(dst: str | Path, overwrite: bool | int, sources: Iterable[
     being read (replacing it would move or delete them), an existing one unless asked to replace
     it, and one that does not look like a checkpoint unless asked twice (`overwrite` >= 2).
     Returns the destination with symlinks and `..` resolved."""
+    if isinstance(dst, str) and not dst.strip():  # Path("") is the current directory: never meant
+        raise CheckpointError("the destination is an empty path; name the directory to create")
     dst = _resolve(dst)
     resolved_sources = [_resolve(p) for p in sources]
     _restore_swapped(dst)  # a run killed mid-swap: the destination as it was comes back first
@@ -237,3 +239,5 @@ def _replace(tmp: Path, dst: Path, before: tuple[int, int] | None, overwrite: bo
         shutil.rmtree(old, ignore_errors=True)
     finally:
         os.close(held)
+    if old.exists():  # an undeletable file in it (immutable, another owner's): the new output is in place
+        warn(f"{dst}: replaced, but the previous contents could not all be deleted; they are in {old}")

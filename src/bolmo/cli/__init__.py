@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -70,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     prog = _prog(sys.argv[1:] if argv is None else argv)  # for an interruption while parsing
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    _reopen_closed_streams()
     try:
         args = _parse(build_parser(), argv)
         prog = f"bolmo {args.command}"
+        _check_inductor_cache_dir()
         _import_numpy_before_torch()
         with warnings.catch_warnings(), _rich_broken_pipe_raises():
             warnings.showwarning = _warning_printer(args.command)
@@ -85,6 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `bolmo info --json | head -1`: the reader left; stop quietly like Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 128 + signal.SIGPIPE
+    except OSError as exc:
+        # A full disk or quota, a dead mount (`bolmo score --json > results.json` on /dev/full, or an
+        # output file): one line naming what could not be written, not a traceback (outputs are
+        # written atomically, so nothing half-written stays). Other OSErrors are bugs: re-raised.
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        # A write to an open file or to stdout names no file, and a failed write leaves nothing
+        # buffered to tell which it was: said as "the output". Whatever stdout still holds is
+        # flushed, then it is pointed at /dev/null so that exit's flush cannot fail a second time.
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stdout without a descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        where = exc.filename or "the output"
+        print(f"{prog}: error: cannot write {where} ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     except BaseException as exc:  # noqa: B036 - anything that is not an interruption is re-raised below
         # Python wraps a signal that lands inside some machinery (an import defining a class: "Error
         # calling __set_name__") in another exception, and torch's distributed checkpoint wraps it in a
@@ -99,6 +118,32 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+
+
+def _reopen_closed_streams() -> None:
+    """`bolmo generate x >&-`: Python starts with sys.stdout (or stderr) None when the descriptor is
+    closed, and the first write raises AttributeError deep in a command. Discard that stream's output
+    instead, as a closed pipe's is."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+
+
+def _check_inductor_cache_dir() -> None:
+    """torch creates TORCHINDUCTOR_CACHE_DIR when torch._dynamo is first imported, which building any
+    model on the meta device does (no --compile needed); a path that cannot be created then fails
+    deep in torch's import. Named here instead."""
+    path = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise BolmoError(f"TORCHINDUCTOR_CACHE_DIR={path}: cannot create it ({exc.strerror or exc}); "
+                         "point it at a writable directory or unset it") from None
 
 
 def _prog(argv: list[str]) -> str:

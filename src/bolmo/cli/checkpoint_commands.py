@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bolmo.cli.paths import output_dir
 from bolmo.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                     description=_CONVERT_DESCRIPTION,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     convert.add_argument("src", type=Path, help="checkpoint to read (or a bundled model: default, default-teacher)")
-    convert.add_argument("dst", type=Path, help="directory to create")
+    convert.add_argument("dst", type=output_dir, help="directory to create")
     convert.add_argument("--to", required=True, choices=["hf", "olmo-core"], help="output format")
     which = convert.add_mutually_exclusive_group()
     which.add_argument("--prefix",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bolmo.cli.paths import output_dir
 from bolmo.errors import BolmoError, CheckpointError
 
 _FORMAT_HELP = (
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", nargs="?", metavar="{1b,7b,REPO_ID}", help="1b, 7b, or a Hub repo id")
     parser.add_argument("--model", "-m", dest="model_option", metavar="{1b,7b,REPO_ID}",
                         help="the same, as an option (spelling of the original download script)")
-    parser.add_argument("--output-dir", "-o", required=True, type=Path, help="directory to download into")
+    parser.add_argument("--output-dir", "-o", required=True, type=output_dir, help="directory to download into")
     parser.add_argument("--revision", "-r", default=None, help="branch, tag or commit (default: main)")
     parser.add_argument("--format", dest="fmt", choices=["hf", "olmo-core", "all"], default="hf", help=_FORMAT_HELP)
     parser.add_argument("--verify", action="store_true", help="check the checkpoint structure after downloading")

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bolmo.cli.paths import output_dir
+
 _BYTEIFY_DESCRIPTION = """\
 Build the starting point of Bolmo training from a subword OLMo 2 / Olmo 3 teacher (HF or OLMo-core
 directory): the teacher's global blocks (copied exactly), a final norm of 1, a subword embedding
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     init.add_argument("--teacher", required=True, type=Path,
                       help="OLMo 2 / Olmo 3 checkpoint (HF or OLMo-core), or default-teacher")
-    init.add_argument("--out", required=True, type=Path, help="directory to create")
+    init.add_argument("--out", required=True, type=output_dir, help="directory to create")
     init.add_argument("--local-d-model", type=int,
                       help="local width; must equal the teacher's hidden_size (the default)")
     init.add_argument("--subword-tokenizer", metavar="TOK",
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--base", required=True, type=Path, help="the subword model the Bolmo was made from")
     merge.add_argument("--post", required=True, type=Path, help="a post-trained descendant of --base")
     merge.add_argument("--alpha", type=float, default=1.0, help="scale of the delta (default: 1.0)")
-    merge.add_argument("--out", required=True, type=Path, help="directory to create")
+    merge.add_argument("--out", required=True, type=output_dir, help="directory to create")
     merge.add_argument("--instructify-embeddings", action="store_true",
                        help="also add the input-embedding delta to the subword embedding table")
     merge.add_argument("--overwrite", action="count", default=0,

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from bolmo.cli.paths import output_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="input files or directories")
     p.add_argument("--tokenizer", required=True, type=Path,
                    help="HF tokenizer directory (tokenizer.json), or default-teacher: the bundled teacher's")
-    p.add_argument("--out", required=True, type=Path, metavar="DATA_DIR", help="output directory")
+    p.add_argument("--out", required=True, type=output_dir, metavar="DATA_DIR", help="output directory")
     p.add_argument("--workers", type=int, default=1, help="tokenizing processes (default 1)")
     p.add_argument("--max-documents", type=int, default=None, metavar="N",
                    help="read only the first N input documents (bad and empty ones count)")

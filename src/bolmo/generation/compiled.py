@@ -48,18 +48,25 @@ class _CompiledOrEager:
     """A torch.compile'd function that falls back to its eager version for good, with one
     notice, when compilation fails (the failure happens at the first call, before anything runs)."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], mode: str | None) -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor], mode: str | None, failed: list[str] | None = None) -> None:
         self.eager = fn
         self.fn = torch.compile(fn, mode=mode, dynamic=None)
+        # Shared by the functions of one model: once one has failed to compile (no C++ compiler), the
+        # others run eagerly at once, without paying for a second failed compilation or notice.
+        self.failed = [] if failed is None else failed
 
     def __call__(self, *args):
+        if self.failed and self.fn is not self.eager:
+            self.fn = self.eager
         try:
             return self.fn(*args)
         except Exception as error:  # noqa: BLE001 - any compiler failure means "run eagerly"
             if self.fn is self.eager:
                 raise
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            log.warning("bolmo: torch.compile is unavailable here (%s); decoding without it", reason[:200])
+            if not self.failed:
+                log.warning("bolmo: torch.compile is unavailable here (%s); decoding without it", reason[:200])
+            self.failed.append(reason)
             self.fn = self.eager
             return self.fn(*args)
 
@@ -83,8 +90,9 @@ def step_functions(model, compile: bool | None = None) -> StepFunctions:
     if functions is None:
         # CUDA graphs remove the launch overhead on a GPU; inductor's C++ kernels on a CPU.
         mode = "reduce-overhead" if model.device.type == "cuda" else None
-        functions = StepFunctions(kernels, _CompiledOrEager(kernels.local_step, mode),
-                                  _CompiledOrEager(kernels.patch_step, mode), True, True,
+        failed: list[str] = []
+        functions = StepFunctions(kernels, _CompiledOrEager(kernels.local_step, mode, failed),
+                                  _CompiledOrEager(kernels.patch_step, mode, failed), True, True,
                                   step_functions(model, compile=False))
         _COMPILED[kernels] = functions
     return functions

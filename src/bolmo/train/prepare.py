@@ -8,6 +8,7 @@ run resumes by skipping the shards that exist and the output never depends on `w
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import json
@@ -272,7 +273,12 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
         raise ConfigError("prepare: --docs-per-shard and --workers must be >= 1")
     files = resolve_inputs(config.inputs)
     vocab = SubwordVocab.load(config.tokenizer)
-    config.out.mkdir(parents=True, exist_ok=True)
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or missing mount: one line, not a traceback
+        what = "exists and is not a directory" if exc.errno == errno.EEXIST else \
+            f"cannot create the output directory ({exc.strerror or exc})"
+        raise ConfigError(f"{config.out}: {what}") from None
     _check_job(config, files, vocab)
     tok_dir = config.out / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
