@@ -166,3 +166,21 @@ def test_previous_contents_that_cannot_be_deleted_are_named(tmp_path, monkeypatc
             (tmp / "new.txt").write_text("new")
     leftover = Path(str(caught[0].message).rsplit("they are in ", 1)[1])
     assert (dst / "new.txt").is_file() and (leftover / "config.json").is_file()
+
+
+def test_missing_and_extra_tensors_name_the_checkpoint(tmp_path):
+    """`generate` / `score` / bolmo.load said "checkpoint lacks 1 tensor(s) ..." without saying which."""
+    import bolmo
+    from bolmo.errors import CheckpointError
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY, model)
+    tensors = load_file(model / "model.safetensors")
+    norm = tensors.pop("model.norm.weight")
+    save_file(tensors, model / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"^{model}: the checkpoint lacks 1 tensor\(s\) .*model\.norm\.weight"):
+        bolmo.load(model)
+    save_file({**tensors, "model.norm.weight": norm, "extra.weight": norm.clone()}, model / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"^{model}: the checkpoint has 1 tensor\(s\) this model does not use"):
+        bolmo.load(model)

@@ -104,10 +104,10 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     config, kind = read_model_config(path)
     tensors = checkpoint_tensors(path, kind)
     if isinstance(config, BolmoConfig):
-        model = materialize(Bolmo, config, tensors, device, dtype, f"{path}/config.json")
+        model = materialize(Bolmo, config, tensors, device, dtype, path)
         model.tokenizer = build_tokenizer(config, path)
     else:
-        model = materialize(Olmo, config, tensors, device, dtype, f"{path}/config.json")
+        model = materialize(Olmo, config, tensors, device, dtype, path)
         model.tokenizer = SubwordTokenizer(path) if (path / "tokenizer.json").is_file() else None
     return model.eval()
 
@@ -122,10 +122,10 @@ def checkpoint_tensors(path: str | Path, kind: str) -> Iterable[tuple[str, Path,
 
 
 def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[str, Path, torch.Tensor]],
-                device: str | torch.device, dtype: torch.dtype, where: str = "config.json") -> nn.Module:
-    """Build `model_class(config)` on the meta device and assign checkpoint tensors to it,
-    checking every name and shape against what the config implies."""
-    model = build_on_meta(model_class, config, where)
+                device: str | torch.device, dtype: torch.dtype, checkpoint: Path) -> nn.Module:
+    """Build `model_class(config)` on the meta device and assign the tensors of the `checkpoint`
+    directory to it, checking every name and shape against what the config implies."""
+    model = build_on_meta(model_class, config, f"{checkpoint / 'config.json'}")
     reference = model.state_dict()
     expected = {name: tuple(p.shape) for name, p in reference.items()}
     state: dict[str, torch.Tensor] = {}
@@ -143,10 +143,11 @@ def materialize(model_class: type[nn.Module], config, tensors: Iterable[tuple[st
         state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s) the config needs: {', '.join(missing[:8])}"
+        raise CheckpointError(f"{checkpoint}: the checkpoint lacks {len(missing)} tensor(s) the config needs: "
+                              f"{', '.join(missing[:8])}"
                               + (" ..." if len(missing) > 8 else ""))
     if unexpected:
-        raise CheckpointError(f"checkpoint has {len(unexpected)} tensor(s) this model does not use: "
+        raise CheckpointError(f"{checkpoint}: the checkpoint has {len(unexpected)} tensor(s) this model does not use: "
                               + ", ".join(unexpected[:8]) + (" ..." if len(unexpected) > 8 else ""))
     model.load_state_dict(state, assign=True, strict=True)
     return model
