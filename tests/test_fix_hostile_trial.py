@@ -184,3 +184,30 @@ def test_missing_and_extra_tensors_name_the_checkpoint(tmp_path):
     save_file({**tensors, "model.norm.weight": norm, "extra.weight": norm.clone()}, model / "model.safetensors")
     with pytest.raises(CheckpointError, match=rf"^{model}: the checkpoint has 1 tensor\(s\) this model does not use"):
         bolmo.load(model)
+
+
+def test_stdin_scored_twice_is_refused(capsys):
+    assert main(["score", "-", "-"]) == 2
+    assert "standard input (-) can be scored once" in capsys.readouterr().err
+
+
+def test_a_device_error_is_one_short_line():
+    """An unsupported backend (mps on this build) made a one-line error of ~1,200 characters."""
+    import torch
+
+    from bolmo.errors import DeviceError
+
+    if torch.backends.mps.is_available():
+        pytest.skip("mps works on this machine")
+    from bolmo.loading import check_device
+
+    with pytest.raises(DeviceError) as error:
+        check_device("mps")
+    assert len(str(error.value)) < 260 and "\n" not in str(error.value)
+
+
+def test_download_into_a_file_says_so(tmp_path, capsys):
+    target = tmp_path / "a.txt"
+    target.write_text("x")
+    assert main(["download", "1b", "-o", str(target)]) == 2
+    assert f"{target}: not a directory" in capsys.readouterr().err

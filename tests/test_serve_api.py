@@ -293,6 +293,14 @@ def test_metrics_and_page(server, client):
     assert page.status_code == 200 and "return_patches" in page.text
 
 
+def test_nan_and_infinite_numbers_are_called_what_they_are(server):
+    for field, value in (("temperature", "NaN"), ("top_p", "Infinity"), ("temperature", "-Infinity")):
+        r = httpx.post(server.v1 + "/completions", content=f'{{"prompt": "x", "{field}": {value}}}',
+                       headers={"Content-Type": "application/json"})
+        error = r.json()["error"]
+        assert r.status_code == 400 and error["param"] == field and "finite number" in error["message"], error
+
+
 def test_cli_serves_the_bundled_model():
     with cli_server("--max-batch", "4") as (_, base):
         models = httpx.get(base + "/v1/models").json()["data"]

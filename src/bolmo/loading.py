@@ -61,6 +61,8 @@ def check_device(device: str | torch.device) -> torch.device:
             raise RuntimeError("the meta device holds no data, so a model cannot run on it")
     except Exception as exc:  # RuntimeError, AssertionError ("not compiled with CUDA"), TypeError...
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(why) > 200:  # torch's dispatcher errors run to a thousand characters on one line
+            why = why.split(". ")[0][:200]
         raise DeviceError(f"device {str(device)!r} is not usable here: {why}") from None
     return device
 

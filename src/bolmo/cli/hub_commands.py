@@ -39,6 +39,8 @@ def run_download(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.model_option is None):
         raise BolmoError("name the model once: `bolmo download 1b -o DIR` or `bolmo download --model 1b -o DIR`")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise CheckpointError(f"{args.output_dir}: not a directory; name a directory to download into")
     plan = plan_download(args.model or args.model_option, args.revision, args.fmt, args.token)
     if plan.commit is None:
         if missing := missing_layout(plan, Path(args.output_dir)):

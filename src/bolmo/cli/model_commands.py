@@ -133,6 +133,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    if sum(str(file) == "-" for file in args.files) > 1:  # the second read would find stdin empty
+        raise BolmoError("standard input (-) can be scored once; give it once")
     texts = [read_text_file(file) for file in args.files]
     if args.batch_size < 1:
         raise BolmoError("--batch-size must be at least 1")

@@ -16,7 +16,9 @@ Stop = str | list[str] | None
 class RequestModel(BaseModel):
     """Every request object: strict types, unknown fields ignored, null optional fields dropped."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # allow_inf_nan: Python's JSON reader takes NaN / Infinity, which then failed range checks with
+    # a misleading "should be less than or equal to 2"
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
