@@ -179,6 +179,23 @@ def test_prepare_workers_give_identical_output(tokenizer: Path, tmp_path: Path) 
     assert _arrays(tmp_path / "one") == _arrays(tmp_path / "two")
 
 
+def test_prepare_uses_at_most_one_worker_per_cpu(tokenizer: Path, tmp_path: Path, monkeypatch) -> None:
+    from bolmo.errors import BolmoWarning
+    from bolmo.train import prepare as prepare_mod
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(6)))
+    pools = []
+    monkeypatch.setattr(prepare_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    context = prepare_mod.multiprocessing.get_context("fork")  # one object per method: patched for this test only
+    real_pool = context.Pool
+    monkeypatch.setattr(context, "Pool", lambda processes, *a: pools.append(processes) or real_pool(processes, *a))
+    with pytest.warns(BolmoWarning, match="--workers 1000: this machine runs 2 processes at once; using 2"):
+        run_prepare([tmp_path / "in.jsonl"], tokenizer, tmp_path / "out", docs_per_shard=2, workers=1000)
+    assert pools == [2]
+    run_prepare([tmp_path / "in.jsonl"], tokenizer, tmp_path / "one", docs_per_shard=2)
+    assert _arrays(tmp_path / "out") == _arrays(tmp_path / "one")
+
+
 def test_cli_prepare_with_workers_ends_cleanly(tokenizer: Path, tmp_path: Path) -> None:
     """The CLI turns SIGTERM into an exception; forked workers must not inherit that, or ending the
     pool printed a worker traceback and could hang the run (a worker killed inside the queue lock)."""

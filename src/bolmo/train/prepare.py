@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bolmo.config import BYTE_OFFSET, EOS_ID, ByteTokenizerConfig
-from bolmo.errors import ConfigError
+from bolmo.errors import ConfigError, warn
 from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES, SubwordExpander
 from bolmo.train.data import FORMAT_NAME, FORMAT_VERSION, DataError
 from bolmo.train.vocab import SubwordVocab, load_tokenizer
@@ -267,6 +267,16 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _usable_workers(asked: int) -> int:
+    """At most one tokenizing process per CPU this process may run on: more only compete for the
+    same cores (and each starts with a copy of the tokenizer: --workers 1000 took a minute for two
+    documents). The output never depends on the number."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if asked > cpus:
+        warn(f"--workers {asked}: this machine runs {cpus} processes at once; using {cpus}")
+    return min(asked, cpus)
+
+
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Run (or resume) a prepare job; returns the meta.json contents."""
     if config.docs_per_shard < 1 or config.workers < 1:
@@ -292,7 +302,8 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
 
     results: list[ShardStats] = []
     bar = tqdm(unit="doc", desc="prepare", disable=not config.progress, dynamic_ncols=True)
-    pool = multiprocessing.get_context("fork").Pool(config.workers, _init_worker) if config.workers > 1 else None
+    workers = _usable_workers(config.workers)
+    pool = multiprocessing.get_context("fork").Pool(workers, _init_worker) if workers > 1 else None
     pending: deque = deque()
 
     def finish_one() -> None:
@@ -310,7 +321,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
                 pending.append(_ResultOf(process_shard(records, shard_dir, tok_dir)))
             else:
                 pending.append(pool.apply_async(process_shard, (records, shard_dir, tok_dir)))
-            if pool is None or len(pending) > 2 * config.workers:  # bounded read-ahead
+            if pool is None or len(pending) > 2 * workers:  # bounded read-ahead
                 finish_one()
         while pending:
             finish_one()
