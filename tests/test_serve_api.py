@@ -89,6 +89,20 @@ def test_streaming_concatenates_to_the_plain_response_with_usage_last(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == len(plain.encode())
 
 
+def test_usage_counts_every_choice_and_every_prompt_even_identical_ones(client):
+    """Streamed usage collected choices by equality, so two choices with the same text (greedy n=2,
+    or equal prompts) counted once; prompts were counted once per distinct text."""
+    prompt = "def f(x):"
+    kwargs = dict(model=NAME, max_tokens=20, temperature=0)
+    for prompts, n in (([prompt], 2), ([prompt, prompt], 1), ([prompt, prompt], 2)):
+        expected = {"prompt_tokens": len(prompts) * len(prompt), "completion_tokens": len(prompts) * n * 20}
+        plain = client.completions.create(prompt=prompts, n=n, **kwargs).usage
+        chunks = list(client.completions.create(prompt=prompts, n=n, stream=True,
+                                                stream_options={"include_usage": True}, **kwargs))
+        for got in (plain, chunks[-1].usage):
+            assert {"prompt_tokens": got.prompt_tokens, "completion_tokens": got.completion_tokens} == expected
+
+
 def test_echo_logprobs_are_the_scored_bytes_in_lm_eval_shape(model, client):
     context, continuation = "The json module ", "encodes"
     out = client.completions.create(model=NAME, prompt=context + continuation, max_tokens=1, temperature=0,

@@ -27,7 +27,6 @@ def byte_token(byte: int) -> str:
 class ChoiceText:
     """Everything one choice has received, for a non-streamed response or the usage chunk."""
 
-    prompt_bytes: int = 0
     text: str = ""
     data: bytearray = field(default_factory=bytearray)  # echoed prompt (if any) then new bytes
     new_bytes: int = 0

@@ -96,7 +96,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
             entry["bolmo"] = {"prompt_patch_ends": text.prompt_patch_ends, "patch_ends": text.patch_ends}
         choices.append(entry)
     return JSONResponse({"id": new_id("cmpl"), "object": "text_completion", "created": created(),
-                         "model": server.config.model_name, "choices": choices, "usage": usage(job, texts)})
+                         "model": server.config.model_name, "choices": choices, "usage": usage(job, texts, body.n)})
 
 
 @router.post("/v1/chat/completions")
@@ -123,7 +123,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     choices = [{"index": c.index, "message": {"role": "assistant", "content": t.text}, "logprobs": None,
                 "finish_reason": t.finish_reason} for c, t in zip(job.choices, texts)]
     return JSONResponse({"id": new_id("chatcmpl"), "object": "chat.completion", "created": created(),
-                         "model": server.config.model_name, "choices": choices, "usage": usage(job, texts)})
+                         "model": server.config.model_name, "choices": choices, "usage": usage(job, texts, body.n)})
 
 
 # --- shared by both generating routes ----------------------------------------------------------
@@ -221,15 +221,17 @@ async def collect(server: Server, job: Job, request: Request, started: float, ro
 
 
 def choice_texts(job: Job) -> list[ChoiceText]:
-    return [ChoiceText(prompt_bytes=len(c.prompt.encode("utf-8"))) for c in job.choices]
+    return [ChoiceText() for _ in job.choices]
 
 
 def choice_of(job: Job, update: Update) -> Choice:
     return next(c for c in job.choices if c.index == update.index)
 
 
-def usage(job: Job, texts: list[ChoiceText]) -> dict:
-    prompt_bytes = sum(len(p.encode("utf-8")) for p in dict.fromkeys(c.prompt for c in job.choices))
+def usage(job: Job, texts: list[ChoiceText], n: int) -> dict:
+    """Bytes of every prompt (once, not once per choice: choice p * n + i is prompt p's i-th) and of
+    every choice's new text."""
+    prompt_bytes = sum(len(c.prompt.encode("utf-8")) for c in job.choices if c.index % n == 0)
     return usage_body(prompt_bytes, sum(t.new_bytes for t in texts))
 
 
@@ -243,11 +245,10 @@ def sse(events: AsyncIterator[dict]) -> StreamingResponse:
 
 
 async def streamed(server: Server, job: Job, request: Request, started: float, route: str,
-                   texts: list[ChoiceText] | None = None, poll_disconnect: bool = False
+                   texts: list[ChoiceText], poll_disconnect: bool = False
                    ) -> AsyncIterator[tuple[Update, ChoiceText]]:
-    """Updates with each choice's running totals (kept in `texts`); an error becomes the stream's
-    last event."""
-    texts = choice_texts(job) if texts is None else texts
+    """Updates with each choice's running totals (kept in `texts`, one per choice of `job`); an
+    error becomes the stream's last event."""
     first = True
     async for update in updates(server, job, request, poll_disconnect=poll_disconnect):
         if first:
@@ -262,11 +263,9 @@ async def streamed(server: Server, job: Job, request: Request, started: float, r
 async def completion_chunks(server: Server, body: CompletionRequest, job: Job, started: float,
                             request: Request) -> AsyncIterator[dict]:
     cid, when, name = new_id("cmpl"), created(), server.config.model_name
-    texts: list[ChoiceText] = []
+    texts = choice_texts(job)
     try:
-        async for update, text in streamed(server, job, request, started, "/v1/completions"):
-            if text not in texts:
-                texts.append(text)
+        async for update, text in streamed(server, job, request, started, "/v1/completions", texts):
             shown = update.prompt and not job.echo  # the prompt's boundaries only: no text
             choice = {"index": update.index, "text": "" if shown else update.text, "logprobs": None,
                       "finish_reason": text.finish_reason if update.finish_reason else None}
@@ -282,7 +281,7 @@ async def completion_chunks(server: Server, body: CompletionRequest, job: Job, s
         return
     if body.stream_options is not None and body.stream_options.include_usage:
         yield {"id": cid, "object": "text_completion", "created": when, "model": name, "choices": [],
-               "usage": usage(job, texts)}
+               "usage": usage(job, texts, body.n)}
 
 
 async def chat_chunks(server: Server, body: ChatCompletionRequest, job: Job, started: float,
@@ -295,11 +294,9 @@ async def chat_chunks(server: Server, body: ChatCompletionRequest, job: Job, sta
 
     yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                  for c in job.choices])
-    texts: list[ChoiceText] = []
+    texts = choice_texts(job)
     try:
-        async for update, text in streamed(server, job, request, started, "/v1/chat/completions"):
-            if text not in texts:
-                texts.append(text)
+        async for update, text in streamed(server, job, request, started, "/v1/chat/completions", texts):
             delta = {"content": update.text} if update.text else {}
             yield chunk([{"index": update.index, "delta": delta,
                           "finish_reason": text.finish_reason if update.finish_reason else None}])
@@ -307,7 +304,7 @@ async def chat_chunks(server: Server, body: ChatCompletionRequest, job: Job, sta
         yield error_body(exc)
         return
     if body.stream_options is not None and body.stream_options.include_usage:
-        yield chunk([], usage=usage(job, texts))
+        yield chunk([], usage=usage(job, texts, body.n))
 
 
 def error_body(exc: ApiError) -> dict:
