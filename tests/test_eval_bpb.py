@@ -112,3 +112,18 @@ def test_model_window_defaults_and_a_window_past_the_context_warns(tiny_model_di
         assert model_window(model, 1000) == (1000, 500)
     model.config.max_position_embeddings = -1  # a checkpoint that does not say: the plain defaults
     assert model_window(model) == (2048, 512)
+
+
+def test_unreadable_jsonl_files_are_one_line_errors(tmp_path):
+    """Invalid UTF-8 and a damaged .gz raised UnicodeDecodeError / BadGzipFile (a traceback)."""
+    import gzip
+
+    bad_utf8 = tmp_path / "latin1.jsonl"
+    bad_utf8.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    not_gzip = tmp_path / "fake.jsonl.gz"
+    not_gzip.write_bytes(b'{"text": "not compressed"}\n')
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:40])
+    for path, message in ((bad_utf8, "not valid UTF-8"), (not_gzip, "cannot read"), (cut, "cannot read")):
+        with pytest.raises(BolmoError, match=rf"^{path}: {message}"):
+            collect_documents([path])

@@ -45,20 +45,27 @@ def read_text_file(path: Path) -> str:
 
 
 def read_jsonl(path: Path, text_field: str = "text") -> list[Document]:
+    """The documents of a JSON-lines file (gzipped when it ends in .gz), or BolmoError naming the
+    file and, where it has one, the line."""
     opener = gzip.open if path.suffix == ".gz" else open
     docs = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BolmoError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise BolmoError(f"{path}: line {line_no} has no string field {text_field!r}")
-            doc_id = str(row.get("id", f"{path.name}:{line_no}"))
-            docs.append(Document(doc_id, str(row.get("source", _jsonl_name(path))), row[text_field]))
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BolmoError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                    raise BolmoError(f"{path}: line {line_no} has no string field {text_field!r}")
+                doc_id = str(row.get("id", f"{path.name}:{line_no}"))
+                docs.append(Document(doc_id, str(row.get("source", _jsonl_name(path))), row[text_field]))
+    except UnicodeDecodeError as exc:  # decoded a block at a time: no line number to give
+        raise BolmoError(f"{path}: not valid UTF-8 ({exc.reason})") from None
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a cut .gz ends in EOFError
+        raise BolmoError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     return docs
 
 
