@@ -14,7 +14,7 @@ from bolmo.checkpoint.model_config import model_kind, read_model_config
 from bolmo.checkpoint.sources import open_checkpoint
 from bolmo.config import BolmoConfig
 from bolmo.errors import CheckpointError, ConfigError
-from bolmo.loading import DEFAULT_MODEL_DIR, checkpoint_kind
+from bolmo.loading import DEFAULT_MODEL_DIR
 from bolmo.olmo.config import OlmoConfig
 from conftest import CKPT_FIXTURES
 
@@ -29,7 +29,7 @@ LOADABLE = [
 @pytest.mark.parametrize("path, kind, config_class", LOADABLE, ids=lambda v: getattr(v, "name", None))
 def test_config_and_parameter_counts_of_every_loadable_directory(path, kind, config_class):
     config, found = read_model_config(path)
-    assert found == kind == checkpoint_kind(path) and isinstance(config, config_class)
+    assert found == kind == model_kind(path) and isinstance(config, config_class)
     model = bolmo.load(path)
     assert model.config == config
     counted = sum(p.numel() for p in meta_model(config).parameters())
@@ -51,7 +51,7 @@ def test_load_detects_what_convert_detects(tmp_path):
     `bolmo.load` now reads them too (it used to take them for HF Bolmo directories)."""
     step = _step_without_subdir(tmp_path, "olmo2")
     assert open_checkpoint(step).kind.value == "olmo-core (olmo2/olmo3)"
-    assert checkpoint_kind(step) == "olmo-core"
+    assert model_kind(step) == "olmo-core"
     reference = bolmo.load(CKPT_FIXTURES / "olmo2")
     for path in (step, CKPT_FIXTURES / "olmo2" / "model_and_optim"):
         model = bolmo.load(path)
@@ -68,7 +68,7 @@ def test_directories_without_a_model_config_are_refused_by_name(tmp_path):
     other = tmp_path / "llama"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert checkpoint_kind(other) == "llama"
+    assert model_kind(other) == "llama"
     with pytest.raises(ConfigError, match=r"llama/config.json: model_type 'llama' is not a model bolmo implements"):
         read_model_config(other)
 

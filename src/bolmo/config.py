@@ -387,11 +387,6 @@ class BolmoConfig(TransformerConfig):
         require(self.local_rms_norm_eps > 0, where, "local_rms_norm_eps", "must be positive")
         parse_boundary_threshold(self.boundary_threshold, where)
 
-    # ------------------------------------------------------------------ derived
-    @property
-    def global_head_dim(self) -> int:
-        return self.head_dim or self.hidden_size // self.num_attention_heads
-
     # ------------------------------------------------------------------ I/O
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config.json") -> "BolmoConfig":

@@ -14,7 +14,7 @@ from bolmo.checkpoint.convert import plan_conversion
 from bolmo.checkpoint.expected import build_on_meta, meta_model
 from bolmo.checkpoint.inventory import DTYPES, check_finite, dtype_name
 from bolmo.checkpoint.layout import DCP_SUBDIR
-from bolmo.checkpoint.model_config import model_kind, read_model_config
+from bolmo.checkpoint.model_config import read_model_config
 from bolmo.checkpoint.safetensors_io import HFWeights
 from bolmo.checkpoint.sources import BUNDLED_MODELS, DEFAULT_MODEL_DIR, bundled_or_path  # noqa: F401 (re-exported)
 from bolmo.config import BolmoConfig
@@ -25,7 +25,7 @@ from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
 
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-# The dtypes a model computes in: `--dtype` of the model commands and `bolmo.load(dtype=...)`.
+# The dtypes a model computes in (`bolmo.load(dtype=...)`; the CLI's `--dtype` offers the first three).
 LOAD_DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -75,12 +75,6 @@ def check_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ConfigError(f"dtype {dtype!r} is not supported (use one of {', '.join(LOAD_DTYPES)}, "
                           "or the torch.dtype of one)")
     return resolved
-
-
-def checkpoint_kind(path: Path) -> str:
-    """'bolmo' (HF), 'bolmo-olmo-core', 'olmo-core', or the HF model_type of a subword model
-    (decided by `bolmo.checkpoint.model_config.model_kind`, as for every other command)."""
-    return model_kind(path)
 
 
 def load_config_and_counts(source: str | Path | None) -> tuple[BolmoConfig | OlmoConfig, dict[str, int], str]:

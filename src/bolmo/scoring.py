@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
-from bolmo.errors import ScoringError, TokenizerError, warn
+from bolmo.errors import ScoringError, warn
 from bolmo.model.bolmo import BolmoForCausalLM
-from bolmo.tokenizer import pad_rows
+from bolmo.tokenizer import pad_rows, tokenizer_of
 
 
 @dataclass
@@ -202,9 +202,7 @@ def score_subword(model, texts: Sequence[str], batch_size: int = 8, context: int
     whole-token probabilities: each token's log-probability sits at the token's last byte and the
     other bytes hold 0, so sums over any span of whole tokens (and `nats`) are exact.
     """
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise TokenizerError("this model was loaded without a tokenizer (its directory has no tokenizer.json)")
+    tokenizer = tokenizer_of(model)
 
     def score_rows(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hidden = model.model(ids, mask if not bool(mask.all()) else None)

@@ -294,3 +294,12 @@ class ByteTokenizer:
         if self.expander is None:
             raise TokenizerError("this model has no subword expansion (add_expanded_embeddings is false)")
         return self.expander.expand_tensor(input_ids)
+
+
+def tokenizer_of(model):
+    """The tokenizer of a model from `bolmo.load`, or TokenizerError: a subword model loads without
+    one when its directory has no tokenizer.json."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise TokenizerError("this model was loaded without a tokenizer (its directory has no tokenizer.json)")
+    return tokenizer

@@ -163,10 +163,8 @@ def download(repo: str, output_dir: str | Path, revision: str | None = None, fmt
 def verify(output_dir: str | Path, fmt: str) -> list[str]:
     """Structural problems of the downloaded layout(s), from the same checker as `bolmo verify`
     (empty when it finds none; each message names its file)."""
-    try:
-        from bolmo.checkpoint.verify import verify_directory
-    except ImportError:
-        raise CheckpointError("--verify needs bolmo.checkpoint.verify, which this installation lacks") from None
+    from bolmo.checkpoint.verify import verify_directory
+
     out = Path(output_dir)
     roots = {"hf": [out], "olmo-core": [out], "all": [out, out / NATIVE_DIR]}[fmt]
     return [problem for root in roots for problem in verify_directory(root).problems]

@@ -78,7 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ helpers
 def _output_path(text: str) -> Path:
     """--output, refused at once (exit 2) where no results file can be written, not after the run."""
-    from bolmo.errors import BolmoError
     from bolmo.eval.report import check_output
 
     path = Path(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bolmo.checkpoint.hub import FORMATS, NATIVE_DIR
 from bolmo.cli.paths import output_dir
 from bolmo.errors import BolmoError, CheckpointError
 
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the same, as an option (spelling of the original download script)")
     parser.add_argument("--output-dir", "-o", required=True, type=output_dir, help="directory to download into")
     parser.add_argument("--revision", "-r", default=None, help="branch, tag or commit (default: main)")
-    parser.add_argument("--format", dest="fmt", choices=["hf", "olmo-core", "all"], default="hf", help=_FORMAT_HELP)
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf", help=_FORMAT_HELP)
     parser.add_argument("--verify", action="store_true", help="check the checkpoint structure after downloading")
     parser.add_argument("--token", default=None,
                         help="Hub token (default: HF_TOKEN or the `huggingface-cli login` token)")
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_download(args: argparse.Namespace) -> int:
     from bolmo.checkpoint.hub import fetch, missing_layout, plan_download, verify
+    from bolmo.checkpoint.inventory import human_bytes
 
     if (args.model is None) == (args.model_option is None):
         raise BolmoError("name the model once: `bolmo download 1b -o DIR` or `bolmo download --model 1b -o DIR`")
@@ -50,11 +52,11 @@ def run_download(args: argparse.Namespace) -> int:
     else:
         selected = plan.selected
         print(f"{plan.repo_id} @ {plan.revision} (commit {plan.commit[:12]}), format {plan.fmt}: "
-              f"{len(selected)} files, {_human(sum(selected.values()))}")
+              f"{len(selected)} files, {human_bytes(sum(selected.values()))}")
     result = fetch(plan, args.output_dir, args.token)
 
-    print(f"Done: {plan.repo_id} ({plan.fmt}) in {result.path}: {result.files} files, {_human(result.total_bytes)}")
-    native = {"olmo-core": result.path, "all": result.path / "olmo_core"}.get(plan.fmt)
+    print(f"Done: {plan.repo_id} ({plan.fmt}) in {result.path}: {result.files} files, {human_bytes(result.total_bytes)}")
+    native = {"olmo-core": result.path, "all": result.path / NATIVE_DIR}.get(plan.fmt)
     if native is not None:
         from bolmo.checkpoint.layout import DCP_SUBDIR
 
@@ -75,12 +77,3 @@ def run_download(args: argparse.Namespace) -> int:
                                   f"(listed above); {advice}")
         print("  verify: ok")
     return 0
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"

@@ -16,8 +16,8 @@ from bolmo.errors import BolmoError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
-    parser.add_argument("--model", default=default_model,
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
                         help="checkpoint directory, downloaded Hub repo id, or a bundled model: default, default-teacher "
                              "(default: default)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda or cuda:1 (default cpu)")

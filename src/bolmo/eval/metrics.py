@@ -20,9 +20,6 @@ from collections.abc import Sequence
 from bolmo.eval.engine import Loglikelihood
 from bolmo.eval.olmes import Task
 
-RANKED_METRICS = ("acc_raw", "acc_per_char", "acc_per_byte", "bits_per_byte")
-
-
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 

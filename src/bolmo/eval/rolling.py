@@ -7,8 +7,11 @@ is the document's log-likelihood under that context limit.
 
 Windows fit the model: by default DEFAULT_WINDOW ids, or fewer where the checkpoint's context is
 shorter (its positions - 1), with DEFAULT_OVERLAP or half a shorter window as overlap
-(`model_window`): then a document gets exactly `model.score`'s value, whose windows follow the
-same rule. A window asked for beyond the context is scored with a ContextWarning.
+(`model_window`). `model.score` uses windows of the whole context with half of it as context
+(`bolmo.scoring.window_ids`), so the two agree exactly for models of at most 1,025 ids of
+context (the bundled ones) and for documents within one window; a released Bolmo (65,536
+positions) scores long documents in 2,048-id windows here, in 65,535-id ones in `model.score`.
+A window asked for beyond the context is scored with a ContextWarning.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from bolmo.config import BYTE_OFFSET, PLAIN_VOCAB
 from bolmo.errors import TokenizerError
 from bolmo.scoring import folded_logprobs
-from bolmo.tokenizer import ByteTokenizer
+from bolmo.tokenizer import ByteTokenizer, tokenizer_of
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,7 @@ class Scheme:
 
 def scheme_for(model) -> Scheme:
     """The scheme of a model returned by `bolmo.load` (Bolmo or subword OLMo)."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise TokenizerError("this model was loaded without a tokenizer (its directory has no tokenizer.json)")
+    tokenizer = tokenizer_of(model)
     if isinstance(tokenizer, ByteTokenizer):
         newline = ord("\n") + BYTE_OFFSET
         return Scheme(start=tokenizer.bos_id, pad=tokenizer.pad_id, lookahead=(newline, newline), is_bytes=True,

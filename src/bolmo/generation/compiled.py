@@ -48,12 +48,12 @@ class _CompiledOrEager:
     """A torch.compile'd function that falls back to its eager version for good, with one
     notice, when compilation fails (the failure happens at the first call, before anything runs)."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], mode: str | None, failed: list[str] | None = None) -> None:
+    def __init__(self, fn: Callable[..., torch.Tensor], mode: str | None, failed: list[str]) -> None:
         self.eager = fn
         self.fn = torch.compile(fn, mode=mode, dynamic=None)
         # Shared by the functions of one model: once one has failed to compile (no C++ compiler), the
         # others run eagerly at once, without paying for a second failed compilation or notice.
-        self.failed = [] if failed is None else failed
+        self.failed = failed
 
     def __call__(self, *args):
         if self.failed and self.fn is not self.eager:

@@ -89,10 +89,6 @@ class Continuation:
     def done(self) -> bool:
         return self.finish_reason is not None
 
-    @property
-    def text(self) -> str:
-        return self.data.decode("utf-8", errors="replace")
-
     def add(self, piece: bytes) -> None:
         start = max(len(self.data) - self.hold, 0)
         self.data += piece
@@ -116,7 +112,8 @@ class Continuation:
     def new_text(self) -> str:
         """The text of the bytes no longer subject to a stop string and not returned before. The
         incremental decoder keeps a character's first bytes until it is complete; once the row
-        is done everything is flushed, so the pieces concatenate to exactly `text`."""
+        is done everything is flushed, so the pieces concatenate to exactly `data` decoded
+        (errors replaced)."""
         end = len(self.data) if self.done else max(len(self.data) - self.hold, 0)
         piece = self._decoder.decode(bytes(self.data[self._shown : end]), final=self.done)
         self._shown = end

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from bolmo.nn.mlstm import MLSTMState
 from bolmo.nn.onednn import ONEDNN, onednn_linear, pack
+from bolmo.nn.rope import apply_rotary
 
 PACKED_FROM_ROWS = 2  # steps of this many rows use the oneDNN-packed weights (BATCHES)
 PACK_ROWS = 32  # the row count oneDNN's packed layout is chosen for (any count runs on it)
@@ -240,7 +241,7 @@ class StepKernels:
     def global_layer(self, x: Tensor, w: GlobalLayerWeights, cos: Tensor, sin: Tensor,
                      keys: Tensor, values: Tensor, write_rows: Tensor, slot: Tensor, bias: Tensor | None,
                      rows: Tensor | None, spans: list[tuple[int, int]] | None = None) -> Tensor:
-        """x [R, D]: one new position for each of R rows through one block (cos/sin [R, 1, 1, hd]).
+        """x [R, D]: one new position for each of R rows through one block (cos/sin [R, 1, hd]).
         Their keys/values go to keys/values[write_rows, :, slot] ([B, KV, S, hd] caches, written
         in place); attention covers the S slots of the cache rows `rows` (None: all B), with
         `bias` [R, 1, 1, S] (0 visible, -inf not), or row by row over each row's own slots when
@@ -248,8 +249,8 @@ class StepKernels:
         B = x.shape[0]
         hq, hk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q, k, v = self._linear(x, w.w_qkv).split((hq, hk, hk), dim=-1)
-        q = _rope(_rms(q, w.q_norm, self.global_eps).view(B, self.n_heads, 1, self.head_dim), cos, sin)
-        k = _rope(_rms(k, w.k_norm, self.global_eps).view(B, self.n_kv, 1, self.head_dim), cos, sin)
+        q = apply_rotary(_rms(q, w.q_norm, self.global_eps).view(B, self.n_heads, 1, self.head_dim), cos, sin)
+        k = apply_rotary(_rms(k, w.k_norm, self.global_eps).view(B, self.n_kv, 1, self.head_dim), cos, sin)
         keys[write_rows, :, slot] = k[:, :, 0]
         values[write_rows, :, slot] = v.view(B, self.n_kv, self.head_dim)
         if spans is not None:
@@ -281,7 +282,7 @@ class StepKernels:
                     bias = bias[:, None, None, :]
                 per_window[window] = (pos if window is None else pos % window, bias)
             slot, bias = per_window[window]
-            x = self.global_layer(x, w, cos[pos][:, None, None], sin[pos][:, None, None], keys, values,
+            x = self.global_layer(x, w, cos[pos][:, None], sin[pos][:, None], keys, values,
                                   write_rows, slot, bias, rows, cache.spans)
         return x
 
@@ -368,12 +369,6 @@ def _row_attention(q: Tensor, keys: Tensor, values: Tensor, spans: list[tuple[in
         scores = torch.matmul(grouped[i], keys[row, :, :n].transpose(-1, -2))  # [KV, G, n]
         torch.matmul(torch.softmax(scores, dim=-1), values[row, :, :n], out=out[i])
     return out.view(R, H * hd)
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate-half RoPE (bolmo.nn.rope's arithmetic); x [R, H, 1, hd], cos/sin [R, 1, 1, hd]."""
-    half = x.shape[-1] // 2
-    return (x * cos + torch.cat((-x[..., half:], x[..., :half]), -1) * sin).to(x.dtype)
 
 
 # One set of fused weights per model and kind (eager, for torch.compile), rebuilt when any source

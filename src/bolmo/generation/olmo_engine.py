@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import torch
 
-from bolmo.errors import GenerationError, TokenizerError
+from bolmo.errors import GenerationError
 from bolmo.generation.engine import Engine, Piece, Row
 from bolmo.generation.kv_cache import KVCache, prefill
 from bolmo.generation.sampling import RowSampler
-from bolmo.tokenizer import pad_rows
+from bolmo.tokenizer import pad_rows, tokenizer_of
 
 
 class OlmoEngine(Engine):
     def __init__(self, model) -> None:
-        if model.tokenizer is None:
-            raise TokenizerError("this model was loaded without a tokenizer (its directory has no tokenizer.json)")
+        self.tokenizer = tokenizer_of(model)
         self.model = model
         self.device = model.device
-        self.tokenizer = model.tokenizer
         eos = self.tokenizer.eos_id
         self.end_ids = frozenset(model.config.eos_token_ids) | ({eos} if eos is not None else set())
         self.cache: KVCache | None = None
