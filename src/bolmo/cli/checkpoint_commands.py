@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bolmo.cli.paths import output_dir
+from bolmo.console import byte_progress
 from bolmo.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -76,9 +77,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
     from bolmo.checkpoint.atomic import check_destination
     from bolmo.checkpoint.convert import execute, plan_conversion
     from bolmo.checkpoint.inventory import parse_dtype
@@ -92,12 +90,8 @@ def run_convert(args: argparse.Namespace) -> int:
     plan = plan_conversion(args.src, args.to, prefix=args.prefix, key_map=key_map,
                            dtype=parse_dtype(args.dtype, "--dtype") if args.dtype else None,
                            allow_missing=args.allow_missing, verify_against=args.verify_against)
-    console = Console(stderr=True)
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(f"{plan.source.kind.value} -> {args.to}", total=plan.total_bytes)
-        result = execute(plan, args.dst, overwrite=args.overwrite, shard_size=shard_size,
-                         progress=lambda _, n: bar.advance(task, n))
+    with byte_progress(f"{plan.source.kind.value} -> {args.to}", plan.total_bytes) as progress:
+        result = execute(plan, args.dst, overwrite=args.overwrite, shard_size=shard_size, progress=progress)
     _print_summary(result, args)
     return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bolmo.cli.model_commands import DTYPES, add_compile_argument, apply_compile
+from bolmo.cli.model_commands import DTYPES, add_compile_argument, apply_compile, load_with_args
 from bolmo.errors import BolmoError
 
 
@@ -90,15 +90,6 @@ def _output_path(text: str) -> Path:
 
 def _models(args: argparse.Namespace) -> list[str | None]:
     return list(dict.fromkeys(args.model)) if args.model else [None]
-
-
-def _load(source: str | None, args: argparse.Namespace):
-    import torch
-
-    import bolmo
-
-    apply_compile(args)
-    return bolmo.load(source, device=args.device, dtype=getattr(torch, args.dtype))
 
 
 def _scorer(model, args: argparse.Namespace):
@@ -229,7 +220,7 @@ def run_tasks_eval(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for source in _models(args):
         label = model_label(source)
-        scorer = _scorer(_load(source, args), args)
+        scorer = _scorer(load_with_args(source, args), args)
         with progress_bar(n_requests, label, enabled=not args.no_progress) as advance:
             results[label] = evaluate_tasks(scorer, tasks, advance)
     rows = [f"{t.name} {metric}" for t in tasks for metric in next(iter(results.values()))[t.name]]
@@ -268,7 +259,7 @@ def run_cute(args: argparse.Namespace) -> int:
     for source in _models(args):
         label = model_label(source)
         template = find_chat_template(resolve_source(source)) if args.chat_template == "auto" else None
-        model = _load(source, args)
+        model = load_with_args(source, args)
         with progress_bar(len(examples), label, enabled=not args.no_progress) as advance:
             results = cute.evaluate(model, examples, template, max_new_bytes, args.batch_size, advance)
         accuracies[label] = {task: results[task].accuracy for task in names}
@@ -300,7 +291,7 @@ def run_bpb(args: argparse.Namespace) -> int:
     results = {}
     for source in _models(args):
         label = model_label(source)
-        scorer = _scorer(_load(source, args), args)
+        scorer = _scorer(load_with_args(source, args), args)
         window, overlap = model_window(scorer.model, args.window, args.overlap)  # each model's own context
         windows(0, window, overlap)
         n_windows = sum(len(windows(len(scorer.scheme.encode(d.text)), window, overlap)) for d in docs)

@@ -50,12 +50,18 @@ def read_stdin() -> bytes:
 
 
 def load_from_args(args: argparse.Namespace):
+    """--model, loaded with the command's --device, --dtype and --compile."""
+    return load_with_args(args.model, args)
+
+
+def load_with_args(source: str | None, args: argparse.Namespace):
+    """`source` (None: the default model), loaded with the command's --device, --dtype and --compile."""
     import torch
 
     import bolmo
 
     apply_compile(args)
-    return bolmo.load(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    return bolmo.load(source, device=args.device, dtype=getattr(torch, args.dtype))
 
 
 # Shown by `bolmo info`, in this order, where the config has them.

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from bolmo.cli.paths import output_dir
+from bolmo.console import byte_progress
 
 _BYTEIFY_DESCRIPTION = """\
 Build the starting point of Bolmo training from a subword OLMo 2 / Olmo 3 teacher (HF or OLMo-core
@@ -65,20 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.set_defaults(handler=run_merge)
 
 
-@contextmanager
-def _progress(description: str) -> Iterator[Callable[[str, int], None]]:
-    """A byte-count progress bar on stderr; yields the callback the writers call per tensor."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    console = Console(stderr=True)
-    # Off when stderr is not a terminal: a log gets no bar, and an error stays the only line.
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda _, n: bar.advance(task, n)
-
-
 def run_byteify_init(args: argparse.Namespace) -> int:
     from bolmo.byteify import ByteifyOptions, byteify_init
     from bolmo.checkpoint.sources import bundled_or_path
@@ -91,7 +76,7 @@ def run_byteify_init(args: argparse.Namespace) -> int:
         subword_tokenizer=args.subword_tokenizer, seed=args.seed, final_norm=args.final_norm,
         out_projection_scaling=args.out_projection_scaling,
     )
-    with _progress("byteify-init") as progress:
+    with byte_progress("byteify-init") as progress:
         result = byteify_init(args.teacher, args.out, options, overwrite=args.overwrite, progress=progress)
     c = result.config
     print(f"Built {result.destination} from teacher {args.teacher} in {result.seconds:.1f} s")
@@ -110,7 +95,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
     args.bolmo, args.base, args.post = (bundled_or_path(p) for p in (args.bolmo, args.base, args.post))
 
-    with _progress("merge") as progress:
+    with byte_progress("merge") as progress:
         result = merge(args.bolmo, args.base, args.post, args.out, alpha=args.alpha,
                        instructify_embeddings=args.instructify_embeddings, overwrite=args.overwrite,
                        progress=progress)
