@@ -10,7 +10,7 @@ import pytest
 from bolmo.cli import main
 from bolmo.errors import BolmoError
 from bolmo.eval import cute
-from bolmo.eval.chat import find_chat_template, render_user_turn
+from bolmo.chat_template import ChatTemplate, find_chat_template
 from conftest import load_fixture_model
 
 DATA = Path(__file__).parent / "fixtures" / "cute"
@@ -56,13 +56,13 @@ def test_chat_template_is_found_and_rendered(tmp_path):
     template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}" \
                "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
-    assert find_chat_template(tmp_path) == template
+    assert find_chat_template(tmp_path).source == template
     example = cute.read_task(DATA, "spell", limit=1)[0]
-    prompt = cute.model_prompt(example, template)
+    prompt = cute.model_prompt(example, ChatTemplate(template))
     assert prompt == f"<|user|>{example.question}\n<|assistant|>" + ' Answer: "'
     assert cute.model_prompt(example, None) == example.question + ' Answer: "'
     with pytest.raises(BolmoError, match="chat template"):
-        render_user_turn("{% if %}", "x")
+        ChatTemplate("{% if %}")
 
 
 def test_evaluate_scores_the_models_own_generations(tiny_model_dir):
@@ -128,3 +128,17 @@ def test_without_data_an_unreachable_hub_fails_fast_with_the_way_out(monkeypatch
     assert time.perf_counter() - start < 20
     err = capsys.readouterr().err
     assert "cannot reach the Hub" in err and "127.0.0.1:9" in err and "--data DIR" in err
+
+
+def test_cute_finds_the_template_serve_finds(tmp_path):
+    """One chat-template finder for eval and serve: CUTE also looks in the subword tokenizer's
+    directory and gives templates bos/eos tokens and raise_exception (its own copy did neither)."""
+    tokenizer_dir = tmp_path / "subword_tokenizer"
+    tokenizer_dir.mkdir()
+    template = ("{{ bos_token }}{% for m in messages %}{% if m.role != 'user' %}{{ raise_exception('user only') }}"
+                "{% endif %}[{{ m.content }}]{% endfor %}")
+    (tokenizer_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": template, "bos_token": "<s>"}))
+    found = find_chat_template(tmp_path)
+    assert found.user_turn("hi") == "<s>[hi]"
+    with pytest.raises(BolmoError, match="rejected the messages: user only"):
+        found.render([{"role": "system", "content": "x"}])

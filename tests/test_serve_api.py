@@ -189,6 +189,17 @@ def test_chat_without_a_template_is_a_clear_400(model):
     assert r.json()["error"]["code"] == "no_chat_template" and "chat template" in r.json()["error"]["message"]
 
 
+def test_a_template_that_rejects_the_messages_is_a_400(model, tmp_path):
+    model_dir = model_dir_with_chat_template(tmp_path)
+    strict = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system turns') }}{% endif %}" \
+             "{{ m.content }}{% endfor %}"
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": strict}))
+    with serving(model, ServeConfig(model_name=NAME), model_dir) as running:
+        r = httpx.post(running.v1 + "/chat/completions", json={"messages": [{"role": "system", "content": "x"}]})
+    assert r.status_code == 400 and "no system turns" in r.json()["error"]["message"]
+    assert r.json()["error"]["param"] == "messages"
+
+
 BAD = [
     ("{not json", "not valid JSON", None),
     (json.dumps({"prompt": 3}), "prompt: Input should be a valid string", "prompt"),  # not pydantic's "prompt.str"

@@ -46,9 +46,8 @@ from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.local import LocalDecoder, LocalEncoder
 from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
-from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES, resolve_subword_tokenizer
+from bolmo.tokenizer import SUBWORD_TOKENIZER_DIR, SUBWORD_TOKENIZER_FILES, resolve_subword_tokenizer
 
-SUBWORD_TOKENIZER_DIR = "subword_tokenizer"  # the teacher's tokenizer, inside the output directory
 IGATE_BIAS_INIT = -10.0
 LM_HEAD_STD = 0.02
 RESCALE_SAMPLES = 8192  # random bytes used to measure the out_projection's output scale

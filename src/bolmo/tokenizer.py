@@ -23,6 +23,8 @@ from bolmo.config import BPE_TOKEN_END_ID, BYTE_OFFSET, PLAIN_VOCAB, SPECIAL_TOK
 from bolmo.errors import TokenizerError
 
 SUBWORD_TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+# Where a Bolmo directory keeps its subword tokenizer (byteify-init and the trainer's exports put it there)
+SUBWORD_TOKENIZER_DIR = "subword_tokenizer"
 
 
 def read_hf_tokenizer(directory: str | Path):

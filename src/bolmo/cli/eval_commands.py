@@ -240,7 +240,7 @@ def run_cute(args: argparse.Namespace) -> int:
         raise BolmoError("--limit must be at least 1")
     from bolmo.eval import cute
     from bolmo.eval.chart import accuracy_chart, require_matplotlib
-    from bolmo.eval.chat import find_chat_template
+    from bolmo.chat_template import find_chat_template
     from bolmo.eval.progress import progress_bar
     from bolmo.eval.report import model_label, print_table
     from bolmo.loading import resolve_source

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from bolmo.chat_template import ChatTemplate
 from bolmo.errors import BolmoError
 
 CUTE_TASKS = ("spell", "spell_inverse", "contains_char", "contains_word", "orth", "sem",
@@ -106,10 +107,8 @@ def is_correct(task: str, prediction: str, label: str) -> bool:
     return prediction == label
 
 
-def model_prompt(example: CuteExample, chat_template: str | None) -> str:
-    from bolmo.eval.chat import render_user_turn
-
-    head = render_user_turn(chat_template, example.question) if chat_template else example.question
+def model_prompt(example: CuteExample, chat_template: ChatTemplate | None) -> str:
+    head = chat_template.user_turn(example.question) if chat_template else example.question
     return head + ANSWER_OPENING
 
 
@@ -125,7 +124,7 @@ class CuteResult:
         return self.correct / self.total if self.total else float("nan")
 
 
-def evaluate(model, examples: Sequence[CuteExample], chat_template: str | None = None,
+def evaluate(model, examples: Sequence[CuteExample], chat_template: ChatTemplate | None = None,
              max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, batch_size: int = 16,
              progress: Callable[[int], None] | None = None) -> dict[str, CuteResult]:
     """Greedy generation and exact-match scoring per task, in the order of `examples`."""

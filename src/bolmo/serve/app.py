@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bolmo.serve.chat import find_chat_template
+from bolmo.chat_template import find_chat_template
 from bolmo.serve.config import ServeConfig
 from bolmo.serve.metrics import Metrics
 from bolmo.serve.routes import ApiError, Server, error_body, router

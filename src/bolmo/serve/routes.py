@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from bolmo.errors import GenerationError, ServeError
+from bolmo.errors import ConfigError, GenerationError
 from bolmo.generation.continuation import GenerateOptions
-from bolmo.serve.chat import ChatTemplate
+from bolmo.chat_template import ChatTemplate
 from bolmo.serve.config import ServeConfig
 from bolmo.serve.metrics import Metrics
 from bolmo.serve.responses import ChoiceText, created, logprobs_body, new_id, usage_body
@@ -110,7 +110,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
                             "logprobs (and echo for the prompt's)", "logprobs")
     try:
         prompt = server.chat_template.render([{"role": m.role, "content": m.text()} for m in body.messages])
-    except ServeError as exc:
+    except ConfigError as exc:  # the template rejected these messages
         raise ApiError(400, str(exc), "messages") from None
     max_tokens = body.max_tokens
     if max_tokens is None:

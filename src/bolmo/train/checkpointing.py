@@ -56,12 +56,11 @@ from bolmo.checkpoint.layout import DCP_SUBDIR
 from bolmo.checkpoint.safetensors_io import DEFAULT_SHARD_SIZE, write_weights
 from bolmo.errors import CheckpointError
 from bolmo.olmo.config import OlmoConfig
-from bolmo.tokenizer import SUBWORD_TOKENIZER_FILES
+from bolmo.tokenizer import SUBWORD_TOKENIZER_DIR, SUBWORD_TOKENIZER_FILES
 from bolmo.train.distributed import Dist
 
 LATEST = "latest"
 MODEL_PREFIX = "model."  # TrainModule.model: what is saved (the teacher's parts are not)
-DEFAULT_TOKENIZER_DIR = "subword_tokenizer"  # as bolmo byteify-init names it
 _STEP_DIR = re.compile(r"^step(\d+)$")
 _OPTIM = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -90,7 +89,7 @@ class ModelDescription:
             return cls("olmo", config.to_dict(), tokenizer_src, "")
         identifier = config.tokenizer_config.original_identifier or ""
         if not identifier or Path(identifier).is_absolute() or ".." in Path(identifier).parts:
-            identifier = DEFAULT_TOKENIZER_DIR  # bundle it under a relative name the loader finds
+            identifier = SUBWORD_TOKENIZER_DIR  # bundle it under a relative name the loader finds
             config = dataclasses.replace(
                 config, tokenizer_config=dataclasses.replace(config.tokenizer_config, original_identifier=identifier))
         return cls("bolmo", config.to_dict(), tokenizer_src, identifier)

@@ -1,6 +1,9 @@
-"""The model's chat template: `chat_template` in tokenizer_config.json (or chat_template.jinja)
-of the model directory or of its subword tokenizer directory, rendered by jinja2's sandbox the
-way Hugging Face tokenizers render it (messages, add_generation_prompt, bos/eos tokens)."""
+"""A model's chat template (the Hugging Face convention): `chat_template.jinja`, or the
+`chat_template` of tokenizer_config.json (the entry named "default" when it is a list), in the
+model directory or in its subword tokenizer directory. Rendered the way Hugging Face tokenizers
+render it (messages, add_generation_prompt, bos/eos tokens, raise_exception), in jinja2's sandbox:
+a template is code that came with a downloaded model. `bolmo serve` answers chat completions with
+it; `bolmo eval cute` wraps its prompts in it."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from pathlib import Path
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from bolmo.errors import ServeError
+from bolmo.errors import ConfigError
+from bolmo.tokenizer import SUBWORD_TOKENIZER_DIR
 
 
 class ChatTemplate:
@@ -20,8 +24,8 @@ class ChatTemplate:
         try:
             self.template = env.from_string(source)
         except TemplateError as exc:
-            raise ServeError(f"the chat template does not parse: {exc}") from None
-        self.bos_token, self.eos_token = bos_token, eos_token
+            raise ConfigError(f"the chat template does not parse: {exc}") from None
+        self.source, self.bos_token, self.eos_token = source, bos_token, eos_token
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """The prompt for `messages`, ending where the assistant's reply begins."""
@@ -29,7 +33,11 @@ class ChatTemplate:
             return self.template.render(messages=messages, add_generation_prompt=True,
                                         bos_token=self.bos_token, eos_token=self.eos_token)
         except TemplateError as exc:
-            raise ServeError(f"the chat template rejected the messages: {exc}") from None
+            raise ConfigError(f"the chat template rejected the messages: {exc}") from None
+
+    def user_turn(self, content: str) -> str:
+        """The prompt for one user message."""
+        return self.render([{"role": "user", "content": content}])
 
 
 def _raise(message: str) -> None:
@@ -37,10 +45,10 @@ def _raise(message: str) -> None:
 
 
 def find_chat_template(model_dir: Path | None) -> ChatTemplate | None:
-    """The first template found, or None (then chat completions answer 400)."""
+    """The first template found, or None."""
     if model_dir is None:
         return None
-    for directory in (model_dir, model_dir / "subword_tokenizer"):
+    for directory in (model_dir, model_dir / SUBWORD_TOKENIZER_DIR):
         jinja = directory / "chat_template.jinja"
         config_file = directory / "tokenizer_config.json"
         config = {}
@@ -48,10 +56,13 @@ def find_chat_template(model_dir: Path | None) -> ChatTemplate | None:
             try:
                 config = json.loads(config_file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
-                raise ServeError(f"{config_file}: not valid JSON ({exc})") from None
+                raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
         source = jinja.read_text(encoding="utf-8") if jinja.is_file() else config.get("chat_template")
         if isinstance(source, list):  # named templates: use the default one
-            source = next((t.get("template") for t in source if t.get("name") == "default"), None)
+            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"),
+                          None)
+        if source is not None and not isinstance(source, str):
+            raise ConfigError(f"{config_file}: chat_template must be a string or a list of named templates")
         if isinstance(source, str):
             return ChatTemplate(source, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")))
     return None
