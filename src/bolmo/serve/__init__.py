@@ -2,9 +2,9 @@
 
 Layout: `config` (ServeConfig), `schemas` (request bodies, validated by pydantic), `scheduler`
 (one background thread running a `bolmo.generation.batch.Batch` that requests join and leave
-between steps), `responses` (OpenAI response bodies and byte log-probabilities), `chat` (the
-model's chat template), `metrics` (Prometheus), `routes` and `app` (FastAPI), `static/index.html`
-(the demo page at `/`). Tokens in requests and responses are bytes.
+between steps), `responses` (OpenAI response bodies and byte log-probabilities), `metrics`
+(Prometheus), `routes` and `app` (FastAPI), `static/index.html` (the demo page at `/`); the chat
+template comes from `bolmo.chat_template`. Tokens in requests and responses are bytes.
 """
 
 from bolmo.serve.app import create_app
