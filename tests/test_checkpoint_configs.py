@@ -10,7 +10,7 @@ import pytest
 from conftest import BOLMO_FIXTURES, CKPT_FIXTURES
 
 from bolmo.checkpoint.config_maps import hf_to_olmo_core, olmo_core_to_hf
-from bolmo.checkpoint.olmo_core import bolmo_config_from_olmo_core
+from bolmo.checkpoint.model_config import olmo_core_model_config
 from bolmo.checkpoint.sources import open_checkpoint
 from bolmo.config import BolmoConfig
 from bolmo.errors import ConfigError
@@ -53,7 +53,7 @@ def test_bolmo_presets_round_trip(preset):
     assert native["model"]["name"] == "bolmo" and native["model"]["vocab_size"] == 640
     assert "attention" in native["model"]["block"]  # bolmo-core (2025) naming
     assert olmo_core_to_hf(native, preset) == hf
-    assert bolmo_config_from_olmo_core(native) == BolmoConfig.preset(preset)
+    assert olmo_core_model_config(native, "config.json") == BolmoConfig.preset(preset)
 
 
 def test_bolmo_7b_yarn_is_olmo_core_scaling():
@@ -74,7 +74,7 @@ def test_fields_olmo_core_cannot_hold_survive_in_overrides():
 
 
 def test_bolmo_fixture_config():
-    config = bolmo_config_from_olmo_core(_load(CKPT_FIXTURES / "bolmo_olmo_core" / "config.json"))
+    config = olmo_core_model_config(_load(CKPT_FIXTURES / "bolmo_olmo_core" / "config.json"), "config.json")
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (32, 2, 4)
     assert (config.num_local_encoder_layers, config.num_local_decoder_layers, config.num_local_heads) == (1, 2, 4)
     assert config.local_intermediate_size == 48 and config.intermediate_size == 256
