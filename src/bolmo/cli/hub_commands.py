@@ -55,7 +55,8 @@ def run_download(args: argparse.Namespace) -> int:
               f"{len(selected)} files, {human_bytes(sum(selected.values()))}")
     result = fetch(plan, args.output_dir, args.token)
 
-    print(f"Done: {plan.repo_id} ({plan.fmt}) in {result.path}: {result.files} files, {human_bytes(result.total_bytes)}")
+    print(f"Done: {plan.repo_id} ({plan.fmt}) in {result.path}: {result.files} files, "
+          f"{human_bytes(result.total_bytes)}")
     native = {"olmo-core": result.path, "all": result.path / NATIVE_DIR}.get(plan.fmt)
     if native is not None:
         from bolmo.checkpoint.layout import DCP_SUBDIR
