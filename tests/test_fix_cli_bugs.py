@@ -35,7 +35,7 @@ def _wait_for_torch(pid: int, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="needs Linux's /proc to see torch load")
-@pytest.mark.parametrize("delay", [0.0, 0.5, 2.0, 5.0])
+@pytest.mark.parametrize("delay", [0.0, 0.25, 0.5, 1.0, 2.0, 5.0])
 def test_ctrl_c_at_any_moment_is_a_one_line_interruption(delay):
     """Ctrl-C while torch imports (its first seconds), while the model loads or while it generates:
     always `bolmo generate: interrupted` and 130, never a traceback or death by signal."""

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parse(build_parser(), argv)
         prog = f"bolmo {args.command}"
         _check_inductor_cache_dir()
-        _import_numpy_before_torch()
+        _import_torch()
         with warnings.catch_warnings(), _rich_broken_pipe_raises():
             warnings.showwarning = _warning_printer(args.command)
             code = int(args.handler(args) or 0)
@@ -158,11 +158,16 @@ def _clear_unhandled_interrupt() -> None:
     exec("")  # noqa: S102 - runs nothing
 
 
-def _import_numpy_before_torch() -> None:
-    """torch imports numpy from C++ and turns any exception raised meanwhile, Ctrl-C included, into a
-    "Failed to initialize NumPy" warning, so the interruption would be lost; imported first, here, a
-    Ctrl-C in that moment interrupts like any other."""
-    import numpy  # noqa: F401
+def _import_torch() -> None:
+    """Nearly every command needs torch. Its import runs C++ that calls back into Python: a
+    Ctrl-C raised inside such a callback ends the process by abort (pybind11's error_already_set:
+    SIGABRT, no message), and one raised while it imports numpy becomes a "Failed to initialize
+    NumPy" warning (the interruption lost). So torch is imported here, with Ctrl-C and SIGTERM
+    held: one that arrives meanwhile is delivered right after, an ordinary interruption."""
+    from bolmo.checkpoint.interrupts import signals_held
+
+    with signals_held():
+        import torch  # noqa: F401
 
 
 @contextlib.contextmanager
