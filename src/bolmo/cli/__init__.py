@@ -162,11 +162,13 @@ def _import_torch() -> None:
     """Nearly every command needs torch. Its import runs C++ that calls back into Python: a
     Ctrl-C raised inside such a callback ends the process by abort (pybind11's error_already_set:
     SIGABRT, no message), and one raised while it imports numpy becomes a "Failed to initialize
-    NumPy" warning (the interruption lost). So torch is imported here, with Ctrl-C and SIGTERM
-    held: one that arrives meanwhile is delivered right after, an ordinary interruption."""
+    NumPy" warning (the interruption lost). So numpy, then torch, are imported here, with Ctrl-C and
+    SIGTERM held: one that arrives meanwhile is delivered right after, an ordinary interruption
+    (and numpy comes first so that an interruption raised in its import is never torch's to lose)."""
     from bolmo.checkpoint.interrupts import signals_held
 
     with signals_held():
+        import numpy  # noqa: F401
         import torch  # noqa: F401
 
 
