@@ -27,3 +27,32 @@ def test_special_ids_are_defined_only_in_bolmo_config():
                 defined |= {(_module_name(path), t.id) for t in targets if t.id in names}
     assert {module for module, _ in defined} == {"bolmo.config"}
     assert {name for _, name in defined} == names
+
+
+def test_cli_option_defaults_are_the_library_defaults():
+    """`bolmo byteify-init` and `bolmo serve` take their defaults from ByteifyOptions and
+    ServeConfig, so the CLI and the Python API cannot drift apart."""
+    import dataclasses
+
+    from bolmo.cli import build_parser
+    from bolmo.config import ByteifyOptions
+    from bolmo.serve.config import ServeConfig
+
+    init = vars(build_parser().parse_args(["byteify-init", "--teacher", "t", "--out", "o"]))
+    for field in dataclasses.fields(ByteifyOptions):
+        assert init[field.name] == getattr(ByteifyOptions(), field.name), field.name
+    serve = vars(build_parser().parse_args(["serve"]))
+    for name in ("max_batch", "max_queue", "api_key"):
+        assert serve[name] == getattr(ServeConfig(), name), name
+
+
+def test_serve_config_reads_without_the_serve_extra():
+    """The CLI builds `bolmo serve`'s flags from ServeConfig: importing it must not import FastAPI
+    (the `serve` extra, possibly not installed), nor torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bolmo.cli; bolmo.cli.build_parser(); from bolmo.serve import ServeConfig; "
+            "print(sorted({'fastapi', 'uvicorn', 'torch'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -40,7 +40,7 @@ from bolmo.checkpoint.config_maps import RELEASED_BOLMO_CONTEXT
 from bolmo.checkpoint.convert import ConversionPlan, PlannedTensor, Progress, execute, plan_conversion
 from bolmo.checkpoint.inventory import listed
 from bolmo.checkpoint.sources import Source
-from bolmo.config import BolmoConfig, ByteTokenizerConfig
+from bolmo.config import BolmoConfig, ByteifyOptions, ByteTokenizerConfig
 from bolmo.errors import CheckpointError, ConfigError, TokenizerError
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.local import LocalDecoder, LocalEncoder
@@ -54,29 +54,6 @@ RESCALE_SAMPLES = 8192  # random bytes used to measure the out_projection's outp
 TEACHER_EMBEDDING = "model.embed_tokens.weight"
 TEACHER_FINAL_NORM = "model.norm.weight"
 _FRESH = "fresh:"  # source names of newly initialized tensors in the output plan
-
-
-@dataclass
-class ByteifyOptions:
-    """Sizes of the new local parts and init choices (released models: 1 encoder layer, 4
-    decoder layers, 16 heads, local MLP 2816 for d 2048 and 5504 for d 4096)."""
-
-    local_d_model: int | None = None  # must equal the teacher's hidden_size when given
-    encoder_layers: int = 1
-    decoder_layers: int = 4
-    local_heads: int | None = None  # default: the largest of 16, 8, 4, 2, 1 that divides d / 2
-    local_intermediate_size: int | None = None  # default: 4 d / 3 rounded up to a multiple of 128
-    subword_tokenizer: str | None = None  # tokenizer directory (default: the teacher's directory)
-    seed: int = 0
-    final_norm: str = "ones"  # the reference code; or "teacher" (the teacher's final norm)
-    out_projection_scaling: str = "column"  # or "row"
-
-    def __post_init__(self) -> None:
-        """Sizes must be positive: 0 used to mean "the default" for some and an empty stack for others."""
-        for flag, value in (("--encoder-layers", self.encoder_layers), ("--decoder-layers", self.decoder_layers),
-                            ("--local-heads", self.local_heads), ("--local-intermediate-size", self.local_intermediate_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}")
 
 
 @dataclass

@@ -7,7 +7,10 @@ import argparse
 from pathlib import Path
 
 from bolmo.cli.paths import output_dir
+from bolmo.config import ByteifyOptions
 from bolmo.console import byte_progress
+
+DEFAULTS = ByteifyOptions()  # the options' defaults are the flags' defaults
 
 _BYTEIFY_DESCRIPTION = """\
 Build the starting point of Bolmo training from a subword OLMo 2 / Olmo 3 teacher (HF or OLMo-core
@@ -34,17 +37,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="local width; must equal the teacher's hidden_size (the default)")
     init.add_argument("--subword-tokenizer", metavar="TOK",
                       help="the teacher's tokenizer directory (default: the teacher directory)")
-    init.add_argument("--encoder-layers", type=int, default=1, help="local encoder mLSTM layers (default: 1)")
-    init.add_argument("--decoder-layers", type=int, default=4, help="local decoder mLSTM layers (default: 4)")
+    init.add_argument("--encoder-layers", type=int, default=DEFAULTS.encoder_layers,
+                      help=f"local encoder mLSTM layers (default: {DEFAULTS.encoder_layers})")
+    init.add_argument("--decoder-layers", type=int, default=DEFAULTS.decoder_layers,
+                      help=f"local decoder mLSTM layers (default: {DEFAULTS.decoder_layers})")
     init.add_argument("--local-heads", type=int, help="mLSTM heads (default: 16, or fewer if d / 2 needs it)")
     init.add_argument("--local-intermediate-size", type=int,
                       help="local MLP width (default: 4 d / 3 rounded up to a multiple of 128: 2816 for "
                            "d 2048, 5504 for d 4096, as released)")
-    init.add_argument("--final-norm", choices=["teacher", "ones"], default="ones",
-                      help="model.norm at 1 (default, the reference recipe) or the teacher's final norm")
-    init.add_argument("--out-projection-scaling", choices=["column", "row"], default="column",
-                      help="out_projection rescaling: the reference's column version (default) or the exact row one")
-    init.add_argument("--seed", type=int, default=0, help="seed of the fresh initialization (default: 0)")
+    init.add_argument("--final-norm", choices=["teacher", "ones"], default=DEFAULTS.final_norm,
+                      help="model.norm at 1 (ones, the reference recipe) or the teacher's final norm "
+                           f"(default: {DEFAULTS.final_norm})")
+    init.add_argument("--out-projection-scaling", choices=["column", "row"], default=DEFAULTS.out_projection_scaling,
+                      help="out_projection rescaling: the reference's column version or the exact row one "
+                           f"(default: {DEFAULTS.out_projection_scaling})")
+    init.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                      help=f"seed of the fresh initialization (default: {DEFAULTS.seed})")
     init.add_argument("--overwrite", action="count", default=0,
                       help="replace --out if it exists and looks like a checkpoint (twice: whatever it holds)")
     init.set_defaults(handler=run_byteify_init)
@@ -65,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_byteify_init(args: argparse.Namespace) -> int:
-    from bolmo.byteify import ByteifyOptions, byteify_init
+    from bolmo.byteify import byteify_init
     from bolmo.checkpoint.sources import bundled_or_path
 
     args.teacher = bundled_or_path(args.teacher)  # `default-teacher`: the bundled OLMo 2 teacher

@@ -10,9 +10,11 @@ import sys
 
 from bolmo.cli.model_commands import add_compile_argument, add_model_arguments
 from bolmo.errors import ServeError
+from bolmo.serve.config import ServeConfig
 
 # Ctrl-C / SIGTERM: requests in flight get this long to finish (--shutdown-grace), then they are cut short.
 SHUTDOWN_GRACE_S = 10.0
+DEFAULTS = ServeConfig()  # its limits' defaults are the flags' defaults
 SERVED_PREFIX = "bolmo-"  # bundled models are served as bolmo-default, bolmo-default-teacher
 
 
@@ -24,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every route "
                                                        "but /health")
-    serve.add_argument("--max-batch", type=int, default=32, help="rows decoded together (default 32)")
-    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting to join; more get 429 "
-                                                                 "(default 64)")
+    serve.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch,
+                       help=f"rows decoded together (default {DEFAULTS.max_batch})")
+    serve.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
+                       help=f"requests waiting to join; more get 429 (default {DEFAULTS.max_queue})")
     serve.add_argument("--model-name", default=None, help="the model id clients name (default: --model, or "
                                                           f"'{SERVED_PREFIX}NAME' for a bundled model: "
                                                           f"'{SERVED_PREFIX}default' without --model)")
