@@ -92,6 +92,28 @@ def test_cli_side_by_side_with_chart(tiny_model_dir, tmp_path):
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_chart_that_cannot_be_written_is_one_line_after_the_results(tiny_model_dir, tmp_path, monkeypatch,
+                                                                       capsys):
+    """The chart is drawn after the evaluation: a file system that refuses it (/proc as root, a
+    full disk) is named in one line, and the results file is already written."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    def refuse(self, path, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(Figure, "savefig", refuse)
+    out, chart = tmp_path / "cute.json", tmp_path / "cute.png"
+    code = main(["eval", "cute", "--model", str(tiny_model_dir), "--data", str(DATA), "--tasks", "spell",
+                 "--limit", "1", "--max-new-bytes", "4", "--no-progress", "--output", str(out),
+                 "--chart", str(chart)])
+    assert code == 2
+    assert f"{chart}: cannot write the chart (Permission denied)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["tasks"] == ["spell"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cute.json"]
+
+
 @pytest.mark.parametrize("schema", ["prompts", "tsv-columns", "other"])
 def test_hub_task_reads_either_schema(schema, monkeypatch):
     import datasets

@@ -268,11 +268,12 @@ def run_cute(args: argparse.Namespace) -> int:
                           "tasks": {t: {"accuracy": r.accuracy, "correct": r.correct, "total": r.total,
                                         "predictions": r.predictions} for t, r in results.items()}}
     print_table("CUTE accuracy", [*names, "average"], accuracies, digits=3)
-    chart = accuracy_chart(args.chart, names, accuracies)
-    print(f"chart written to {chart}")
+    # The results first: a chart that cannot be written does not lose them.
     _finish(args, {"tasks": names, "limit": args.limit, "max_new_bytes": max_new_bytes,
                    "labels": {t: [e.label for e in examples if e.task == t] for t in names},
                    "accuracy": accuracies, "models": details})
+    chart = accuracy_chart(args.chart, names, accuracies)
+    print(f"chart written to {chart}")
     return 0
 
 

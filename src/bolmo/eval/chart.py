@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,9 +44,15 @@ def accuracy_chart(path: Path, tasks: Sequence[str], accuracies: Mapping[str, Ma
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only or special file system (/proc), a full disk
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise BolmoError(f"{path}: cannot write the chart ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
     return path
