@@ -115,7 +115,7 @@ def serve_on(sockets: list[socket.socket], args: argparse.Namespace) -> int:
     """Load the model and serve it on `sockets` until interrupted."""
     from bolmo.cli.model_commands import load_from_args
     from bolmo.loading import resolve_source
-    from bolmo.serve import ServeConfig, create_app
+    from bolmo.serve import create_app
 
     model = load_from_args(args)
     config = ServeConfig(model_name=served_model_name(args.model_name, args.model), api_key=args.api_key,
