@@ -73,6 +73,13 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def format_cell(value: object) -> str:
+    """Floats to one decimal, except small ones (a ratio, a shift in bits per byte): 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:,.1f}" if value == 0 or abs(value) >= 10 else f"{value:.4g}"
+    return str(value)
+
+
 def report(name: str, rows: list[dict], columns: list[str], settings: dict) -> None:
     """Print a table, write benchmarks/results/<name>.json, end with one JSON line."""
     from rich.console import Console
@@ -82,7 +89,7 @@ def report(name: str, rows: list[dict], columns: list[str], settings: dict) -> N
     for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(*(f"{row[c]:,.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+        table.add_row(*(format_cell(row[c]) for c in columns))
     Console(width=240).print(table)  # wide tables stay readable in logs and pipes
     payload = {
         "benchmark": name,

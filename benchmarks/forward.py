@@ -5,7 +5,10 @@ implementation in the same run: the same random weights (saved as an HF director
 the reference's own code in a subprocess), the same text (this repository's README, as bytes),
 the same thread count, interleaved, best of `--repeats`. Both sides compute the subword
 expansion inside the call (the reference always does); `expand_bytes_per_s` is that host-side
-part alone. The reference runs float32 only."""
+part alone. The reference runs float32 only (on a CPU its chunkwise mLSTM kernel fails in
+bfloat16), so a bfloat16 row is timed against the reference's float32 forward, and
+`bpb_vs_float32` says what the lower precision changes: the text's bits per byte under that dtype
+minus under float32."""
 
 from __future__ import annotations
 
@@ -20,12 +23,23 @@ import torch
 from common import ROOT, bolmo_1b_local_config, fixture_model, random_model, report
 from generate import d256_config
 
+from bolmo.scoring import score_texts
+
+
+def text_of(length: int) -> str:
+    """The first `length` bytes of real text (the README, repeated if needed)."""
+    data = (ROOT / "README.md").read_bytes()
+    return (data * (length // len(data) + 1))[:length].decode("utf-8", errors="ignore")
+
 
 def text_ids(model, length: int) -> torch.Tensor:
-    """BOS + the first `length` bytes of real text (the README, repeated if needed)."""
-    data = (ROOT / "README.md").read_bytes()
-    data = (data * (length // len(data) + 1))[:length]
-    return torch.tensor([model.tokenizer.encode(data.decode("utf-8", errors="ignore"))[: length + 1]])
+    """BOS + the first `length` bytes of real text."""
+    return torch.tensor([model.tokenizer.encode(text_of(length))[: length + 1]])
+
+
+def bits_per_byte(model, length: int) -> float:
+    """The text's bits per byte under `model` (bolmo.scoring, the boundary decision folded in)."""
+    return score_texts(model, [text_of(length)], batch_size=1)[0].bits_per_byte
 
 
 def build(name: str, dtype: torch.dtype):
@@ -64,15 +78,17 @@ def main() -> None:
 
     rows = []
     for name in args.models:
-        for dtype_name in args.dtypes:
-            dtype = getattr(torch, dtype_name)
-            label, model = build(name, dtype)
-            reference = None
-            if args.reference is not None and dtype == torch.float32:
-                from reference import Reference, save_hf
+        label, model_fp32 = build(name, torch.float32)
+        reference = None
+        if args.reference is not None:
+            from reference import Reference, save_hf
 
-                workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
-                reference = Reference(args.reference, save_hf(model, workdir), threads)
+            # float32 is the reference's only dtype on a CPU: its chunkwise mLSTM kernel fails in
+            # bfloat16 there (a float32 state times a bfloat16 key), so every row is timed against it.
+            workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
+            reference = Reference(args.reference, save_hf(model_fp32, workdir), threads)
+        for dtype_name in args.dtypes:
+            model = build(name, getattr(torch, dtype_name))[1] if dtype_name != "float32" else model_fp32
             for length in args.lengths:
                 ids = text_ids(model, length)
 
@@ -91,18 +107,23 @@ def main() -> None:
                     forward()
                     ours = min(ours, time.perf_counter() - start)
                 expand_s = best_of(lambda: model.expand(ids), args.repeats)
+                # What a lower precision costs: the change in the text's bits per byte against float32.
+                bpb_shift = 0.0 if model is model_fp32 else bits_per_byte(model, length) - bits_per_byte(model_fp32, length)
                 row = {"model": label, "dtype": dtype_name, "bytes": length, "seconds": round(ours, 4),
                        "bytes_per_s": length / ours, "reference_bytes_per_s": length / theirs if reference else "",
                        "vs_reference": round(theirs / ours, 2) if reference else "",
-                       "expand_bytes_per_s": length / expand_s}
+                       "bpb_vs_float32": round(bpb_shift, 5), "expand_bytes_per_s": length / expand_s}
                 rows.append(row)
-            if reference is not None:
-                reference.close()
-            del model
+            if model is not model_fp32:
+                del model
+        if reference is not None:
+            reference.close()
+        del model_fp32
     report("forward", rows, ["model", "dtype", "bytes", "seconds", "bytes_per_s", "reference_bytes_per_s",
-                             "vs_reference", "expand_bytes_per_s"],
+                             "vs_reference", "bpb_vs_float32", "expand_bytes_per_s"],
            {"device": "cpu", "repeats": args.repeats, "batch": 1, "threads": threads,
-            "reference": str(args.reference) if args.reference else None, "text": "README.md bytes"})
+            "reference": str(args.reference) if args.reference else None, "reference_dtype": "float32",
+            "text": "README.md bytes"})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import torch
 
 import bolmo
 from conftest import load_fixture_model, read_cases
+from bolmo.nn import onednn
+from bolmo.nn.onednn import onednn_linear
 from bolmo.scoring import folded_logprobs
 
 ATOL = 1e-4
@@ -23,7 +25,13 @@ def forward_case_indices(path):
     return [c["index"] for c in meta["forward"] if "error" not in c]
 
 
-def test_forward_cases_match_reference(fixture_model_dir):
+@pytest.mark.parametrize("products", ["onednn-long-inputs", "mkl"])
+def test_forward_cases_match_reference(fixture_model_dir, products, monkeypatch):
+    """Both float32 product backends of bolmo.nn.onednn: long inputs (a 321-byte case) go through
+    oneDNN by default and must still match the reference."""
+    monkeypatch.setattr(onednn, "ONEDNN", onednn.ONEDNN and products != "mkl")
+    calls = []
+    monkeypatch.setattr(onednn, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     model = load_fixture_model(fixture_model_dir)
     meta, cases = read_cases(fixture_model_dir)
     checked = 0
@@ -44,6 +52,7 @@ def test_forward_cases_match_reference(fixture_model_dir):
                                    cases[f"fwd/{i}/next_byte_logprobs"], atol=ATOL, rtol=0)
         checked += 1
     assert checked >= 1
+    assert bool(calls) == onednn.ONEDNN, "the long case's products did not take the backend under test"
 
 
 def test_score_matches_recorded_totals(fixture_model_dir):

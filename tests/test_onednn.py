@@ -1,6 +1,8 @@
 """bolmo.nn.onednn: packed oneDNN products equal F.linear within float32 rounding at any row
-count, and the environment can turn them off. (The decode step's use of them is checked against
-the model's modules in tests/test_decode_engine.py.)"""
+count, the model's `Linear` takes oneDNN only for long inputs outside autograd, and the
+environment can turn them off. (The decode step's use of them is checked against the model's
+modules in tests/test_decode_engine.py; the model's forward against the reference fixtures in
+tests/test_model_fixtures.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bolmo.nn.onednn import ONEDNN, onednn_linear, pack
+from bolmo.nn import onednn
+from bolmo.nn.onednn import LONG_ROWS, ONEDNN, Linear, onednn_linear, pack
 
 
 def test_turned_off_by_the_environment():
@@ -31,3 +34,41 @@ def test_packed_weights_give_the_same_products_at_any_row_count(rows):
     x = torch.randn(rows, 256)
     torch.testing.assert_close(onednn_linear(x, packed, bias), F.linear(x, weight, bias), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(onednn_linear(x, packed), F.linear(x, weight), atol=1e-4, rtol=1e-5)
+
+
+def counting_onednn(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    monkeypatch.setattr(onednn, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
+    return calls
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch has no oneDNN backend here")
+def test_linear_takes_onednn_for_long_inference_inputs_only(monkeypatch):
+    calls = counting_onednn(monkeypatch)
+    torch.manual_seed(0)
+    layer = Linear(256, 352)
+    short, long = torch.randn(1, LONG_ROWS - 1, 256), torch.randn(2, LONG_ROWS // 2, 256)
+    with torch.inference_mode():
+        assert torch.equal(layer(short), F.linear(short, layer.weight, layer.bias))
+        assert not calls
+        torch.testing.assert_close(layer(long), F.linear(long, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        assert calls
+        calls.clear()
+        layer = layer.to(torch.bfloat16)  # only float32 products change backend
+        assert torch.equal(layer(long.bfloat16()), F.linear(long.bfloat16(), layer.weight, layer.bias))
+        assert not calls
+
+
+def test_linear_trains_through_autograd_at_any_length(monkeypatch):
+    """oneDNN's op has no backward: with gradients on, even a long input takes F.linear."""
+    calls = counting_onednn(monkeypatch)
+    torch.manual_seed(0)
+    layer = Linear(64, 32)
+    x = torch.randn(LONG_ROWS * 2, 64, requires_grad=True)
+    layer(x).square().sum().backward()
+    expected = torch.nn.Linear(64, 32)
+    expected.load_state_dict(layer.state_dict())
+    x2 = x.detach().clone().requires_grad_(True)
+    expected(x2).square().sum().backward()
+    assert not calls
+    assert torch.equal(layer.weight.grad, expected.weight.grad) and torch.equal(x.grad, x2.grad)

@@ -28,6 +28,7 @@ from bolmo.model.inputs import check_inputs
 from bolmo.model.local import FORCE_OFF, LocalDecoder, LocalEncoder, pool
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
+from bolmo.nn.onednn import Linear
 
 
 @dataclass
@@ -54,7 +55,7 @@ class BolmoForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = BolmoModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tokenizer = None  # a bolmo.tokenizer.ByteTokenizer, set by bolmo.load
 
     @property

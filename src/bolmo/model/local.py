@@ -15,6 +15,7 @@ from bolmo.config import BolmoConfig, BoundaryThreshold, parse_boundary_threshol
 from bolmo.nn.mlp import SwiGLU
 from bolmo.nn.mlstm import MLSTMLayer, MLSTMState
 from bolmo.nn.norm import RMSNorm
+from bolmo.nn.onednn import Linear
 
 # Log-probabilities used by the reference to force a position on (0) or off (-100000).
 FORCE_ON = 0.0
@@ -83,8 +84,8 @@ class BoundaryPredictor(nn.Module):
         super().__init__()
         self.lookahead = lookahead
         self.threshold = threshold
-        self.q_proj_layer = nn.Linear(d_model, d_model, bias=False)
-        self.k_proj_layer = nn.Linear(d_model, d_model, bias=False)
+        self.q_proj_layer = Linear(d_model, d_model, bias=False)
+        self.k_proj_layer = Linear(d_model, d_model, bias=False)
 
     def cosine(self, h_now: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
         q = F.normalize(self.q_proj_layer(h_now), dim=-1)
@@ -166,7 +167,7 @@ class LocalEncoder(nn.Module):
         )
         self.layers = nn.ModuleList(LocalLayer(config) for _ in range(config.num_local_encoder_layers))
         self.post_last_block_norm = RMSNorm(d, config.local_rms_norm_eps)
-        self.out_projection = nn.Linear(d, d, bias=True)
+        self.out_projection = Linear(d, d, bias=True)
         self.boundary_predictor_module = BoundaryPredictor(
             d, config.boundary_predictor_lookahead, parse_boundary_threshold(config.boundary_threshold)
         )
@@ -201,7 +202,7 @@ class LocalDecoder(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.initial_norm = RMSNorm(d, config.local_rms_norm_eps)
-        self.in_projection = nn.Linear(d, d, bias=True)
+        self.in_projection = Linear(d, d, bias=True)
         self.layers = nn.ModuleList(LocalLayer(config) for _ in range(config.num_local_decoder_layers))
 
     def forward(self, h: torch.Tensor, global_out: torch.Tensor, boundary_mask: torch.Tensor,

@@ -17,6 +17,7 @@ from bolmo.model.counts import Components, parameter_counts
 from bolmo.model.inputs import check_inputs
 from bolmo.model.transformer import OlmoBlockStack
 from bolmo.nn.norm import RMSNorm
+from bolmo.nn.onednn import Linear
 from bolmo.olmo.config import OlmoConfig
 
 
@@ -47,7 +48,7 @@ class OlmoForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = OlmoModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tokenizer = None
 
     @property

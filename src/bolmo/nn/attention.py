@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bolmo.nn.norm import RMSNorm
+from bolmo.nn.onednn import Linear
 from bolmo.nn.rope import apply_rotary
 
 
@@ -18,10 +19,10 @@ class Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, eps: float) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
+        self.q_proj = Linear(d_model, n_heads * head_dim, bias=False)
+        self.k_proj = Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.v_proj = Linear(d_model, n_kv_heads * head_dim, bias=False)
+        self.o_proj = Linear(n_heads * head_dim, d_model, bias=False)
         # QK-norm acts on the full projected vector, before the split into heads (OLMo 2 style).
         self.q_norm = RMSNorm(n_heads * head_dim, eps)
         self.k_norm = RMSNorm(n_kv_heads * head_dim, eps)

@@ -6,15 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bolmo.nn.onednn import Linear
+
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)); HF names gate_proj / up_proj / down_proj, no biases."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.gate_proj = Linear(dim, hidden, bias=False)
+        self.up_proj = Linear(dim, hidden, bias=False)
+        self.down_proj = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bolmo.nn.onednn import Linear
+
 RESET_FGATE = -100000.0  # forget-gate pre-activation that erases the state (sequence start)
 _PAD_IGATE = -25.0  # padded steps: input gate ~ closed ...
 _PAD_FGATE = 25.0  # ... and forget gate ~ open, so the state is carried unchanged
@@ -140,14 +142,14 @@ class MLSTMLayer(nn.Module):
         self.chunk_size = chunk_size
         self.gate_soft_cap = gate_soft_cap
         self.eps = eps
-        self.q = nn.Linear(d_model, d_model // 2, bias=False)
-        self.k = nn.Linear(d_model, d_model // 2, bias=False)
-        self.v = nn.Linear(d_model, d_model, bias=False)
-        self.ogate_preact = nn.Linear(d_model, d_model, bias=False)
-        self.igate_preact = nn.Linear(d_model, num_heads, bias=True)
-        self.fgate_preact = nn.Linear(d_model, num_heads, bias=True)
+        self.q = Linear(d_model, d_model // 2, bias=False)
+        self.k = Linear(d_model, d_model // 2, bias=False)
+        self.v = Linear(d_model, d_model, bias=False)
+        self.ogate_preact = Linear(d_model, d_model, bias=False)
+        self.igate_preact = Linear(d_model, num_heads, bias=True)
+        self.fgate_preact = Linear(d_model, num_heads, bias=True)
         self.multihead_norm = MultiHeadLayerNorm(num_heads, self.dv, eps=norm_eps)
-        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.out_proj = Linear(d_model, d_model, bias=False)
 
     def zero_state(self, batch: int, device: torch.device | str | None = None) -> MLSTMState:
         """The state before any input (what `state=None` means), float32."""

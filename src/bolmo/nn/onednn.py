@@ -1,20 +1,25 @@
-"""float32 matrix products on a CPU through oneDNN with weights packed once (batched decode steps).
+"""float32 matrix products on a CPU through oneDNN: long inputs (whole-sequence forwards) and
+batched decode steps (weights packed once).
 
-Why: torch's CPU `torch.mm` / `F.linear` in float32 call MKL's sgemm, which reorders ("packs")
-the weight matrix at every call (and on this repository's AMD EPYC VM reached 70-75 GFLOP/s per
-core on a 1,024-square product, oneDNN 80-95 on Bolmo's projections over 4,000 rows). torch also
-ships oneDNN, whose linear kernel can run on a weight packed once ahead into its own layout.
-Measured on that VM with the 38 matrices of a `d256` decode step (27 MB): packed oneDNN took 1.6x
-less time than MKL from 2 rows on two threads and 1.3-1.5x from 4 rows on one; for a single row
-MKL's matrix-vector product stays ahead (0.85-0.96x). Results differ from MKL's only in float32
-summation order (~1e-6 relative per product).
+Why: torch's CPU `torch.mm` / `F.linear` in float32 call MKL's sgemm, which on AMD CPUs runs its
+AVX2 code even where the CPU has AVX-512 (MKL picks its kernels by vendor), while oneDNN, which
+torch also ships, picks them by instruction set. On this repository's 2-core AMD EPYC (Zen 5,
+AVX-512) VM, two threads: MKL 155-183 GFLOP/s on Bolmo's projections over 4,000-8,000 rows,
+oneDNN 385-450 (`benchmarks/forward.py`; on an earlier Zen 4 VM type 70-75 against 80-95 per
+core, on Intel Xeons about equal). Results differ from MKL's only in float32 summation order
+(~1e-6 relative per product).
 
-Not used for whole-sequence forwards: without packing, oneDNN builds a kernel for every new row
-count (0.5-1 ms the first time a shape is seen), so prompts and documents of varied lengths ran
-slower than through MKL (per-row prefills of 3-250 bytes: 1.4 s against 1.1 s). A decode batch
-sees at most as many row counts as it has rows, each built once.
+* `Linear` (the model's projections): inputs of at least `LONG_ROWS` rows go through oneDNN,
+  outside autograd. oneDNN builds a kernel for every new row count (0.5-1 ms the first time a
+  shape is seen), which short inputs of varied lengths (prompts of 3-250 bytes: 1.4 s against 1.1
+  s for 32 prefills) do not win back; from `LONG_ROWS` rows the product itself takes longer than
+  that, and one forward reuses each shape in every layer.
+* `pack` / `onednn_linear` (batched decode steps): weights reordered once into oneDNN's layout.
+  Measured on the Zen 4 VM with the 38 matrices of a `d256` decode step (27 MB): packed oneDNN took
+  1.6x less time than MKL from 2 rows on two threads and 1.3-1.5x from 4 rows on one; for a single
+  row MKL's matrix-vector product stays ahead (0.85-0.96x).
 
-`BOLMO_ONEDNN=0` turns it off (read at import).
+`BOLMO_ONEDNN=0` turns both off (read at import).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 ONEDNN_ENV = "BOLMO_ONEDNN"
+LONG_ROWS = 256  # see the module docstring
 
 
 def _onednn_enabled() -> bool:
@@ -43,6 +50,23 @@ def pack(weight: Tensor, rows: int) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
 
 
-def onednn_linear(x: Tensor, packed: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x [..., in] through a `pack`ed weight (+ bias) -> [..., out], on oneDNN."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x [..., in] through a weight [out, in] or a `pack`ed one (+ bias) -> [..., out], on oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """F.linear; on oneDNN for float32 CPU inputs of at least LONG_ROWS rows outside autograd
+    (oneDNN's op has no backward)."""
+    if (ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and x.numel() >= LONG_ROWS * x.shape[-1] and weight.dtype == torch.float32):
+        return onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose long float32 CPU inference inputs run on oneDNN (`linear`); same parameters
+    and state-dict keys."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
