@@ -5,19 +5,18 @@ Why: torch's CPU `torch.mm` / `F.linear` in float32 call MKL's sgemm, which on A
 AVX2 code even where the CPU has AVX-512 (MKL picks its kernels by vendor), while oneDNN, which
 torch also ships, picks them by instruction set. On this repository's 2-core AMD EPYC (Zen 5,
 AVX-512) VM, two threads: MKL 155-183 GFLOP/s on Bolmo's projections over 4,000-8,000 rows,
-oneDNN 385-450 (`benchmarks/forward.py`; on an earlier Zen 4 VM type 70-75 against 80-95 per
-core, on Intel Xeons about equal). Results differ from MKL's only in float32 summation order
-(~1e-6 relative per product).
+oneDNN 385-450 (docs/generation.md; on an earlier AMD VM type 70-75 against 80-95 per core).
+Results differ from MKL's only in float32 summation order (~1e-6 relative per product).
 
 * `Linear` (the model's projections): inputs of at least `LONG_ROWS` rows go through oneDNN,
   outside autograd. oneDNN builds a kernel for every new row count (0.5-1 ms the first time a
-  shape is seen), which short inputs of varied lengths (prompts of 3-250 bytes: 1.4 s against 1.1
-  s for 32 prefills) do not win back; from `LONG_ROWS` rows the product itself takes longer than
-  that, and one forward reuses each shape in every layer.
+  shape is seen), which short inputs of varied lengths do not win back (per-row prefills of 3-250
+  bytes: 1.4 s against 1.1 s for 32 prompts); over 40 forwards of fresh lengths (200-2,000 bytes)
+  the threshold at 128 / 256 / 512 / 1,024 rows gained 1.14x / 1.17x / 1.13x / 1.05x.
 * `pack` / `onednn_linear` (batched decode steps): weights reordered once into oneDNN's layout.
-  Measured on the Zen 4 VM with the 38 matrices of a `d256` decode step (27 MB): packed oneDNN took
-  1.6x less time than MKL from 2 rows on two threads and 1.3-1.5x from 4 rows on one; for a single
-  row MKL's matrix-vector product stays ahead (0.85-0.96x).
+  Measured on the earlier AMD VM type with the 38 matrices of a `d256` decode step (27 MB): packed
+  oneDNN took 1.6x less time than MKL from 2 rows on two threads and 1.3-1.5x from 4 rows on one;
+  for a single row MKL's matrix-vector product stays ahead (0.85-0.96x).
 
 `BOLMO_ONEDNN=0` turns both off (read at import).
 """
