@@ -46,6 +46,28 @@ def test_cli_option_defaults_are_the_library_defaults():
         assert serve[name] == getattr(ServeConfig(), name), name
 
 
+def test_generation_defaults_have_one_home():
+    """max_new_bytes and temperature default to bolmo.config's values in every generation entry
+    point: the driver, the model classes, GenerateOptions, SamplingParams and `bolmo generate`."""
+    import inspect
+
+    from bolmo.cli import build_parser
+    from bolmo.config import DEFAULT_MAX_NEW_BYTES, GREEDY
+    from bolmo.generation import GenerateOptions, driver
+    from bolmo.generation.sampling import SamplingParams
+    from bolmo.inference import Bolmo
+
+    entry_points = [driver.generate, driver.generate_ids, driver.stream, Bolmo.generate, Bolmo.stream,
+                    GenerateOptions.build]
+    for fn in entry_points:
+        parameters = inspect.signature(fn).parameters
+        assert parameters["max_new_bytes"].default == DEFAULT_MAX_NEW_BYTES, fn.__qualname__
+        assert parameters["temperature"].default == GREEDY, fn.__qualname__
+    assert SamplingParams().temperature == GREEDY
+    args = vars(build_parser().parse_args(["generate", "hello"]))
+    assert (args["max_new_bytes"], args["temperature"]) == (DEFAULT_MAX_NEW_BYTES, GREEDY)
+
+
 def test_serve_config_reads_without_the_serve_extra():
     """The CLI builds `bolmo serve`'s flags from ServeConfig: importing it must not import FastAPI
     (the `serve` extra, possibly not installed), nor torch."""

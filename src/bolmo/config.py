@@ -515,6 +515,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Generation defaults shared by bolmo.generation, the model classes' generate / stream and
+# `bolmo generate` (here, torch-free, so the CLI reads them without importing torch).
+DEFAULT_MAX_NEW_BYTES = 256
+GREEDY = 0.0  # temperature 0: argmax
+
+
 @dataclass
 class ByteifyOptions:
     """bolmo.byteify's sizes of the new local parts and init choices (released models: 1 encoder layer, 4

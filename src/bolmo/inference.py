@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from bolmo.config import DEFAULT_MAX_NEW_BYTES, GREEDY
 from bolmo.generation import driver
 from bolmo.model.bolmo import BolmoForCausalLM
 from bolmo.model.olmo import OlmoForCausalLM
@@ -20,13 +21,13 @@ class InferenceMixin:
         than the model's positions are scored in windows with `context` ids of context)."""
         return score_texts(self, texts, batch_size=batch_size, context=context)
 
-    def generate(self, prompts: Sequence[str], max_new_bytes: int = 256, temperature: float = 0.0,
+    def generate(self, prompts: Sequence[str], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: str | Sequence[str] | None = None) -> list[str]:
         """Continuations of `prompts` (cached decoding, see bolmo.generation)."""
         return driver.generate(self, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
 
-    def stream(self, prompt: str, max_new_bytes: int = 256, temperature: float = 0.0,
+    def stream(self, prompt: str, max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                stop: str | Sequence[str] | None = None) -> Iterator[str]:
         """The continuation of `prompt` in text pieces as it is decoded."""

@@ -9,6 +9,7 @@ import os
 import sys
 
 from bolmo.cli.model_commands import add_compile_argument, add_model_arguments, load_from_args, read_stdin
+from bolmo.config import DEFAULT_MAX_NEW_BYTES, GREEDY
 
 PATCH_SEPARATOR = "|"
 _PATCH_STYLES = ("black on cyan", "black on yellow")  # alternate per patch
@@ -18,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen = subparsers.add_parser("generate", help="generate a continuation of PROMPT, streamed as it is decoded")
     gen.add_argument("prompt", metavar="PROMPT", help="the text to continue ('-' reads it from stdin)")
     add_model_arguments(gen)
-    gen.add_argument("--max-new-bytes", type=int, default=256, help="bytes to generate (default 256)")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    gen.add_argument("--max-new-bytes", type=int, default=DEFAULT_MAX_NEW_BYTES,
+                     help=f"bytes to generate (default {DEFAULT_MAX_NEW_BYTES})")
+    gen.add_argument("--temperature", type=float, default=GREEDY, help="0 (default) is greedy")
     gen.add_argument("--top-k", type=int, default=None, help="sample among the k most likely ids")
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with mass >= P")
     gen.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")

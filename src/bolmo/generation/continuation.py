@@ -13,6 +13,7 @@ import codecs
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from bolmo.config import DEFAULT_MAX_NEW_BYTES, GREEDY
 from bolmo.errors import GenerationError
 from bolmo.generation.sampling import SamplingParams
 
@@ -26,7 +27,7 @@ class GenerateOptions:
     stop: tuple[bytes, ...] = ()
 
     @classmethod
-    def build(cls, max_new_bytes: int = 256, temperature: float = 0.0, top_k: int | None = None,
+    def build(cls, max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY, top_k: int | None = None,
               top_p: float | None = None, seed: int | None = None,
               stop: str | Sequence[str] | None = None) -> GenerateOptions:
         """Validate user arguments (GenerationError names the bad one)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bolmo.config import DEFAULT_MAX_NEW_BYTES, GREEDY
 from bolmo.errors import ContextWarning, warn
 from bolmo.generation.batch import Batch
 from bolmo.generation.bolmo_engine import BolmoEngine
@@ -127,7 +128,7 @@ def split_character_ids(ids: Sequence[int], tokenizer) -> int:
     return count
 
 
-def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
+def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop: str | Sequence[str] | None = None) -> list[Generation]:
     """Generate a continuation for every prompt (text, or raw bytes for a byte model): new bytes,
@@ -142,7 +143,7 @@ def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = 256
                        row.continuation.finish_reason or "length") for row in rows]
 
 
-def generate(model, prompts: Iterable[str | bytes], max_new_bytes: int = 256, temperature: float = 0.0,
+def generate(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop: str | Sequence[str] | None = None) -> list[str]:
     """The continuations (not the prompts) as text; invalid UTF-8 becomes U+FFFD."""
@@ -150,7 +151,7 @@ def generate(model, prompts: Iterable[str | bytes], max_new_bytes: int = 256, te
     return [r.text for r in results]
 
 
-def stream(model, prompt: str | bytes, max_new_bytes: int = 256, temperature: float = 0.0,
+def stream(model, prompt: str | bytes, max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            stop: str | Sequence[str] | None = None) -> Iterator[str]:
     """One prompt's continuation in pieces as it is decoded. Pieces never split a UTF-8

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bolmo.config import GREEDY
 from bolmo.errors import GenerationError
 
 
@@ -23,7 +24,7 @@ class SamplingParams:
     """temperature 0 means greedy (argmax; ties go to the lower id, like torch.argmax), in which
     case top_k and top_p are ignored."""
 
-    temperature: float = 0.0
+    temperature: float = GREEDY
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None

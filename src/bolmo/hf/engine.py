@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from bolmo.config import GREEDY
 from bolmo.generation import GenerateOptions, decode
 
 
@@ -15,7 +16,7 @@ class RowState:
     eos: bool  # the row ended at EOS
 
 
-def byte_steps(core, prompts: Sequence[bytes], max_new_bytes: int, temperature: float = 0.0,
+def byte_steps(core, prompts: Sequence[bytes], max_new_bytes: int, temperature: float = GREEDY,
                top_k: int | None = None, top_p: float | None = None,
                seed: int | None = None) -> Iterator[list[RowState]]:
     """Decode `prompts` (the bytes after BOS) with bolmo's cached engine, yielding every row's
