@@ -65,6 +65,23 @@ def test_chat_template_is_found_and_rendered(tmp_path):
         ChatTemplate("{% if %}")
 
 
+def test_prompts_cut_to_the_context_give_one_warning_naming_tasks(tiny_model_dir):
+    """Before: one ContextWarning per prompt and batch, numbered within its batch ("prompt 0",
+    "prompt 1", "prompt 0", ...), which named no example and flooded a full run."""
+    import warnings
+
+    from bolmo.errors import ContextWarning
+
+    model = load_fixture_model(tiny_model_dir)  # 512 positions: 4-shot prompts + 200 bytes do not fit
+    examples = cute.read_task(DATA, "spell") + cute.read_task(DATA, "contains_word", limit=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cute.evaluate(model, examples, max_new_bytes=200, batch_size=2)
+    context = [str(w.message) for w in caught if issubclass(w.category, ContextWarning)]
+    assert len(context) == 1, context
+    assert "spell 3 of 3, contains_word 1 of 1" in context[0] and "200 bytes kept for the answer" in context[0]
+
+
 def test_evaluate_scores_the_models_own_generations(tiny_model_dir):
     model = load_fixture_model(tiny_model_dir)
     examples = cute.read_task(DATA, "spell", limit=2) + cute.read_task(DATA, "contains_word", limit=2)

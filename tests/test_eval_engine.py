@@ -113,6 +113,26 @@ def test_subword_loglikelihood_matches_a_direct_computation(tmp_path_factory):
     assert [r.logprob for r in single] == pytest.approx([r.logprob for r in results[1:]], abs=1e-5)
 
 
+def test_cut_contexts_are_reported_once_per_call(tiny):
+    """Before: few-shot contexts longer than the model's context were cut without a word (a
+    "5-shot" task silently scored with fewer shots)."""
+    import warnings
+
+    from bolmo.errors import ContextWarning
+
+    positions = tiny.config.context_positions
+    requests = [IdRequest(tuple(4 + i % 256 for i in range(positions)), (30,)), IdRequest((5, 6), (30,)),
+                IdRequest(tuple([7] * (2 * positions)), (31, 32))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Scorer(tiny).score(requests)
+        Scorer(tiny).score(requests[1:2])  # fits: no warning
+    messages = [str(w.message) for w in caught if issubclass(w.category, ContextWarning)]
+    assert messages == [f"2 of 3 requests are longer than the model's context ({positions:,} positions): their "
+                        "contexts were cut from the left, as lm-eval's hf model does (few-shot examples are lost "
+                        "first)"]
+
+
 def test_max_length_defaults_to_the_models_context(tiny):
     from bolmo.errors import ContextWarning
 

@@ -8,6 +8,7 @@ the numbers as JSON (`--output`).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from bolmo.cli.model_commands import DTYPES, add_compile_argument, apply_compile, load_with_args
@@ -59,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cute.add_argument("--max-new-bytes", type=int, default=None, help="generation budget per answer (default 200)")
     cute.add_argument("--chat-template", choices=("auto", "none"), default="auto",
                       help="auto: the model's chat template when it has one (default)")
-    cute.add_argument("--chart", type=_output_path, default=Path("bolmo-eval-cute.png"), help="bar chart PNG")
+    cute.add_argument("--chart", type=_output_path, default=None,
+                      help="bar chart PNG (default: the --output file's name with .png, bolmo-eval-cute.png)")
     _add_common(cute, 16, "bolmo-eval-cute.json")
     cute.set_defaults(handler=run_cute)
 
@@ -250,6 +252,7 @@ def run_cute(args: argparse.Namespace) -> int:
         raise BolmoError("--max-new-bytes must be at least 1")
     names = cute.parse_tasks(args.tasks)
     require_matplotlib()
+    chart_path = _chart_path(args)
     if args.data is not None and not args.data.is_dir():  # else every task would say "no TASK.tsv"
         raise BolmoError(f"{args.data}: {'not a directory' if args.data.exists() else 'no such directory'}")
     examples = [e for task in names for e in (cute.read_task(args.data, task, args.limit) if args.data
@@ -272,14 +275,29 @@ def run_cute(args: argparse.Namespace) -> int:
     _finish(args, {"tasks": names, "limit": args.limit, "max_new_bytes": max_new_bytes,
                    "labels": {t: [e.label for e in examples if e.task == t] for t in names},
                    "accuracy": accuracies, "models": details})
-    chart = accuracy_chart(args.chart, names, accuracies)
+    chart = accuracy_chart(chart_path, names, accuracies)
     print(f"chart written to {chart}")
     return 0
+
+
+def _chart_path(args: argparse.Namespace) -> Path:
+    """--chart, or beside --output; checked before the evaluation, never the results file itself."""
+    from bolmo.eval.report import check_output
+
+    path = args.chart or (args.output.with_suffix(".png") if args.output is not None else Path("bolmo-eval-cute.png"))
+    check_output(path, "the chart")
+    if args.output is not None and os.path.realpath(path) == os.path.realpath(args.output):
+        raise BolmoError(f"{path}: --chart and --output name the same file")
+    return path
 
 
 # ------------------------------------------------------------------------------------ bits per byte
 def run_bpb(args: argparse.Namespace) -> int:
     _check_batch(args)
+    if args.output is not None:
+        from bolmo.eval.report import check_not_an_input
+
+        check_not_an_input(args.output, args.paths, "--output")
     from bolmo.eval.bpb import bits_per_byte
     from bolmo.eval.documents import collect_documents
     from bolmo.eval.progress import progress_bar

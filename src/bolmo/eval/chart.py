@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bolmo.errors import BolmoError
+from bolmo.eval.report import write_atomically
 
 
 NO_MATPLOTLIB = "the chart needs matplotlib: pip install 'bolmo[eval]'"
@@ -44,15 +43,8 @@ def accuracy_chart(path: Path, tasks: Sequence[str], accuracies: Mapping[str, Ma
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only or special file system (/proc), a full disk
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise BolmoError(f"{path}: cannot write the chart ({exc.strerror or exc})") from None
+        write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), "the chart")
     finally:
         plt.close(fig)
     return path

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from bolmo.chat_template import ChatTemplate
-from bolmo.errors import BolmoError
+from bolmo.errors import BolmoError, ContextWarning, warn
+from bolmo.generation.driver import CUT_PROMPT
 
 CUTE_TASKS = ("spell", "spell_inverse", "contains_char", "contains_word", "orth", "sem",
               "ins_char", "ins_word", "del_char", "del_word", "sub_char", "sub_word", "swap_char", "swap_word")
@@ -25,6 +28,7 @@ WORD_TASKS = frozenset({"contains_word", "ins_word", "del_word", "sub_word", "sw
 HUB_DATASET = "leukas/cute"
 ANSWER_OPENING = ' Answer: "'
 DEFAULT_MAX_NEW_BYTES = 200  # the benchmark allows 100 tokens; in bytes, for byte and subword models alike
+_CUT = re.compile(re.escape(CUT_PROMPT).replace(re.escape("{index}"), r"(\d+)"))  # the generator's warning
 
 
 @dataclass(frozen=True)
@@ -131,10 +135,20 @@ def evaluate(model, examples: Sequence[CuteExample], chat_template: ChatTemplate
     if batch_size < 1:
         raise BolmoError(f"batch_size must be at least 1, got {batch_size}")
     results: dict[str, CuteResult] = {}
+    cut: dict[str, int] = {}  # task -> prompts the generator cut to the model's context
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         prompts_ = [model_prompt(e, chat_template) for e in chunk]
-        outputs = model.generate(prompts_, max_new_bytes=max_new_bytes)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ContextWarning)
+            outputs = model.generate(prompts_, max_new_bytes=max_new_bytes)
+        for warning in caught:
+            found = _CUT.match(str(warning.message))
+            if issubclass(warning.category, ContextWarning) and found:
+                task = chunk[int(found.group(1))].task
+                cut[task] = cut.get(task, 0) + 1
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         for example, prompt, output in zip(chunk, prompts_, outputs):
             prediction = extract_answer(prompt + output)
             result = results.setdefault(example.task, CuteResult(example.task, 0, 0, []))
@@ -143,4 +157,8 @@ def evaluate(model, examples: Sequence[CuteExample], chat_template: ChatTemplate
             result.correct += is_correct(example.task, prediction, example.label)
         if progress is not None:
             progress(len(chunk))
+    if cut:  # one line for the run, not one per prompt and batch (whose prompt numbers mean nothing here)
+        counts = ", ".join(f"{task} {n} of {results[task].total}" for task, n in cut.items())
+        warn(f"CUTE prompts longer than the model's context, with {max_new_bytes:,} bytes kept for the answer, "
+             f"lost their beginning (the first few-shot examples): {counts}", ContextWarning)
     return results

@@ -107,6 +107,13 @@ class Scorer:
               progress: Callable[[int], None] | None = None) -> list[Loglikelihood]:
         """Log-likelihood of every request, in the order given."""
         rows = [self.row(r) for r in requests]
+        cut = sum(len(ids) < len(r.context) + len(r.continuation) + len(self.scheme.lookahead)
+                  for r, (ids, _, _) in zip(requests, rows))
+        if cut:
+            limit = (f"max_length {self.max_length:,}" if self.strict_length
+                     else f"the model's context ({self.model.config.context_positions:,} positions)")
+            warn(f"{cut:,} of {len(requests):,} requests are longer than {limit}: their contexts were cut from the "
+                 "left, as lm-eval's hf model does (few-shot examples are lost first)", ContextWarning)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: list[Loglikelihood | None] = [None] * len(rows)
         device = self.model.device

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,24 +58,51 @@ def write_json(path: Path, data: Any) -> None:
     if field is not None:
         raise BolmoError(f"{path}: not written, {field} is not a finite number (NaN or infinite)")
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
-    check_output(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_atomically(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"), "the results")
+
+
+def write_atomically(path: Path, write: Callable[[Path], object], what: str) -> None:
+    """`write(tmp)` into a temporary file beside `path`, then rename it onto `path`: a reader never
+    sees a half-written file. A symlink is written through (the link stays, its target gets the
+    file); anything that is not a regular file (a device, a pipe) is refused by check_output, never
+    replaced. An OSError (a full disk, a read-only file system) is one BolmoError naming `path`."""
+    check_output(path, what)
+    target = Path(os.path.realpath(path))
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise BolmoError(f"{path}: cannot write the results ({exc.strerror or exc})") from None
+        raise BolmoError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
 
 
-def check_output(path: Path) -> None:
-    """BolmoError unless a results file can be written at `path` (missing parent directories are
-    created): checked before an evaluation starts, so a bad --output does not cost the run."""
+def check_output(path: Path, what: str = "the results") -> None:
+    """BolmoError unless `what` can be written to a file at `path` (missing parent directories are
+    created): checked before an evaluation starts, so a bad --output does not cost the run. An
+    existing path must be a regular file (or a link to one): writing a device such as /dev/null or
+    a pipe would replace it with a regular file."""
     if path.is_dir():
-        raise BolmoError(f"{path}: is a directory; give a file name for the results")
-    existing = next((p for p in path.parents if p.exists()), None)
+        raise BolmoError(f"{path}: is a directory; give a file name for {what}")
+    if path.exists() and not path.is_file():
+        raise BolmoError(f"{path}: is not a regular file (a device, a pipe or a socket); give a file name for {what}")
+    existing = next((p for p in Path(os.path.realpath(path)).parents if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise BolmoError(f"{path}: cannot write the results: {existing} is not a directory")
+        raise BolmoError(f"{path}: cannot write {what}: {existing} is not a directory")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise BolmoError(f"{path}: cannot write the results: no permission to write in {existing}")
+        raise BolmoError(f"{path}: cannot write {what}: no permission to write in {existing}")
+
+
+def check_not_an_input(output: Path, inputs: Sequence[Path], option: str) -> None:
+    """BolmoError if `output` is one of the files an evaluation reads, or lies inside a directory it
+    reads: writing there would replace an input, or add a document to the next run's inputs."""
+    real = os.path.realpath(output)
+    for source in inputs:
+        source_real = os.path.realpath(source)
+        if real == source_real:
+            raise BolmoError(f"{output}: {option} names an input of this evaluation ({source}), which it would "
+                             "overwrite: choose another file")
+        if os.path.isdir(source_real) and real.startswith(source_real.rstrip(os.sep) + os.sep):
+            raise BolmoError(f"{output}: {option} lies inside the input directory {source}, whose files are all "
+                             "read as documents: choose a file outside it")

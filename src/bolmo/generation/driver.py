@@ -92,6 +92,9 @@ class _Steps:
         return self.rows
 
 
+CUT_PROMPT = "prompt {index} is longer than the model's context"  # the start of fit_context's warning
+
+
 def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int | None) -> None:
     """Keep each prompt's last ids that fit the model's `positions` (None: unknown, nothing is
     cut) with room for the new bytes, warning about every prompt cut.
@@ -110,7 +113,7 @@ def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: 
             kept = row.ids[len(row.ids) - room :]
             row.ids = row.ids[:1] + kept[split_character_ids(kept, engine.tokenizer) :]
             row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
-            warn(f"prompt {i} is longer than the model's context ({positions:,} positions, "
+            warn(f"{CUT_PROMPT.format(index=i)} ({positions:,} positions, "
                  f"{reserve:,} of them for new bytes): kept its last {len(row.prompt):,} "
                  f"of {total:,} bytes", ContextWarning)
 
