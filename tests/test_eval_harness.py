@@ -57,11 +57,24 @@ def test_rolling_and_generation(lm):
     assert sampled == lm.model.generate(["The"], max_new_bytes=5, temperature=0.7, seed=0)
 
 
-def test_bad_model_arguments():
+def test_bad_model_arguments(tiny_model_dir):
     with pytest.raises(BolmoError, match="dtype"):
         BolmoLM(dtype="int8")
     with pytest.raises(BolmoError, match="batch_size"):
         BolmoLM(model=object(), batch_size="many")
+    # Before: unknown keys were dropped without a word (a typo ran without the setting it meant)
+    with pytest.raises(BolmoError, match="model argument max_lenght: unknown; the bolmo model takes pretrained"):
+        BolmoLM(model=object(), max_lenght="10")
+    BolmoLM(model=load_fixture_model(tiny_model_dir), max_batch_size=None)  # lm-eval's own addition is taken
+
+
+def test_cli_refuses_unknown_or_conflicting_model_arguments(capsys):
+    """Checked before lm-eval indexes its tasks or a model is loaded."""
+    assert main(["eval", "harness", "--tasks", "x", "--model-args", "pretrained=default,max_lenght=10"]) == 2
+    assert "max_lenght: unknown" in capsys.readouterr().err
+    assert main(["eval", "harness", "--tasks", "x", "--model", "default",
+                 "--model-args", "pretrained=default-teacher"]) == 2
+    assert "pretrained=default-teacher and --model both name the model" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # lm-eval indexes its thousands of task files first

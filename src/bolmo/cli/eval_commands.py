@@ -124,10 +124,13 @@ def run_harness(args: argparse.Namespace) -> int:
         raise BolmoError("bolmo eval harness needs lm-eval: pip install 'bolmo[eval]'") from None
     from lm_eval.utils import simple_parse_args_string
 
-    from bolmo.eval.harness import BolmoLM
+    from bolmo.eval.harness import BolmoLM, check_model_arguments
     from bolmo.eval.report import model_label, print_table
 
     base = simple_parse_args_string(args.model_args) if args.model_args else {}
+    check_model_arguments(base)
+    if args.model and "pretrained" in base:
+        raise BolmoError(f"--model-args pretrained={base['pretrained']} and --model both name the model: give one")
     sources = _models(args) if args.model else [base.get("pretrained")]
     base.pop("pretrained", None)
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -6,7 +6,8 @@
 Model arguments are those of lm-eval's `hf` model that apply: `pretrained` (directory or
 downloaded Hub id; omitted: the bundled default model), `batch_size` ("auto" means the default),
 `device`, `dtype`, `max_length` (ids per row; longer requests lose context from the left), plus
-`window` / `overlap` for `loglikelihood_rolling` (see bolmo.eval.rolling).
+`window` / `overlap` for `loglikelihood_rolling` (see bolmo.eval.rolling). Any other name is an
+error.
 """
 
 from __future__ import annotations
@@ -27,6 +28,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
           "auto": torch.float32}
 
 
+MODEL_ARGUMENTS = ("pretrained", "batch_size", "device", "dtype", "max_length", "window", "overlap")
+LM_EVAL_EXTRAS = frozenset({"max_batch_size"})  # what lm-eval itself adds to the model arguments
+
+
+def check_model_arguments(names) -> None:
+    """BolmoError naming model arguments the `bolmo` model does not take (a typo such as
+    `max_lenght` must not run an evaluation without the setting it meant)."""
+    unknown = sorted(set(names) - set(MODEL_ARGUMENTS) - LM_EVAL_EXTRAS)
+    if unknown:
+        raise BolmoError(f"model argument {', '.join(unknown)}: unknown; the bolmo model takes "
+                         f"{', '.join(MODEL_ARGUMENTS)}")
+
+
 def _int_or_default(value: Any, default: int, name: str) -> int:
     if value is None or value == "auto" or (isinstance(value, str) and value.startswith("auto")):
         return default
@@ -43,8 +57,9 @@ def _int_or_default(value: Any, default: int, name: str) -> int:
 class BolmoLM(LM):
     def __init__(self, pretrained: str | None = None, batch_size: int | str | None = None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, max_length: int | None = None,
-                 window: int | None = None, overlap: int | None = None, model=None, **unused: Any) -> None:
+                 window: int | None = None, overlap: int | None = None, model=None, **extra: Any) -> None:
         super().__init__()
+        check_model_arguments(extra)
         if isinstance(dtype, str) and dtype not in DTYPES:
             raise BolmoError(f"model argument dtype={dtype!r}: choose from {', '.join(DTYPES)}")
         if model is None:
