@@ -78,7 +78,7 @@ def test_cli_refuses_unknown_or_conflicting_model_arguments(capsys):
 
 
 @pytest.mark.slow  # lm-eval indexes its thousands of task files first
-def test_cli_runs_lm_evals_evaluator_on_a_local_task(tiny_model_dir, tmp_path, monkeypatch):
+def test_cli_runs_lm_evals_evaluator_on_a_local_task(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     data = tmp_path / "docs.jsonl"
     docs = [{"question": "The capital of France is", "choices": ["Paris", "Rome"], "label": 0},
@@ -100,6 +100,8 @@ def test_cli_runs_lm_evals_evaluator_on_a_local_task(tiny_model_dir, tmp_path, m
     code = main(["eval", "harness", "--tasks", "bolmo_toy_mc", "--include-path", str(tmp_path / "tasks"),
                  "--model-args", f"pretrained={tiny_model_dir}", "--batch-size", "2", "--output", str(out)])
     assert code == 0
+    table = capsys.readouterr().out
+    assert "bolmo_toy_mc acc" in table and "sample_len" not in table  # lm-eval's document count is no metric
     acc = json.loads(out.read_text())["results"][str(tiny_model_dir)]["bolmo_toy_mc"]["acc,none"]
     model = load_fixture_model(tiny_model_dir)
     correct = 0

@@ -41,7 +41,7 @@ def test_long_prompt_keeps_the_last_part_that_fits_and_says_so(short_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the last 11 bytes fit: no warning
         assert long == model.generate([prompt.encode()[-11:].decode()], max_new_bytes=4)[0]
-    with pytest.warns(ContextWarning, match=r"7 of them for new bytes\): kept its last 8 of 40 bytes"):
+    with pytest.warns(ContextWarning, match=r"7 of them kept for the continuation\): kept its last 8 of 40 bytes"):
         model.generate(["x" * 40], max_new_bytes=16)  # a long generation keeps half the context for the prompt
 
 

@@ -152,7 +152,8 @@ def run_harness(args: argparse.Namespace) -> int:
         everything[label] = out["results"]
         columns[label] = {f"{task} {metric.split(',')[0]}": value for task, metrics in out["results"].items()
                           for metric, value in metrics.items()
-                          if isinstance(value, (int, float)) and "stderr" not in metric}
+                          if isinstance(value, (int, float)) and "stderr" not in metric
+                          and metric != "sample_len"}  # lm-eval's count of documents, not a metric
     rows = sorted({row for values in columns.values() for row in values})
     print_table("lm-eval (model bolmo)", rows, columns, first_column="task metric")
     _finish(args, {"tasks": task_names, "limit": args.limit, "results": everything})

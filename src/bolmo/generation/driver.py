@@ -114,7 +114,7 @@ def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: 
             row.ids = row.ids[:1] + kept[split_character_ids(kept, engine.tokenizer) :]
             row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
             warn(f"{CUT_PROMPT.format(index=i)} ({positions:,} positions, "
-                 f"{reserve:,} of them for new bytes): kept its last {len(row.prompt):,} "
+                 f"{reserve:,} of them kept for the continuation): kept its last {len(row.prompt):,} "
                  f"of {total:,} bytes", ContextWarning)
 
 
