@@ -66,3 +66,13 @@ def test_the_cute_chart_goes_beside_its_results(tmp_path):
     (tmp_path / "d.png").mkdir()
     with pytest.raises(BolmoError, match="is a directory"):  # checked before the evaluation runs
         _chart_path(argparse.Namespace(chart=None, output=tmp_path / "d.json"))
+
+
+def test_a_model_given_twice_is_evaluated_once_and_said(tiny_model_dir, tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("some text to score")
+    out = tmp_path / "bpb.json"
+    assert main(["eval", "bpb", str(doc), "--model", str(tiny_model_dir), "--model", str(tiny_model_dir),
+                 "--no-progress", "--output", str(out)]) == 0
+    assert f"--model {tiny_model_dir} given more than once: evaluated once" in capsys.readouterr().err
+    assert list(json.loads(out.read_text())["results"]) == [str(tiny_model_dir)]

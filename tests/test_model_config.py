@@ -77,6 +77,8 @@ def test_directories_without_a_model_config_are_refused_by_name(tmp_path):
     ("num_key_value_heads", 0, "num_key_value_heads: must be a positive integer, got 0"),
     ("hidden_act", "gelu", "hidden_act: only 'silu' is supported"),
     ("rms_norm_eps", 0.0, "rms_norm_eps: must be positive"),
+    # Before: named num_key_value_heads ("3 heads are not a multiple of 4 kv heads")
+    ("num_attention_heads", 3, "num_attention_heads: hidden_size 64 is not divisible by 3 heads"),
 ])
 def test_bolmo_and_olmo_configs_check_the_transformer_alike(field, value, message):
     """One set of checks for the fields both config classes share (a zero kv-head count used to

@@ -45,6 +45,29 @@ def test_long_prompt_keeps_the_last_part_that_fits_and_says_so(short_model_dir):
         model.generate(["x" * 40], max_new_bytes=16)  # a long generation keeps half the context for the prompt
 
 
+def test_generating_past_the_context_says_so_once(short_model_dir):
+    """Before: a generation whose patches went past the model's positions said nothing."""
+    from bolmo.generation import generate_ids
+
+    model = bolmo.load(short_model_dir)
+    positions = model.config.context_positions
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = generate_ids(model, ["ab"], max_new_bytes=8 * positions)[0]
+    messages = [str(w.message) for w in caught if issubclass(w.category, ContextWarning)]
+    used, passed_at = 1 + sum(result.prompt_boundaries), None  # the start id, then one per closed patch
+    for n, closes in enumerate(result.boundaries, 1):
+        used += closes
+        if used > positions and passed_at is None:
+            passed_at = n
+    assert passed_at is not None  # the test's premise: this generation does pass the context
+    assert messages == [f"row 0 passed the model's context ({positions:,} positions) after {passed_at:,} new "
+                        "bytes: what follows is generated at positions the model was not trained on"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within the context: nothing to say
+        generate_ids(model, ["ab"], max_new_bytes=2)
+
+
 def test_cli_prints_the_context_warning_on_one_line(short_model_dir, capsys):
     assert main(["generate", "x" * 40, "--model", str(short_model_dir), "--max-new-bytes", "3"]) == 0
     err = capsys.readouterr().err

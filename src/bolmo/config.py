@@ -322,11 +322,11 @@ class TransformerConfig:
         require(self.hidden_act == "silu", where, "hidden_act", f"only 'silu' is supported, got {self.hidden_act!r}")
         require(not self.attention_bias, where, "attention_bias", "biased attention projections are not supported")
         require(not self.tie_word_embeddings, where, "tie_word_embeddings", "tied embeddings are not supported")
-        require(self.num_attention_heads % self.num_key_value_heads == 0, where, "num_key_value_heads",
-                f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
-        if self.head_dim is None:
+        if self.head_dim is None:  # the heads first: a bad head count is named as such, not as a kv-head problem
             require(self.hidden_size % self.num_attention_heads == 0, where, "num_attention_heads",
                     f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        require(self.num_attention_heads % self.num_key_value_heads == 0, where, "num_key_value_heads",
+                f"{self.num_attention_heads} heads are not a multiple of {self.num_key_value_heads} kv heads")
         require(self.rms_norm_eps > 0, where, "rms_norm_eps", "must be positive")
         require(self.rope_theta > 0, where, "rope_theta", f"must be positive, got {self.rope_theta!r}")
         if self.layer_types is not None:

@@ -91,7 +91,16 @@ def _output_path(text: str) -> Path:
 
 
 def _models(args: argparse.Namespace) -> list[str | None]:
-    return list(dict.fromkeys(args.model)) if args.model else [None]
+    """The --model values in order, each once (a repeated one is said, not silently dropped)."""
+    if not args.model:
+        return [None]
+    unique = list(dict.fromkeys(args.model))
+    if len(unique) < len(args.model):
+        from bolmo.errors import warn
+
+        repeated = sorted({m for m in args.model if args.model.count(m) > 1})
+        warn(f"--model {', '.join(repeated)} given more than once: evaluated once")
+    return unique
 
 
 def _scorer(model, args: argparse.Namespace):

@@ -58,7 +58,7 @@ def decode(model, prompts: Iterable[str | bytes], options: GenerateOptions) -> I
     rows = [Row(engine.encode(p), Continuation(options), p if isinstance(p, bytes) else p.encode("utf-8"))
             for p in prompts]
     fit_context(rows, engine, options.max_new_bytes, model.config.context_positions)
-    return _Steps(engine, rows, options)
+    return _Steps(engine, rows, options, model.config.context_positions)
 
 
 class _Steps:
@@ -67,10 +67,12 @@ class _Steps:
     read needs no cleanup (a suspended generator is closed at interpreter exit, after torch's
     globals are gone)."""
 
-    def __init__(self, engine: Engine, rows: list[Row], options: GenerateOptions) -> None:
+    def __init__(self, engine: Engine, rows: list[Row], options: GenerateOptions, positions: int | None) -> None:
         self.engine, self.rows, self.options = engine, rows, options
         self.batch: Batch | None = None
         self.finished = False
+        self.positions = positions  # the model's context; None: unknown, never warned about
+        self.prompt_closed: list[int] | None = None  # patches (tokens) each prompt closed, after the prefill
 
     def __iter__(self) -> _Steps:
         return self
@@ -89,7 +91,22 @@ class _Steps:
                 self.finished = True
                 raise StopIteration
             self.batch.step()
+            if self.positions is not None:
+                self._warn_past_context()
         return self.rows
+
+    def _warn_past_context(self) -> None:
+        """One ContextWarning per decode when a row's patches (tokens) pass the model's positions:
+        the prompt was cut to leave room (fit_context), but a long generation can still go past."""
+        if self.prompt_closed is None:
+            self.prompt_closed = [sum(row.prompt_boundaries) for row in self.rows]
+        for i, (row, closed) in enumerate(zip(self.rows, self.prompt_closed)):
+            if 1 + closed + row.closed > self.positions:  # the start id, then one position per closed patch
+                warn(f"row {i} passed the model's context ({self.positions:,} positions) after "
+                     f"{len(row.continuation.data):,} new bytes: what follows is generated at positions the "
+                     "model was not trained on", ContextWarning)
+                self.positions = None  # once per decode
+                return
 
 
 CUT_PROMPT = "prompt {index} is longer than the model's context"  # the start of fit_context's warning

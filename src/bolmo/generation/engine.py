@@ -38,6 +38,7 @@ class Row:
     prompt_boundaries: list[bool] = field(default_factory=list)  # one per prompt byte
     boundaries: list[bool] = field(default_factory=list)  # one per kept new byte
     steps: int = 0  # sampled ids so far
+    closed: int = 0  # patches (tokens) the new bytes closed, counted as they come (cheap per step)
 
     @property
     def done(self) -> bool:
@@ -51,6 +52,7 @@ class Row:
             return
         self.ids.append(piece.feed_id)
         self.continuation.add(piece.data)
+        self.closed += bool(piece.data) and piece.closes
         self.boundaries += [False] * (len(piece.data) - 1) + [piece.closes] if piece.data else []
         del self.boundaries[len(self.continuation.data):]  # bytes cut by a stop string or the budget
         if not self.done and self.steps >= self.continuation.max_new_bytes:
