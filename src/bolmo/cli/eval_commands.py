@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bolmo.cli.model_commands import DTYPES, add_compile_argument, apply_compile, load_with_args
+from bolmo.cli.model_commands import add_compile_argument, add_dtype_argument, apply_compile, load_with_args
 from bolmo.errors import BolmoError
 
 
@@ -20,7 +20,7 @@ def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | 
                         help="checkpoint directory, downloaded Hub id, or default / default-teacher (the bundled "
                              "models); repeat to compare models (default: default)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_dtype_argument(parser)
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"requests per batch (default {batch_size})")
     parser.add_argument("--output", type=_output_path, default=None if output is None else Path(output),
                         help=f"JSON results file (default {output})" if output else "JSON results file")
