@@ -73,17 +73,6 @@ def test_directories_without_a_model_config_are_refused_by_name(tmp_path):
         read_model_config(other)
 
 
-def test_a_config_without_its_sizes_is_refused_by_name():
-    """Before: a config.json without num_hidden_layers became a 32-layer model (transformers'
-    default), and the error that followed named layer_types."""
-    bolmo_hf = BolmoConfig.preset("tiny").to_dict()
-    olmo_hf = OlmoConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4).to_dict()
-    for config_class, hf in ((BolmoConfig, bolmo_hf), (OlmoConfig, olmo_hf)):
-        del hf["num_hidden_layers"]
-        with pytest.raises(ConfigError, match=r"x.json: num_hidden_layers: missing \(a model config must give"):
-            config_class.from_dict(hf, "x.json")
-
-
 @pytest.mark.parametrize("field, value, message", [
     ("num_key_value_heads", 0, "num_key_value_heads: must be a positive integer, got 0"),
     ("hidden_act", "gelu", "hidden_act: only 'silu' is supported"),

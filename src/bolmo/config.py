@@ -311,17 +311,6 @@ class TransformerConfig:
         "num_key_value_heads": 1, "head_dim": 1,
     }
 
-    # The sizes a config.json must give: transformers' defaults for them (Llama-7B's) would quietly
-    # describe another model, found only later ("layer_types: 4 entries for 32 layers").
-    REQUIRED: ClassVar[tuple[str, ...]] = ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                           "num_attention_heads")
-
-    @classmethod
-    def check_required(cls, data: dict[str, Any], where: str) -> None:
-        missing = [name for name in cls.REQUIRED if name not in data]
-        if missing:
-            raise ConfigError(f"{where}: {', '.join(missing)}: missing (a model config must give its sizes)")
-
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
@@ -404,7 +393,6 @@ class BolmoConfig(TransformerConfig):
         model_type = data.get("model_type", "bolmo")
         if model_type != "bolmo":
             raise ConfigError(f"{where}: model_type is {model_type!r}, expected 'bolmo'")
-        cls.check_required(data, where)
         body = {k: v for k, v in data.items() if k not in _HF_BOOKKEEPING}
         if "tokenizer_config" in body and isinstance(body["tokenizer_config"], dict):
             body["tokenizer_config"] = ByteTokenizerConfig.from_dict(body["tokenizer_config"], f"{where}: tokenizer_config")

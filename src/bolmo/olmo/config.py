@@ -114,7 +114,6 @@ class OlmoConfig(TransformerConfig):
         model_type = data.get("model_type")
         if model_type not in OLMO_MODEL_TYPES:
             raise ConfigError(f"{where}: model_type is {model_type!r}, expected one of {', '.join(OLMO_MODEL_TYPES)}")
-        cls.check_required(data, where)
         data = legacy_rope_fields(data, where)
         known = {f.name for f in dataclasses.fields(cls)} - (set(_OLMO3_ONLY) if model_type == "olmo2" else set())
         unknown = sorted(set(data) - known - PRETRAINED_CONFIG_KEYS)
