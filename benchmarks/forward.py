@@ -108,7 +108,8 @@ def main() -> None:
                     ours = min(ours, time.perf_counter() - start)
                 expand_s = best_of(lambda: model.expand(ids), args.repeats)
                 # What a lower precision costs: the change in the text's bits per byte against float32.
-                bpb_shift = 0.0 if model is model_fp32 else bits_per_byte(model, length) - bits_per_byte(model_fp32, length)
+                bpb_shift = (0.0 if model is model_fp32
+                             else bits_per_byte(model, length) - bits_per_byte(model_fp32, length))
                 row = {"model": label, "dtype": dtype_name, "bytes": length, "seconds": round(ours, 4),
                        "bytes_per_s": length / ours, "reference_bytes_per_s": length / theirs if reference else "",
                        "vs_reference": round(theirs / ours, 2) if reference else "",

@@ -148,9 +148,9 @@ def split_character_ids(ids: Sequence[int], tokenizer) -> int:
     return count
 
 
-def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 stop: str | Sequence[str] | None = None) -> list[Generation]:
+def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES,
+                 temperature: float = GREEDY, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, stop: str | Sequence[str] | None = None) -> list[Generation]:
     """Generate a continuation for every prompt (text, or raw bytes for a byte model): new bytes,
     patch or token boundaries, finish reason.
 
@@ -163,9 +163,9 @@ def generate_ids(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEF
                        row.continuation.finish_reason or "length") for row in rows]
 
 
-def generate(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES, temperature: float = GREEDY,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop: str | Sequence[str] | None = None) -> list[str]:
+def generate(model, prompts: Iterable[str | bytes], max_new_bytes: int = DEFAULT_MAX_NEW_BYTES,
+             temperature: float = GREEDY, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None, stop: str | Sequence[str] | None = None) -> list[str]:
     """The continuations (not the prompts) as text; invalid UTF-8 becomes U+FFFD."""
     results = generate_ids(model, prompts, max_new_bytes, temperature, top_k, top_p, seed, stop)
     return [r.text for r in results]
