@@ -104,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--batch-size", type=int, default=4, help="windows run together (default 4)")
     score.add_argument("--context", type=int, default=None,
                        help="context bytes (tokens) read before each window after the first "
-                            "(default: half a window)")
+                            "(default: half a window). Each window then scores window - CONTEXT new bytes, so "
+                            "a context near the window size costs one forward pass per few bytes")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
     score.set_defaults(handler=run_score)
 
