@@ -72,3 +72,15 @@ def test_linear_trains_through_autograd_at_any_length(monkeypatch):
     expected(x2).square().sum().backward()
     assert not calls
     assert torch.equal(layer.weight.grad, expected.weight.grad) and torch.equal(x.grad, x2.grad)
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch has no oneDNN backend here")
+def test_a_compiled_model_keeps_f_linear():
+    """Before: torch.compile of the model on a CPU failed in inductor (its lowering of oneDNN's op
+    asserts frozen weights) as soon as an inference input reached LONG_ROWS rows."""
+    torch.manual_seed(0)
+    layer = Linear(64, 32)
+    compiled = torch.compile(lambda x: torch.relu(layer(x)))
+    x = torch.randn(1, LONG_ROWS + 3, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x), torch.relu(F.linear(x, layer.weight, layer.bias)))
