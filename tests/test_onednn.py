@@ -54,6 +54,8 @@ def test_linear_takes_onednn_for_long_inference_inputs_only(monkeypatch):
         torch.testing.assert_close(layer(long), F.linear(long, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
         assert calls
         calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's bfloat16 product, as F.linear
+            assert layer(long).dtype == torch.bfloat16 and not calls
         layer = layer.to(torch.bfloat16)  # only float32 products change backend
         assert torch.equal(layer(long.bfloat16()), F.linear(long.bfloat16(), layer.weight, layer.bias))
         assert not calls

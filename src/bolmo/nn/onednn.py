@@ -56,11 +56,12 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tens
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """F.linear; on oneDNN for float32 CPU inputs of at least LONG_ROWS rows outside autograd
-    (oneDNN's op has no backward) and outside torch.compile (inductor lowers this op only for
-    frozen weights, and picks its own kernels for F.linear)."""
+    (oneDNN's op has no backward), outside torch.compile (inductor lowers this op only for
+    frozen weights, and picks its own kernels for F.linear) and outside CPU autocast (which would
+    not apply to it)."""
     if (ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()
             and x.numel() >= LONG_ROWS * x.shape[-1] and weight.dtype == torch.float32
-            and not torch.compiler.is_compiling()):
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")):
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
