@@ -56,14 +56,23 @@ class ContextWarning(BolmoWarning):
     """An input was cut to fit the model's positions (the warning says how much was kept)."""
 
 
+class PromptCutWarning(ContextWarning):
+    """A generation prompt was cut to fit the model's positions; `index` is the prompt's place in
+    the call, so a caller that batches its own items (CUTE) can say which were cut."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _WRAPPERS = ("contextlib", "torch.utils._contextlib")  # decorators between a caller and bolmo's code
 
 
-def warn(message: str, category: type[Warning] = BolmoWarning) -> None:
+def warn(message: str | Warning, category: type[Warning] = BolmoWarning) -> None:
     """warnings.warn attributed to the user's line: the first caller outside bolmo (and outside
     context-manager decorators), whichever entry point led here. (Python 3.12's
-    `skip_file_prefixes` does this; 3.11 has no such option.)"""
+    `skip_file_prefixes` does this; 3.11 has no such option.) A Warning instance is its own category."""
     level, frame = 2, sys._getframe(1)
     while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
                                  or frame.f_globals.get("__name__") in _WRAPPERS):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from functools import cache
 from pathlib import Path
 
 from bolmo.chat_template import ChatTemplate
-from bolmo.errors import BolmoError, ContextWarning, warn
-from bolmo.generation.driver import CUT_PROMPT
+from bolmo.errors import BolmoError, ContextWarning, PromptCutWarning, warn
 
 CUTE_TASKS = ("spell", "spell_inverse", "contains_char", "contains_word", "orth", "sem",
               "ins_char", "ins_word", "del_char", "del_word", "sub_char", "sub_word", "swap_char", "swap_word")
@@ -28,7 +26,6 @@ WORD_TASKS = frozenset({"contains_word", "ins_word", "del_word", "sub_word", "sw
 HUB_DATASET = "leukas/cute"
 ANSWER_OPENING = ' Answer: "'
 DEFAULT_MAX_NEW_BYTES = 200  # the benchmark allows 100 tokens; in bytes, for byte and subword models alike
-_CUT = re.compile(re.escape(CUT_PROMPT).replace(re.escape("{index}"), r"(\d+)"))  # the generator's warning
 
 
 @dataclass(frozen=True)
@@ -140,12 +137,11 @@ def evaluate(model, examples: Sequence[CuteExample], chat_template: ChatTemplate
         chunk = examples[start : start + batch_size]
         prompts_ = [model_prompt(e, chat_template) for e in chunk]
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ContextWarning)
+            warnings.simplefilter("always", PromptCutWarning)
             outputs = model.generate(prompts_, max_new_bytes=max_new_bytes)
         for warning in caught:
-            found = _CUT.match(str(warning.message))
-            if issubclass(warning.category, ContextWarning) and found:
-                task = chunk[int(found.group(1))].task
+            if isinstance(warning.message, PromptCutWarning):
+                task = chunk[warning.message.index].task
                 cut[task] = cut.get(task, 0) + 1
             else:
                 warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

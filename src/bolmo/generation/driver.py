@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bolmo.config import DEFAULT_MAX_NEW_BYTES, GREEDY
-from bolmo.errors import ContextWarning, warn
+from bolmo.errors import ContextWarning, PromptCutWarning, warn
 from bolmo.generation.batch import Batch
 from bolmo.generation.bolmo_engine import BolmoEngine
 from bolmo.generation.continuation import Continuation, GenerateOptions, check_prompts, text_pieces
@@ -109,9 +109,6 @@ class _Steps:
                 return
 
 
-CUT_PROMPT = "prompt {index} is longer than the model's context"  # the start of fit_context's warning
-
-
 def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: int | None) -> None:
     """Keep each prompt's last ids that fit the model's `positions` (None: unknown, nothing is
     cut) with room for the new bytes, warning about every prompt cut.
@@ -130,9 +127,9 @@ def fit_context(rows: list[Row], engine: Engine, max_new_bytes: int, positions: 
             kept = row.ids[len(row.ids) - room :]
             row.ids = row.ids[:1] + kept[split_character_ids(kept, engine.tokenizer) :]
             row.prompt = engine.tokenizer.decode_bytes(row.ids[1:])
-            warn(f"{CUT_PROMPT.format(index=i)} ({positions:,} positions, "
-                 f"{reserve:,} of them kept for the continuation): kept its last {len(row.prompt):,} "
-                 f"of {total:,} bytes", ContextWarning)
+            warn(PromptCutWarning(f"prompt {i} is longer than the model's context ({positions:,} positions, "
+                                  f"{reserve:,} of them kept for the continuation): kept its last "
+                                  f"{len(row.prompt):,} of {total:,} bytes", i))
 
 
 def split_character_ids(ids: Sequence[int], tokenizer) -> int:
