@@ -22,6 +22,7 @@ import torch
 
 from common import ROOT, bolmo_1b_local_config, fixture_model, random_model, report
 from generate import d256_config
+from reference import add_allocator_argument
 
 from bolmo.scoring import score_texts
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads, both sides (more than the idle cores makes OpenMP spin)")
+    add_allocator_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     threads = args.threads
@@ -86,7 +88,8 @@ def main() -> None:
             # float32 is the reference's only dtype on a CPU: its chunkwise mLSTM kernel fails in
             # bfloat16 there (a float32 state times a bfloat16 key), so every row is timed against it.
             workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
-            reference = Reference(args.reference, save_hf(model_fp32, workdir), threads)
+            reference = Reference(args.reference, save_hf(model_fp32, workdir), threads,
+                                  allocator=args.reference_allocator)
         for dtype_name in args.dtypes:
             model = build(name, getattr(torch, dtype_name))[1] if dtype_name != "float32" else model_fp32
             for length in args.lengths:
@@ -124,6 +127,7 @@ def main() -> None:
                              "vs_reference", "bpb_vs_float32", "expand_bytes_per_s"],
            {"device": "cpu", "repeats": args.repeats, "batch": 1, "threads": threads,
             "reference": str(args.reference) if args.reference else None, "reference_dtype": "float32",
+            "reference_allocator": args.reference_allocator,
             "text": "README.md bytes"})
 
 

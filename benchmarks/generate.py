@@ -41,6 +41,7 @@ from bolmo.config import BYTE_OFFSET, BolmoConfig
 from bolmo.generation import GenerateOptions, decode
 from bolmo.generation.compiled import COMPILE_ENV
 from common import FIXTURE_MODEL, bolmo_1b_local_config, fixture_model, random_model, report, stream_bandwidth
+from reference import add_allocator_argument
 
 PROMPT = "Language modeling is "
 TEXTS = [
@@ -184,6 +185,7 @@ def main() -> None:
                              "every length and with every engine, for vs_one_at_a_time (default: eager, shortest "
                              "length only, to check that every row equals its prompt alone)")
     parser.add_argument("--name", default="generate", help="results file: benchmarks/results/NAME.json")
+    add_allocator_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.reference is None:
@@ -200,7 +202,7 @@ def main() -> None:
             workdir = Path(tempfile.mkdtemp(prefix=f"bolmo-bench-{label}-"))
             save_hf(model, workdir)
             for threads in args.reference_threads or [args.threads]:
-                references[threads] = Reference(args.reference, workdir, threads)
+                references[threads] = Reference(args.reference, workdir, threads, allocator=args.reference_allocator)
                 references[threads].generate([model.tokenizer.encode(PROMPT)], 8)  # warm-up
         compile_s = math.nan
         for engine in args.engines:  # warm-up; for the compiled engine this is the compilation
@@ -280,6 +282,7 @@ def main() -> None:
            {"device": "cpu", "dtype": "float32", "greedy": True, "prompt": PROMPT, "threads": args.threads,
             "reference_threads": args.reference_threads or [args.threads],
             "repeats": args.repeats, "reference": str(args.reference) if args.reference else None,
+            "reference_allocator": args.reference_allocator,
             "batch_prompts": "benchmarks/generate.py batch_prompts (mixed lengths)",
             "stream_bandwidth_gb_s": bandwidth})
 

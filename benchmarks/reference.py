@@ -16,9 +16,17 @@ import torch
 from safetensors.torch import save_file
 
 from common import FIXTURE_MODEL
+from bolmo.nn.freed_memory import GLIBC_ENVIRONMENT
 
 DEFAULT_PYTHON = Path.home() / ".cache" / "bolmo-reference-venv" / "bin" / "python"
 WORKER = Path(__file__).resolve().parent / "reference_worker.py"
+
+
+def add_allocator_argument(parser) -> None:
+    """--reference-allocator: the reference as it ships, or with bolmo's allocator settings."""
+    parser.add_argument("--reference-allocator", choices=["default", "bolmo"], default="default",
+                        help="the reference's C allocator: glibc's defaults as it ships (default), or the settings "
+                             "bolmo.load applies (bolmo.nn.freed_memory), to see what they are worth on each side")
 
 
 def save_hf(model, directory: Path) -> Path:
@@ -42,12 +50,14 @@ class Reference:
     """A running reference worker for one model directory."""
 
     def __init__(self, reference: Path, model_dir: Path, threads: int, python: Path = DEFAULT_PYTHON,
-                 device: str = "cpu", dtype: str = "float32") -> None:
+                 device: str = "cpu", dtype: str = "float32", allocator: str = "default") -> None:
         if not (reference / "refbolmo" / "modeling_bolmo.py").is_file():
             sys.exit(f"--reference {reference}: no refbolmo/modeling_bolmo.py there")
         if not python.is_file():
             sys.exit(f"the reference venv is missing ({python}): run {reference}/setup.sh")
         env = dict(os.environ, PYTHONPATH=str(reference.resolve()), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+        if allocator == "bolmo":
+            env.update(GLIBC_ENVIRONMENT)
         self.process = subprocess.Popen([str(python), "-u", str(WORKER), str(model_dir), str(threads), device, dtype],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                         cwd=str(model_dir))

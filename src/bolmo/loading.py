@@ -20,6 +20,7 @@ from bolmo.checkpoint.sources import BUNDLED_MODELS, DEFAULT_MODEL_DIR, bundled_
 from bolmo.config import BolmoConfig
 from bolmo.errors import CheckpointError, ConfigError, DeviceError, TokenizerError
 from bolmo.inference import Bolmo, Olmo
+from bolmo.nn.freed_memory import keep_freed_memory
 from bolmo.olmo.config import OlmoConfig
 from bolmo.olmo.tokenizer import SubwordTokenizer
 from bolmo.tokenizer import ByteTokenizer, SubwordExpander, resolve_subword_tokenizer
@@ -91,9 +92,12 @@ def load(source: str | Path | None = None, device: str | torch.device = "cpu",
     default) in eval mode as a `bolmo.inference.Bolmo`, with its tokenizer attached as
     `model.tokenizer`. Subword OLMo 2 / Olmo 3 directories (HF or OLMo-core) load as
     `bolmo.inference.Olmo`, with their tokenizer when the directory has a tokenizer.json.
-    `dtype`: a torch.dtype or its name (float32, bfloat16, float16, float64)."""
+    `dtype`: a torch.dtype or its name (float32, bfloat16, float16, float64). A CPU model also sets
+    the process's C allocator to keep freed memory for reuse (bolmo.nn.freed_memory)."""
     device = check_device(device)
     dtype = check_dtype(dtype)
+    if device.type == "cpu":
+        keep_freed_memory()
     path = resolve_source(source)
     if path.name == DCP_SUBDIR and (path.parent / "config.json").is_file():
         path = path.parent  # an OLMo-core step's DCP directory: the step holds its config and tokenizer
