@@ -19,9 +19,9 @@ unmapped as before), as with torch's CUDA caching allocator.
 
 `bolmo.load` applies it for CPU models, once per process; `BOLMO_KEEP_FREED_MEMORY=0` turns it off.
 A process that builds its models otherwise (transformers' `from_pretrained`, a model made from a
-config) can call `keep_freed_memory()` itself. Other C libraries (macOS, musl) are left alone. The same settings as environment variables
-(`GLIBC_ENVIRONMENT`) give another process, e.g. the reference implementation in a benchmark, the
-same behaviour.
+config) can call `keep_freed_memory()` itself. Other C libraries (macOS, musl) are left alone.
+The same settings as environment variables (`GLIBC_ENVIRONMENT`) give another process, e.g. the
+reference implementation in a benchmark, the same behaviour.
 """
 
 from __future__ import annotations
