@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from bolmo.nn import onednn
-from bolmo.nn.onednn import LONG_ROWS, ONEDNN, Linear, onednn_linear, pack
+from bolmo.nn.onednn import LONG_ROWS, ONEDNN, Linear, bucket_rows, onednn_linear, pack
 
 
 def test_turned_off_by_the_environment():
@@ -37,9 +37,29 @@ def test_packed_weights_give_the_same_products_at_any_row_count(rows):
 
 
 def counting_onednn(monkeypatch) -> list[int]:
+    """The row counts oneDNN's products are called with."""
     calls: list[int] = []
-    monkeypatch.setattr(onednn, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
+    monkeypatch.setattr(onednn, "onednn_linear", lambda x, *args: calls.append(x.shape[0]) or onednn_linear(x, *args))
     return calls
+
+
+def test_row_counts_are_padded_to_few_sizes():
+    sizes = [bucket_rows(n) for n in range(1, 100_001)]
+    assert all(n <= size <= n + n / 8 for n, size in zip(range(1, 100_001), sizes))
+    assert len(set(sizes[LONG_ROWS - 1:])) < 80  # the kernels oneDNN keeps: a bounded number
+
+
+@pytest.mark.skipif(not ONEDNN, reason="torch has no oneDNN backend here")
+def test_padded_rows_give_each_row_its_own_product(monkeypatch):
+    calls = counting_onednn(monkeypatch)
+    torch.manual_seed(0)
+    layer = Linear(256, 352)
+    x = torch.randn(3, 347, 256)  # 1,041 rows, padded to 1,152
+    with torch.inference_mode():
+        out = layer(x)
+    assert calls == [bucket_rows(3 * 347)] and calls[0] > 3 * 347
+    assert out.shape == (3, 347, 352) and out.is_contiguous()
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not ONEDNN, reason="torch has no oneDNN backend here")

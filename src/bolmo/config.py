@@ -543,3 +543,25 @@ class ByteifyOptions:
                             ("--local-intermediate-size", self.local_intermediate_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{flag} must be an integer >= 1, got {value!r}")
+
+
+ENV_TRUE = ("1", "true", "yes", "on")
+ENV_FALSE = ("0", "false", "no", "off", "")
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """A yes/no environment variable (BOLMO_COMPILE, BOLMO_ONEDNN, BOLMO_KEEP_FREED_MEMORY), read
+    the same way everywhere: 1/true/yes/on or 0/false/no/off in any case; unset gives `default`,
+    and any other value gives `default` with a warning naming the variable."""
+    import os
+
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word in ENV_TRUE or word in ENV_FALSE:
+        return word in ENV_TRUE
+    from bolmo.errors import warn
+
+    warn(f"{name}={value!r} is not one of 1/true/yes/on or 0/false/no/off; using {int(default)}")
+    return default

@@ -15,13 +15,13 @@ only every 64 patches (bolmo.generation.kv_cache.KVCache.step_inputs).
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from bolmo.config import env_switch
 from bolmo.generation.fused_step import StepKernels, kernels_for
 
 log = logging.getLogger("bolmo")
@@ -75,7 +75,7 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # StepKernel
 
 
 def compile_by_default() -> bool:
-    return os.environ.get(COMPILE_ENV, "0").strip() not in ("", "0", "false", "no")
+    return env_switch(COMPILE_ENV, False)
 
 
 def step_functions(model, compile: bool | None = None) -> StepFunctions:

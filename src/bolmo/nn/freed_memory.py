@@ -27,8 +27,9 @@ reference implementation in a benchmark, the same behaviour.
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
+
+from bolmo.config import env_switch
 
 KEEP_FREED_MEMORY_ENV = "BOLMO_KEEP_FREED_MEMORY"
 MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit (HEAP_MAX_SIZE / 2): bigger blocks stay mapped
@@ -49,7 +50,7 @@ def keep_freed_memory() -> bool:
 
 
 def _set_thresholds() -> bool:
-    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip().lower() in ("0", "false", "no"):
+    if not env_switch(KEEP_FREED_MEMORY_ENV, True):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
