@@ -31,6 +31,17 @@ def test_a_pipe_is_refused_not_replaced(tmp_path, capsys):
     assert fifo.is_fifo()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_file_system_that_refuses_new_files_is_refused_before_the_run(tmp_path, capsys):
+    """Before: /proc passed the permission check, the whole evaluation ran, then writing failed."""
+    doc = tmp_path / "doc.txt"
+    doc.write_text("hello world")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "bpb", str(doc), "--output", "/proc/bolmo-results.json", "--no-progress"])
+    assert exit_info.value.code == 2
+    assert "cannot write the results in /proc" in capsys.readouterr().err
+
+
 def test_a_symlink_is_written_through(tmp_path):
     target = tmp_path / "real.json"
     target.write_text("{}")

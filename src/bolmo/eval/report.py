@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,11 @@ def check_output(path: Path, what: str = "the results") -> None:
         raise BolmoError(f"{path}: cannot write {what}: {existing} is not a directory")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise BolmoError(f"{path}: cannot write {what}: no permission to write in {existing}")
+    if existing is not None:  # a file system that refuses new files whatever the permissions say (/proc, read-only)
+        try:
+            tempfile.TemporaryFile(dir=existing).close()
+        except OSError as exc:
+            raise BolmoError(f"{path}: cannot write {what} in {existing} ({exc.strerror or exc})") from None
 
 
 def check_not_an_input(output: Path, inputs: Sequence[Path], option: str) -> None:
