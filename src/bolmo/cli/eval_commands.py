@@ -15,7 +15,8 @@ from bolmo.cli.model_commands import add_compile_argument, add_dtype_argument, a
 from bolmo.errors import BolmoError
 
 
-def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | None) -> None:
+def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | None, decodes: bool = True) -> None:
+    """The options every eval command shares; --compile only where the evaluation decodes text."""
     parser.add_argument("--model", action="append", default=None, metavar="PATH",
                         help="checkpoint directory, downloaded Hub id, or default / default-teacher (the bundled "
                              "models); repeat to compare models (default: default)")
@@ -25,7 +26,8 @@ def _add_common(parser: argparse.ArgumentParser, batch_size: int, output: str | 
     parser.add_argument("--output", type=_output_path, default=None if output is None else Path(output),
                         help=f"JSON results file (default {output})" if output else "JSON results file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_compile_argument(parser)
+    if decodes:
+        add_compile_argument(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bpb.add_argument("--overlap", type=int, default=None,
                      help="context ids carried into the next window (default 512, or half a shorter window)")
     bpb.add_argument("--per-document", action="store_true", help="also print one row per document")
-    _add_common(bpb, 8, "bolmo-eval-bpb.json")
+    _add_common(bpb, 8, "bolmo-eval-bpb.json", decodes=False)  # scoring only: nothing to compile
     bpb.set_defaults(handler=run_bpb)
 
 
