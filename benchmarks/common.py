@@ -15,7 +15,7 @@ import bolmo
 from bolmo.config import BolmoConfig
 from bolmo.loading import build_tokenizer
 from bolmo.model.bolmo import BolmoForCausalLM
-from bolmo.nn.freed_memory import keep_freed_memory
+from bolmo.nn import freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_MODEL = ROOT / "tests" / "fixtures" / "bolmo" / "tiny-gqa"
@@ -41,7 +41,7 @@ def bolmo_1b_local_config() -> BolmoConfig:
 def random_model(config: BolmoConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> BolmoForCausalLM:
     """Random weights at the scale of a trained model (matrices ~ N(0, 1/fan_in)); the process's
     allocator set as `bolmo.load` sets it for a CPU model (bolmo.nn.freed_memory)."""
-    keep_freed_memory()
+    freed_memory.keep_freed_memory()
     torch.manual_seed(seed)
     model = BolmoForCausalLM(config)
     with torch.no_grad():
@@ -99,7 +99,7 @@ def report(name: str, rows: list[dict], columns: list[str], settings: dict) -> N
         "settings": settings,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-                    "bolmo_keeps_freed_memory": keep_freed_memory()},
+                    "bolmo_keeps_freed_memory": freed_memory.in_effect()},
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -10,15 +10,17 @@ from bolmo.generation.compiled import compile_by_default
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("On", True), ("YES", True), ("true", True),
-                                             ("0", False), ("False", False), ("off", False), ("", False)])
+                                             ("0", False), ("False", False), ("off", False)])
 def test_words_in_any_case(monkeypatch, value, expected):
     monkeypatch.setenv("BOLMO_TEST_SWITCH", value)
     assert env_switch("BOLMO_TEST_SWITCH", not expected) is expected
 
 
-def test_unset_gives_the_default_and_nonsense_warns(monkeypatch):
+def test_unset_or_empty_gives_the_default_and_nonsense_warns(monkeypatch):
     monkeypatch.delenv("BOLMO_TEST_SWITCH", raising=False)
     assert env_switch("BOLMO_TEST_SWITCH", True) is True
+    monkeypatch.setenv("BOLMO_TEST_SWITCH", " ")  # set but empty: as unset
+    assert env_switch("BOLMO_TEST_SWITCH", True) is True and env_switch("BOLMO_TEST_SWITCH", False) is False
     monkeypatch.setenv("BOLMO_TEST_SWITCH", "maybe")
     with pytest.warns(BolmoWarning, match="BOLMO_TEST_SWITCH='maybe'"):
         assert env_switch("BOLMO_TEST_SWITCH", True) is True

@@ -43,7 +43,8 @@ def faults():
         del blocks
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 faults(), faults()
-print(json.dumps({"applied": freed_memory.keep_freed_memory(), "mapped": mapped, "faults": faults()}))
+print(json.dumps({"in_effect": freed_memory.in_effect(), "applied": freed_memory.keep_freed_memory(),
+                  "mapped": mapped, "faults": faults()}))
 """
 PAGES = 2 * (64 << 20) // 4096  # the pages one round touches
 BLOCK = 30 << 20
@@ -59,12 +60,12 @@ def run(environment: dict[str, str]) -> dict:
 
 def test_load_keeps_freed_memory_for_reuse():
     outcome = run({})
-    assert outcome["applied"] is True
+    assert outcome["applied"] is True and outcome["in_effect"] is True  # set by bolmo.load
     assert outcome["mapped"] < BLOCK, outcome  # the 30 MB block came from the heap
     assert outcome["faults"] < PAGES // 20, outcome  # freed blocks came back without faulting their pages in
 
 
 def test_opt_out_leaves_glibc_defaults():
     outcome = run({"BOLMO_KEEP_FREED_MEMORY": "0"})
-    assert outcome["applied"] is False
+    assert outcome["applied"] is False and outcome["in_effect"] is False
     assert outcome["mapped"] >= BLOCK, outcome  # glibc's own threshold: a mapping of its own

@@ -12,13 +12,14 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bolmo.errors import ConfigError
+from bolmo.errors import ConfigError, warn
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<bpe_token_end>")
 PAD_ID, BOS_ID, BPE_TOKEN_END_ID = (SPECIAL_TOKENS.index(t) for t in ("<pad>", "<bos>", "<bpe_token_end>"))  # 0, 1, 3
@@ -546,22 +547,18 @@ class ByteifyOptions:
 
 
 ENV_TRUE = ("1", "true", "yes", "on")
-ENV_FALSE = ("0", "false", "no", "off", "")
+ENV_FALSE = ("0", "false", "no", "off")
 
 
 def env_switch(name: str, default: bool) -> bool:
     """A yes/no environment variable (BOLMO_COMPILE, BOLMO_ONEDNN, BOLMO_KEEP_FREED_MEMORY), read
-    the same way everywhere: 1/true/yes/on or 0/false/no/off in any case; unset gives `default`,
-    and any other value gives `default` with a warning naming the variable."""
-    import os
-
-    value = os.environ.get(name)
-    if value is None:
-        return default
+    the same way everywhere: 1/true/yes/on or 0/false/no/off in any case; unset or empty gives
+    `default`, and any other value gives `default` with a warning naming the variable."""
+    value = os.environ.get(name, "")
     word = value.strip().lower()
+    if not word:
+        return default
     if word in ENV_TRUE or word in ENV_FALSE:
         return word in ENV_TRUE
-    from bolmo.errors import warn
-
     warn(f"{name}={value!r} is not one of 1/true/yes/on or 0/false/no/off; using {int(default)}")
     return default

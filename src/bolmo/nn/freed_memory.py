@@ -49,6 +49,11 @@ def keep_freed_memory() -> bool:
     return _applied
 
 
+def in_effect() -> bool:
+    """Whether an earlier keep_freed_memory() set the thresholds (without setting them now)."""
+    return _applied is True
+
+
 def _set_thresholds() -> bool:
     if not env_switch(KEEP_FREED_MEMORY_ENV, True):
         return False
